@@ -7,17 +7,28 @@ pub mod workload {
     include!("gen/_.rs");
 }
 
+/// Module tree mirroring the proto packages, so generated `super::` paths resolve.
+pub mod sigil {
+    pub mod types {
+        pub mod v1 {
+            include!("gen/sigil.types.v1.rs");
+        }
+    }
+    pub mod agent {
+        pub mod v1 {
+            include!("gen/sigil.agent.v1.rs");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            include!("gen/sigil.admin.v1.rs");
+        }
+    }
+}
+
 /// Types shared by the agent and admin APIs.
-pub mod types {
-    include!("gen/sigil.types.v1.rs");
-}
-
+pub use sigil::types::v1 as types;
 /// Server <-> agent API.
-pub mod agent {
-    include!("gen/sigil.agent.v1.rs");
-}
-
+pub use sigil::agent::v1 as agent;
 /// Admin API (server Unix socket).
-pub mod admin {
-    include!("gen/sigil.admin.v1.rs");
-}
+pub use sigil::admin::v1 as admin;
