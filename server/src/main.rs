@@ -1,1 +1,5 @@
-fn main() {}
+//! `sigil-server`: thin entry point; everything lives in the library.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(sigil_server::cli::main(args));
+}

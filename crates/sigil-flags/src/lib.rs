@@ -157,7 +157,9 @@ impl FlagSet {
                     _ => return Err(FlagError::BadBool { name, value: v }),
                 },
                 (_, Some(v)) => v,
-                (_, None) => it.next().ok_or_else(|| FlagError::MissingValue(name.clone()))?,
+                (_, None) => it
+                    .next()
+                    .ok_or_else(|| FlagError::MissingValue(name.clone()))?,
             };
             let slot = parsed.values.entry(name).or_default();
             if spec.kind == Kind::Multi {

@@ -1,0 +1,574 @@
+//! The admin API (`sigil.admin.v1.Admin`) on the server's Unix socket. The socket is mode 0600,
+//! and callers must also run as the server's own uid or root: defence in depth in case the
+//! socket's directory is shared.
+
+use super::node::bundle_to_proto;
+use super::{Shared, entry_status};
+use crate::datastore::StoreError;
+use crate::entry::Entry;
+use sigil_proto::admin as pb;
+use sigil_proto::admin::admin_server::Admin;
+use sigil_proto::types;
+use sigil_spiffe::bundle::{Bundle, JwtAuthority};
+use sigil_spiffe::{Selector, SpiffeId, TrustDomain};
+use std::collections::BTreeSet;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Code, Request, Response, Status};
+
+/// Default join token lifetime (SPIRE's default: 600 s).
+pub const DEFAULT_TOKEN_TTL: i32 = 600;
+const MAX_PAGE: usize = 1000;
+const MAX_BATCH: usize = 10_000;
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    pub shared: Shared,
+}
+
+fn store_status(e: &StoreError) -> (Code, String) {
+    match e {
+        StoreError::NotFound(_) => (Code::NotFound, e.to_string()),
+        StoreError::AlreadyExists => (Code::AlreadyExists, e.to_string()),
+        _ => (Code::Internal, e.to_string()),
+    }
+}
+
+fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
+    let Some(cred) = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|c| c.peer_cred)
+    else {
+        return Err(Status::permission_denied("caller credentials unavailable"));
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() != me && cred.uid() != 0 {
+        return Err(Status::permission_denied(format!(
+            "uid {} may not use the admin API",
+            cred.uid()
+        )));
+    }
+    Ok(())
+}
+
+fn parse_td(s: &str) -> Result<TrustDomain, Status> {
+    TrustDomain::from_id_or_name(s)
+        .map_err(|e| Status::invalid_argument(format!("invalid trust_domain {s:?}: {e}")))
+}
+
+fn bundle_from_proto(b: &types::Bundle) -> Result<Bundle, Status> {
+    let td = parse_td(&b.trust_domain)?;
+    let mut out = Bundle::new(td);
+    for (i, der) in b.x509_authorities.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der).map_err(|e| {
+            Status::invalid_argument(format!("x509_authorities[{i}]: not a certificate: {e}"))
+        })?;
+        out.x509_authorities.push(der.clone());
+    }
+    for (i, k) in b.jwt_authorities.iter().enumerate() {
+        if k.key_id.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "jwt_authorities[{i}]: key_id is required"
+            )));
+        }
+        out.jwt_authorities.push(JwtAuthority {
+            key_id: k.key_id.clone(),
+            public_key_der: k.public_key.clone(),
+            expires_at: k.expires_at,
+        });
+    }
+    out.refresh_hint = (b.refresh_hint != 0).then_some(b.refresh_hint);
+    out.sequence_number = (b.sequence_number != 0).then_some(b.sequence_number);
+    Ok(out)
+}
+
+fn matches_selectors(entry: &Entry, want: &BTreeSet<Selector>, mode: &str) -> bool {
+    let have: BTreeSet<&Selector> = entry.selectors.iter().collect();
+    let want: BTreeSet<&Selector> = want.iter().collect();
+    match mode {
+        "subset" => have.is_subset(&want),
+        "superset" => have.is_superset(&want),
+        "any" => !have.is_disjoint(&want),
+        _ => have == want,
+    }
+}
+
+// === impl AdminApi ===
+
+impl AdminApi {
+    fn td(&self) -> &TrustDomain {
+        self.shared.ca.trust_domain()
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn batch_create_entry(
+        &self,
+        req: Request<pb::BatchCreateEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        authorize(&req)?;
+        let entries = req.into_inner().entries;
+        if entries.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "batch too large: {} entries (max {MAX_BATCH})",
+                entries.len()
+            )));
+        }
+        // Parse everything first; only valid entries reach the datastore.
+        let mut results: Vec<Option<pb::EntryResult>> = vec![None; entries.len()];
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (i, p) in entries.iter().enumerate() {
+            match Entry::from_proto(p, self.td()) {
+                Ok(e) => {
+                    if !e.id.is_empty() && self.shared.ds.get_entry(&e.id).is_some() {
+                        results[i] = Some(pb::EntryResult {
+                            status: Some(entry_status(
+                                Code::AlreadyExists,
+                                format!("entry id {:?} already exists", e.id),
+                            )),
+                            entry: Some(p.clone()),
+                            id: e.id,
+                        });
+                        continue;
+                    }
+                    valid.push(e);
+                    positions.push(i);
+                }
+                Err(err) => {
+                    results[i] = Some(pb::EntryResult {
+                        status: Some(entry_status(Code::InvalidArgument, err.to_string())),
+                        entry: Some(p.clone()),
+                        id: p.id.clone(),
+                    })
+                }
+            }
+        }
+        let created = self.shared.ds.create_entries(valid).await;
+        for (pos, res) in positions.into_iter().zip(created) {
+            results[pos] = Some(match res {
+                Ok(e) => pb::EntryResult {
+                    status: Some(entry_status(Code::Ok, "OK".into())),
+                    id: e.id.clone(),
+                    entry: Some(e.to_proto()),
+                },
+                Err(err) => {
+                    let (code, msg) = store_status(&err);
+                    pb::EntryResult {
+                        status: Some(entry_status(code, msg)),
+                        entry: Some(entries[pos].clone()),
+                        id: entries[pos].id.clone(),
+                    }
+                }
+            });
+        }
+        Ok(Response::new(pb::BatchEntryResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
+    async fn batch_update_entry(
+        &self,
+        req: Request<pb::BatchUpdateEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        authorize(&req)?;
+        let entries = req.into_inner().entries;
+        let mut results: Vec<Option<pb::EntryResult>> = vec![None; entries.len()];
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (i, p) in entries.iter().enumerate() {
+            if p.id.is_empty() {
+                results[i] = Some(pb::EntryResult {
+                    status: Some(entry_status(
+                        Code::InvalidArgument,
+                        "invalid id: the entry id is required for an update".into(),
+                    )),
+                    entry: Some(p.clone()),
+                    id: String::new(),
+                });
+                continue;
+            }
+            match Entry::from_proto(p, self.td()) {
+                Ok(e) => {
+                    valid.push(e);
+                    positions.push(i);
+                }
+                Err(err) => {
+                    results[i] = Some(pb::EntryResult {
+                        status: Some(entry_status(Code::InvalidArgument, err.to_string())),
+                        entry: Some(p.clone()),
+                        id: p.id.clone(),
+                    })
+                }
+            }
+        }
+        let updated = self.shared.ds.update_entries(valid).await;
+        for (pos, res) in positions.into_iter().zip(updated) {
+            results[pos] = Some(match res {
+                Ok(e) => pb::EntryResult {
+                    status: Some(entry_status(Code::Ok, "OK".into())),
+                    id: e.id.clone(),
+                    entry: Some(e.to_proto()),
+                },
+                Err(err) => {
+                    let (code, msg) = store_status(&err);
+                    pb::EntryResult {
+                        status: Some(entry_status(code, msg)),
+                        entry: Some(entries[pos].clone()),
+                        id: entries[pos].id.clone(),
+                    }
+                }
+            });
+        }
+        Ok(Response::new(pb::BatchEntryResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
+    async fn batch_delete_entry(
+        &self,
+        req: Request<pb::BatchDeleteEntryRequest>,
+    ) -> Result<Response<pb::BatchEntryResponse>, Status> {
+        authorize(&req)?;
+        let ids = req.into_inner().ids;
+        let results = self
+            .shared
+            .ds
+            .delete_entries(&ids)
+            .await
+            .into_iter()
+            .zip(&ids)
+            .map(|(r, id)| match r {
+                Ok(e) => pb::EntryResult {
+                    status: Some(entry_status(Code::Ok, "OK".into())),
+                    entry: Some(e.to_proto()),
+                    id: id.clone(),
+                },
+                Err(err) => {
+                    let (code, msg) = store_status(&err);
+                    pb::EntryResult {
+                        status: Some(entry_status(code, msg)),
+                        entry: None,
+                        id: id.clone(),
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchEntryResponse { results }))
+    }
+
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<types::Entry>, Status> {
+        authorize(&req)?;
+        let id = &req.get_ref().id;
+        self.shared
+            .ds
+            .get_entry(id)
+            .map(|e| Response::new(e.to_proto()))
+            .ok_or_else(|| Status::not_found(format!("entry {id:?} not found")))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let by_spiffe: Option<SpiffeId> = (!r.by_spiffe_id.is_empty())
+            .then(|| r.by_spiffe_id.parse())
+            .transpose()
+            .map_err(|e: sigil_spiffe::IdError| {
+                Status::invalid_argument(format!("invalid by_spiffe_id: {e}"))
+            })?;
+        let by_parent: Option<SpiffeId> = (!r.by_parent_id.is_empty())
+            .then(|| r.by_parent_id.parse())
+            .transpose()
+            .map_err(|e: sigil_spiffe::IdError| {
+                Status::invalid_argument(format!("invalid by_parent_id: {e}"))
+            })?;
+        let selectors: BTreeSet<Selector> = r
+            .by_selectors
+            .iter()
+            .map(|s| {
+                format!("{}:{}", s.r#type, s.value)
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("invalid by_selectors: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mode = r.selector_match.as_str();
+        if !["", "exact", "subset", "superset", "any"].contains(&mode) {
+            return Err(Status::invalid_argument(format!(
+                "invalid selector_match {mode:?} (exact, subset, superset or any)"
+            )));
+        }
+        let page_size = match r.page_size {
+            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
+            0 => MAX_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for e in self.shared.ds.list_entries() {
+            if !r.page_token.is_empty() && e.id.as_str() <= r.page_token.as_str() {
+                continue;
+            }
+            if by_spiffe.as_ref().is_some_and(|s| s != &e.spiffe_id)
+                || by_parent.as_ref().is_some_and(|p| p != &e.parent_id)
+                || (!r.by_hint.is_empty() && r.by_hint != e.hint)
+                || (!selectors.is_empty() && !matches_selectors(&e, &selectors, mode))
+            {
+                continue;
+            }
+            if out.len() == page_size {
+                next = out
+                    .last()
+                    .map(|x: &types::Entry| x.id.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            out.push(e.to_proto());
+        }
+        Ok(Response::new(pb::ListEntriesResponse {
+            entries: out,
+            next_page_token: next,
+        }))
+    }
+
+    async fn count_entries(
+        &self,
+        req: Request<pb::CountEntriesRequest>,
+    ) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(pb::CountEntriesResponse {
+            count: self.shared.ds.count_entries() as i64,
+        }))
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(bundle_to_proto(&self.shared.ca.bundle())))
+    }
+
+    async fn list_federated_bundles(
+        &self,
+        req: Request<pb::ListFederatedBundlesRequest>,
+    ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+        authorize(&req)?;
+        let bundles = self
+            .shared
+            .ds
+            .list_federated_bundles()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListFederatedBundlesResponse {
+            bundles: bundles.iter().map(bundle_to_proto).collect(),
+        }))
+    }
+
+    async fn set_federated_bundle(
+        &self,
+        req: Request<pb::SetFederatedBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        authorize(&req)?;
+        let b = req
+            .into_inner()
+            .bundle
+            .ok_or_else(|| Status::invalid_argument("bundle is required"))?;
+        let bundle = bundle_from_proto(&b)?;
+        if &bundle.trust_domain == self.td() {
+            return Err(Status::invalid_argument(format!(
+                "trust_domain {:?} is the server's own trust domain, not a federated one",
+                bundle.trust_domain.as_str()
+            )));
+        }
+        if bundle.x509_authorities.is_empty() && bundle.jwt_authorities.is_empty() {
+            return Err(Status::invalid_argument(
+                "bundle has no X.509 or JWT authorities",
+            ));
+        }
+        self.shared
+            .ds
+            .set_federated_bundle(&bundle)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(bundle_to_proto(&bundle)))
+    }
+
+    async fn delete_federated_bundle(
+        &self,
+        req: Request<pb::DeleteFederatedBundleRequest>,
+    ) -> Result<Response<pb::DeleteFederatedBundleResponse>, Status> {
+        authorize(&req)?;
+        let td = parse_td(&req.get_ref().trust_domain)?;
+        if !self
+            .shared
+            .ds
+            .delete_federated_bundle(&td)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            return Err(Status::not_found(format!(
+                "no federated bundle for trust domain {:?}",
+                td.as_str()
+            )));
+        }
+        Ok(Response::new(pb::DeleteFederatedBundleResponse {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinToken>, Status> {
+        authorize(&req)?;
+        let r = req.into_inner();
+        let ttl = match r.ttl {
+            n if n < 0 => return Err(Status::invalid_argument("ttl must not be negative")),
+            0 => DEFAULT_TOKEN_TTL,
+            n => n,
+        };
+        let alias: Option<SpiffeId> = (!r.spiffe_id.is_empty())
+            .then(|| r.spiffe_id.parse())
+            .transpose()
+            .map_err(|e: sigil_spiffe::IdError| {
+                Status::invalid_argument(format!("invalid spiffe_id: {e}"))
+            })?;
+        if let Some(a) = &alias {
+            if !a.is_member_of(self.td()) {
+                return Err(Status::invalid_argument(format!(
+                    "invalid spiffe_id {a}: must belong to trust domain {:?}",
+                    self.td().as_str()
+                )));
+            }
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let expires_at = crate::now_unix() + ttl as i64;
+        self.shared
+            .ds
+            .create_join_token(&token, expires_at)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(alias) = alias {
+            // As spire-server does: an entry mapping the alias onto this agent.
+            let agent_id = format!("{}/spire/agent/join_token/{token}", self.td().id());
+            let e = Entry::from_proto(
+                &types::Entry {
+                    spiffe_id: alias.to_string(),
+                    parent_id: agent_id.clone(),
+                    selectors: vec![types::Selector {
+                        r#type: "spiffe_id".into(),
+                        value: agent_id,
+                    }],
+                    ..Default::default()
+                },
+                self.td(),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
+            if let Some(Err(err)) = self.shared.ds.create_entries(vec![e]).await.pop() {
+                return Err(Status::internal(format!("creating the alias entry: {err}")));
+            }
+        }
+        Ok(Response::new(pb::JoinToken {
+            value: token,
+            expires_at,
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        authorize(&req)?;
+        let agents = self
+            .shared
+            .ds
+            .list_agents()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(agent_proto).collect(),
+        }))
+    }
+
+    async fn get_agent(
+        &self,
+        req: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        authorize(&req)?;
+        let id = parse_agent_id(&req.get_ref().spiffe_id)?;
+        let a = self
+            .shared
+            .ds
+            .get_agent(&id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("agent {id} not found")))?;
+        Ok(Response::new(agent_proto(&a)))
+    }
+
+    async fn evict_agent(
+        &self,
+        req: Request<pb::AgentIdRequest>,
+    ) -> Result<Response<pb::AgentActionResponse>, Status> {
+        authorize(&req)?;
+        let id = parse_agent_id(&req.get_ref().spiffe_id)?;
+        if !self
+            .shared
+            .ds
+            .evict_agent(&id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            return Err(Status::not_found(format!("agent {id} not found")));
+        }
+        tracing::info!(agent = %id, "agent evicted");
+        Ok(Response::new(pb::AgentActionResponse {}))
+    }
+
+    async fn ban_agent(
+        &self,
+        req: Request<pb::AgentIdRequest>,
+    ) -> Result<Response<pb::AgentActionResponse>, Status> {
+        authorize(&req)?;
+        let id = parse_agent_id(&req.get_ref().spiffe_id)?;
+        if !self
+            .shared
+            .ds
+            .ban_agent(&id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            return Err(Status::not_found(format!("agent {id} not found")));
+        }
+        tracing::info!(agent = %id, "agent banned");
+        Ok(Response::new(pb::AgentActionResponse {}))
+    }
+}
+
+fn parse_agent_id(s: &str) -> Result<SpiffeId, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument("spiffe_id is required"));
+    }
+    s.parse().map_err(|e: sigil_spiffe::IdError| {
+        Status::invalid_argument(format!("invalid spiffe_id: {e}"))
+    })
+}
+
+fn agent_proto(a: &crate::datastore::AgentRecord) -> pb::Agent {
+    pb::Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        attestation_type: a.attestation_type.clone(),
+        x509_svid_serial_number: a.serial.clone(),
+        x509_svid_expires_at: a.expires_at,
+        banned: a.banned,
+        created_at: a.created_at,
+        last_seen: a.last_seen,
+    }
+}

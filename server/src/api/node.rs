@@ -1,0 +1,357 @@
+//! The agent API (`sigil.agent.v1.Node`), served over TLS.
+//!
+//! `AttestAgent` takes a join token; every other call requires the caller's verified agent SVID
+//! and an agent record that is neither evicted nor banned. Agents may only obtain SVIDs for the
+//! entries they are authorized for (parented to them, directly or through node aliases).
+
+use super::{Shared, entry_status};
+use crate::datastore::AgentRecord;
+use crate::tls::PeerIdentity;
+use sigil_proto::agent as pb;
+use sigil_proto::agent::node_server::Node;
+use sigil_proto::types;
+use sigil_spiffe::SpiffeId;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Entries per `SyncEntriesResponse` chunk: keeps every message far below gRPC's 4 MiB default
+/// limit (an entry is a few hundred bytes), so any number of entries syncs.
+pub const SYNC_CHUNK: usize = 2000;
+/// CSRs accepted in one `SignX509Svids` call.
+pub const MAX_CSRS_PER_CALL: usize = 1000;
+
+/// The Node service.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    pub shared: Shared,
+}
+
+pub(crate) fn bundle_to_proto(b: &sigil_spiffe::bundle::Bundle) -> types::Bundle {
+    types::Bundle {
+        trust_domain: b.trust_domain.as_str().to_string(),
+        x509_authorities: b.x509_authorities.clone(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|k| types::JwtKey {
+                key_id: k.key_id.clone(),
+                public_key: k.public_key_der.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect(),
+        refresh_hint: b.refresh_hint.unwrap_or(0),
+        sequence_number: b.sequence_number.unwrap_or(0),
+    }
+}
+
+// === impl NodeApi ===
+
+impl NodeApi {
+    /// The caller's agent ID, checked against the agent records.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .ok_or_else(|| Status::unauthenticated("no TLS peer information"))?;
+        let id = peer
+            .spiffe_id
+            .clone()
+            .ok_or_else(|| Status::unauthenticated("an agent SVID is required for this call"))?;
+        let rec = self
+            .shared
+            .ds
+            .get_agent(&id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                Status::permission_denied(format!("agent {id} is not attested (evicted?)"))
+            })?;
+        if rec.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        Ok(id)
+    }
+
+    fn sign_agent_svid(&self, id: &SpiffeId, csr: &[u8]) -> Result<crate::ca::SignedSvid, Status> {
+        let pk = crate::ca::Ca::csr_public_key(csr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.shared
+            .ca
+            .sign_x509_svid(&pk, id, &[], self.shared.cfg.agent_ttl, crate::now_unix())
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+fn svid_proto(id: &SpiffeId, s: &crate::ca::SignedSvid) -> types::X509Svid {
+    types::X509Svid {
+        spiffe_id: id.to_string(),
+        cert_chain: s.chain.clone(),
+        expires_at: s.expires_at,
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncEntriesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    async fn attest_agent(
+        &self,
+        req: Request<pb::AttestAgentRequest>,
+    ) -> Result<Response<pb::AttestAgentResponse>, Status> {
+        let req = req.into_inner();
+        let token = req.join_token.trim();
+        if token.is_empty() {
+            return Err(Status::invalid_argument("join_token is required"));
+        }
+        // Verify the CSR before burning the token, so a malformed request does not waste it.
+        let pk = crate::ca::Ca::csr_public_key(&req.csr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = SpiffeId::from_path(
+            self.shared.ca.trust_domain(),
+            &format!("/spire/agent/join_token/{token}"),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
+        let now = crate::now_unix();
+        let valid = self
+            .shared
+            .ds
+            .consume_join_token(token, now)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !valid {
+            tracing::warn!(agent = %id, "attestation refused: join token unknown, expired or already used");
+            return Err(Status::permission_denied(
+                "failed to attest: join token does not exist or has already been used",
+            ));
+        }
+        let svid = self
+            .shared
+            .ca
+            .sign_x509_svid(&pk, &id, &[], self.shared.cfg.agent_ttl, now)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.shared
+            .ds
+            .upsert_agent(&AgentRecord {
+                spiffe_id: id.clone(),
+                attestation_type: "join_token".into(),
+                serial: svid.serial_hex.clone(),
+                expires_at: svid.expires_at,
+                banned: false,
+                created_at: now,
+                last_seen: now,
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(agent = %id, "agent attested");
+        Ok(Response::new(pb::AttestAgentResponse {
+            svid: Some(svid_proto(&id, &svid)),
+            bundle: Some(bundle_to_proto(&self.shared.ca.bundle())),
+        }))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let id = self.authenticate(&req).await?;
+        let svid = self.sign_agent_svid(&id, &req.get_ref().csr)?;
+        let now = crate::now_unix();
+        let rec = self
+            .shared
+            .ds
+            .get_agent(&id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::permission_denied("agent is not attested"))?;
+        self.shared
+            .ds
+            .upsert_agent(&AgentRecord {
+                serial: svid.serial_hex.clone(),
+                expires_at: svid.expires_at,
+                last_seen: now,
+                ..rec
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid: Some(svid_proto(&id, &svid)),
+        }))
+    }
+
+    type SyncEntriesStream = SyncStream;
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let agent = self.authenticate(&req).await?;
+        let shared = self.shared.clone();
+        let mut changes = shared.ds.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SyncEntriesResponse, Status>>(4);
+        tokio::spawn(async move {
+            let mut snapshot = 0u64;
+            loop {
+                changes.borrow_and_update();
+                // Evicted or banned while streaming: end the stream.
+                match shared.ds.get_agent(&agent).await {
+                    Ok(Some(r)) if !r.banned => {}
+                    _ => {
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "agent {agent} is no longer attested"
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+                snapshot += 1;
+                let entries = shared.ds.authorized_entries(&agent);
+                let bundle = bundle_to_proto(&shared.ca.bundle());
+                let federated = match shared.ds.list_federated_bundles().await {
+                    Ok(b) => b.iter().map(bundle_to_proto).collect(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "listing federated bundles");
+                        Vec::new()
+                    }
+                };
+                let mut chunks: Vec<Vec<types::Entry>> = entries
+                    .chunks(SYNC_CHUNK)
+                    .map(|c| c.iter().map(|e| e.to_proto()).collect())
+                    .collect();
+                if chunks.is_empty() {
+                    chunks.push(Vec::new());
+                }
+                let n = chunks.len();
+                let mut first = Some((bundle, federated));
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    let (bundle, federated_bundles) = match first.take() {
+                        Some((b, f)) => (Some(b), f),
+                        None => (None, Vec::new()),
+                    };
+                    let msg = pb::SyncEntriesResponse {
+                        entries: chunk,
+                        bundle,
+                        federated_bundles,
+                        last: i + 1 == n,
+                        snapshot,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // agent went away
+                    }
+                }
+                // Wait for the next committed change; `changed` coalesces bursts of writes.
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        req: Request<pb::SignX509SvidsRequest>,
+    ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        let agent = self.authenticate(&req).await?;
+        let params = req.into_inner().params;
+        if params.len() > MAX_CSRS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "too many CSRs in one call: {} (max {MAX_CSRS_PER_CALL})",
+                params.len()
+            )));
+        }
+        let authorized: HashMap<String, _> = self
+            .shared
+            .ds
+            .authorized_entries(&agent)
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let shared = self.shared.clone();
+        // Signing is CPU work: keep it off the async workers.
+        let results = tokio::task::spawn_blocking(move || {
+            let now = crate::now_unix();
+            params
+                .into_iter()
+                .map(|p| {
+                    let Some(entry) = authorized.get(&p.entry_id) else {
+                        return pb::SvidResult {
+                            entry_id: p.entry_id.clone(),
+                            status: Some(entry_status(
+                                tonic::Code::PermissionDenied,
+                                format!("entry {:?} is not authorized for this agent", p.entry_id),
+                            )),
+                            svid: None,
+                        };
+                    };
+                    let ttl = match entry.x509_svid_ttl {
+                        0 => shared.cfg.default_x509_svid_ttl,
+                        s => Duration::from_secs(s as u64),
+                    };
+                    let signed = crate::ca::Ca::csr_public_key(&p.csr)
+                        .map_err(|e| (tonic::Code::InvalidArgument, e.to_string()))
+                        .and_then(|pk| {
+                            shared
+                                .ca
+                                .sign_x509_svid(&pk, &entry.spiffe_id, &entry.dns_names, ttl, now)
+                                .map_err(|e| (tonic::Code::Internal, e.to_string()))
+                        });
+                    match signed {
+                        Ok(s) => pb::SvidResult {
+                            entry_id: p.entry_id,
+                            status: Some(entry_status(tonic::Code::Ok, "OK".into())),
+                            svid: Some(svid_proto(&entry.spiffe_id, &s)),
+                        },
+                        Err((code, msg)) => pb::SvidResult {
+                            entry_id: p.entry_id,
+                            status: Some(entry_status(code, msg)),
+                            svid: None,
+                        },
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("signing task failed: {e}")))?;
+        Ok(Response::new(pb::SignX509SvidsResponse { results }))
+    }
+
+    async fn sign_jwt_svid(
+        &self,
+        req: Request<pb::SignJwtSvidRequest>,
+    ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
+        let agent = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(|a| a.is_empty()) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let entry = self
+            .shared
+            .ds
+            .authorized_entries(&agent)
+            .into_iter()
+            .find(|e| e.id == req.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry {:?} is not authorized for this agent",
+                    req.entry_id
+                ))
+            })?;
+        let ttl = match entry.jwt_svid_ttl {
+            0 => self.shared.cfg.default_jwt_svid_ttl,
+            s => Duration::from_secs(s as u64),
+        };
+        let (token, expires_at) = self
+            .shared
+            .ca
+            .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl, crate::now_unix())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::SignJwtSvidResponse { token, expires_at }))
+    }
+}

@@ -1,0 +1,671 @@
+//! The trust domain's certificate authority: a self-signed root that signs X509-SVIDs, and an
+//! ES256 key that signs JWT-SVIDs.
+//!
+//! Rotation follows SPIRE's shape: when the active CA passes half its lifetime a successor is
+//! *prepared* (its root and JWT key join the bundle at once, so every agent and workload learns
+//! to trust it), and it is *activated* at five sixths of the old CA's lifetime. SVIDs are never
+//! valid beyond the CA that signs them.
+//!
+//! Keys are held by a key manager: `disk` writes them to a 0600 JSON file (atomically: temp file,
+//! fsync, rename) so a restart keeps the same CA and bundle; `memory` keeps them in RAM only.
+
+use crate::config::{CaSubject, KeyManager, KeyType};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use sigil_spiffe::bundle::{Bundle, JwtAuthority};
+use sigil_spiffe::jwt::JwtSigner;
+use sigil_spiffe::{SpiffeId, TrustDomain};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// CA failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("key generation or signing failed: {0}")]
+    Crypto(String),
+    #[error("key manager file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key manager file {0} is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error("invalid certificate signing request: {0}")]
+    Csr(String),
+    #[error("the CA expires too soon to sign anything")]
+    Expired,
+}
+
+fn crypto(e: impl std::fmt::Display) -> CaError {
+    CaError::Crypto(e.to_string())
+}
+
+/// One X.509 authority: a root certificate and its key.
+struct X509Authority {
+    /// rcgen issuer built from the certificate and key; signing needs nothing else.
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl std::fmt::Debug for X509Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("X509Authority")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One JWT signing key.
+#[derive(Debug)]
+struct JwtKey {
+    signer: JwtSigner,
+    not_after: i64,
+}
+
+/// A CA generation: the X.509 root and JWT key that rotate together.
+#[derive(Debug)]
+struct Generation {
+    x509: X509Authority,
+    jwt: JwtKey,
+    /// PKCS#8 of both keys, kept only to persist them (zeroized on drop).
+    x509_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    jwt_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct State {
+    active: Arc<Generation>,
+    /// Prepared successor (in the bundle, not yet signing).
+    next: Option<Arc<Generation>>,
+    /// Older generations still in the bundle until they expire.
+    retired: Vec<Arc<Generation>>,
+}
+
+/// Parameters of the CA.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub trust_domain: TrustDomain,
+    pub ca_ttl: Duration,
+    pub subject: CaSubject,
+    pub key_type: KeyType,
+    pub key_manager: KeyManager,
+    pub jwt_issuer: Option<String>,
+}
+
+/// The CA handle.
+#[derive(Debug)]
+pub struct Ca {
+    cfg: CaConfig,
+    state: RwLock<State>,
+}
+
+/// A signed X509-SVID.
+#[derive(Debug, Clone)]
+pub struct SignedSvid {
+    /// Leaf first.
+    pub chain: Vec<Vec<u8>>,
+    pub serial_hex: String,
+    pub expires_at: i64,
+}
+
+// --- persistence format ---
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredGeneration {
+    x509_key: String,
+    x509_cert: String,
+    jwt_kid: String,
+    jwt_key: String,
+    jwt_not_after: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredKeys {
+    active: StoredGeneration,
+    #[serde(default)]
+    next: Option<StoredGeneration>,
+    #[serde(default)]
+    retired: Vec<StoredGeneration>,
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    // Positive and non-zero, 127 bits of randomness (RFC 5280 §4.1.2.2).
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    SerialNumber::from_slice(&b)
+}
+
+fn random_kid() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::{Rng, thread_rng};
+    thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+fn to_time(unix: i64) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(crypto)
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+// === impl Generation ===
+
+impl Generation {
+    fn create(cfg: &CaConfig, now: i64) -> Result<Self, CaError> {
+        let alg = match cfg.key_type {
+            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = KeyPair::generate_for(alg).map_err(crypto)?;
+        let not_before = now - 10; // small backdate for clock skew
+        let not_after = now + cfg.ca_ttl.as_secs() as i64;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for c in &cfg.subject.country {
+            dn.push(DnType::CountryName, c.as_str());
+        }
+        for o in &cfg.subject.organization {
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if !cfg.subject.common_name.is_empty() {
+            dn.push(DnType::CommonName, cfg.subject.common_name.as_str());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        // The trust domain's SPIFFE ID as URI SAN, as SPIRE does for its CAs.
+        params.subject_alt_names = vec![SanType::URI(
+            cfg.trust_domain
+                .id()
+                .to_string()
+                .try_into()
+                .map_err(crypto)?,
+        )];
+        params.serial_number = Some(random_serial());
+        params.not_before = to_time(not_before)?;
+        params.not_after = to_time(not_after)?;
+        let cert = params.self_signed(&key).map_err(crypto)?;
+        let x509_pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+        let cert_der = cert.der().to_vec();
+        let (jwt_signer, jwt_pkcs8) = JwtSigner::generate(random_kid()).map_err(crypto)?;
+        let issuer = Issuer::new(params, key);
+        Ok(Self {
+            x509: X509Authority {
+                issuer,
+                cert_der,
+                not_before,
+                not_after,
+            },
+            jwt: JwtKey {
+                signer: jwt_signer,
+                not_after,
+            },
+            x509_pkcs8,
+            jwt_pkcs8: zeroize::Zeroizing::new(jwt_pkcs8),
+        })
+    }
+
+    fn store(&self) -> StoredGeneration {
+        StoredGeneration {
+            x509_key: B64.encode(&*self.x509_pkcs8),
+            x509_cert: B64.encode(&self.x509.cert_der),
+            jwt_kid: self.jwt.signer.kid().to_string(),
+            jwt_key: B64.encode(&*self.jwt_pkcs8),
+            jwt_not_after: self.jwt.not_after,
+        }
+    }
+
+    fn load(s: &StoredGeneration, path: &str) -> Result<Self, CaError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            CaError::Corrupt(path.to_string(), format!("{what}: {e}"))
+        };
+        let key_der = zeroize::Zeroizing::new(
+            B64.decode(&s.x509_key)
+                .map_err(|e| corrupt("x509_key", &e))?,
+        );
+        let cert_der = B64
+            .decode(&s.x509_cert)
+            .map_err(|e| corrupt("x509_cert", &e))?;
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| corrupt("x509_key", &e))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
+            .map_err(|e| corrupt("x509_cert", &e))?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| corrupt("x509_cert", &e))?;
+        let not_before = parsed.validity().not_before.timestamp();
+        let not_after = parsed.validity().not_after.timestamp();
+        let jwt_der =
+            zeroize::Zeroizing::new(B64.decode(&s.jwt_key).map_err(|e| corrupt("jwt_key", &e))?);
+        let signer = JwtSigner::from_pkcs8(s.jwt_kid.clone(), &jwt_der)
+            .map_err(|e| corrupt("jwt_key", &e))?;
+        Ok(Self {
+            x509: X509Authority {
+                issuer,
+                cert_der,
+                not_before,
+                not_after,
+            },
+            jwt: JwtKey {
+                signer,
+                not_after: s.jwt_not_after,
+            },
+            x509_pkcs8: key_der,
+            jwt_pkcs8: jwt_der,
+        })
+    }
+}
+
+// === impl Ca ===
+
+impl Ca {
+    /// Loads the CA from the key manager, or creates one.
+    pub fn load_or_create(cfg: CaConfig) -> Result<Self, CaError> {
+        let now = crate::now_unix();
+        let state = match &cfg.key_manager {
+            KeyManager::Disk { keys_path } if keys_path.exists() => {
+                let p = keys_path.display().to_string();
+                let text = std::fs::read(keys_path).map_err(|source| CaError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                let stored: StoredKeys = serde_json::from_slice(&text)
+                    .map_err(|e| CaError::Corrupt(p.clone(), e.to_string()))?;
+                State {
+                    active: Arc::new(Generation::load(&stored.active, &p)?),
+                    next: stored
+                        .next
+                        .as_ref()
+                        .map(|g| Generation::load(g, &p).map(Arc::new))
+                        .transpose()?,
+                    retired: stored
+                        .retired
+                        .iter()
+                        .map(|g| Generation::load(g, &p).map(Arc::new))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+            _ => State {
+                active: Arc::new(Generation::create(&cfg, now)?),
+                next: None,
+                retired: vec![],
+            },
+        };
+        let ca = Self {
+            cfg,
+            state: RwLock::new(state),
+        };
+        ca.persist()?;
+        // A CA loaded after a long downtime may need to rotate straight away.
+        ca.rotate_if_due(now)?;
+        Ok(ca)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // Poisoning would need a panic inside a short critical section that only swaps Arcs.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self) -> Result<(), CaError> {
+        let KeyManager::Disk { keys_path } = &self.cfg.key_manager else {
+            return Ok(());
+        };
+        let stored = {
+            let s = self.read();
+            StoredKeys {
+                active: s.active.store(),
+                next: s.next.as_ref().map(|g| g.store()),
+                retired: s.retired.iter().map(|g| g.store()).collect(),
+            }
+        };
+        let bytes = zeroize::Zeroizing::new(
+            serde_json::to_vec_pretty(&stored).map_err(|e| CaError::Crypto(e.to_string()))?,
+        );
+        write_private_file(keys_path, &bytes).map_err(|source| CaError::Io {
+            path: keys_path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Prepares/activates/retires generations as their lifetimes require. Returns true if the
+    /// bundle changed (so agents must be told).
+    pub fn rotate_if_due(&self, now: i64) -> Result<bool, CaError> {
+        let changed = {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut changed = false;
+            let a = &s.active.x509;
+            let life = a.not_after - a.not_before;
+            if s.next.is_none() && now >= a.not_before + life / 2 {
+                s.next = Some(Arc::new(Generation::create(&self.cfg, now)?));
+                changed = true;
+            }
+            let a = &s.active.x509;
+            if now >= a.not_before + life * 5 / 6 {
+                if let Some(next) = s.next.take() {
+                    let old = std::mem::replace(&mut s.active, next);
+                    s.retired.push(old);
+                    changed = true;
+                }
+            }
+            let before = s.retired.len();
+            s.retired.retain(|g| g.x509.not_after > now);
+            changed |= s.retired.len() != before;
+            changed
+        };
+        if changed {
+            self.persist()?;
+        }
+        Ok(changed)
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.cfg.trust_domain
+    }
+
+    /// The trust domain's own bundle: every generation's root and JWT key.
+    pub fn bundle(&self) -> Bundle {
+        let s = self.read();
+        let mut b = Bundle::new(self.cfg.trust_domain.clone());
+        let gens = s.retired.iter().chain([&s.active]).chain(s.next.iter());
+        for g in gens {
+            b.x509_authorities.push(g.x509.cert_der.clone());
+            b.jwt_authorities.push(JwtAuthority {
+                key_id: g.jwt.signer.kid().to_string(),
+                public_key_der: g.jwt.signer.public_key_spki_der(),
+                expires_at: g.jwt.not_after,
+            });
+        }
+        b
+    }
+
+    /// Root certificates that verify SVIDs (DER).
+    pub fn x509_roots(&self) -> Vec<Vec<u8>> {
+        self.bundle().x509_authorities
+    }
+
+    /// Signs an X509-SVID for `public_key` (from a verified CSR).
+    pub fn sign_x509_svid(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: i64,
+    ) -> Result<SignedSvid, CaError> {
+        let active = self.read().active.clone();
+        let ca = &active.x509;
+        // Never valid beyond the CA.
+        let not_after = (now + ttl.as_secs() as i64).min(ca.not_after);
+        if not_after <= now {
+            return Err(CaError::Expired);
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "SPIRE");
+        if let Some(first) = dns_names.first() {
+            // SPIRE puts the first DNS name in the CN for clients that still read it.
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        let mut sans = vec![SanType::URI(id.to_string().try_into().map_err(crypto)?)];
+        for d in dns_names {
+            sans.push(SanType::DnsName(d.clone().try_into().map_err(crypto)?));
+        }
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.not_before = to_time(now - 10)?;
+        params.not_after = to_time(not_after)?;
+        let cert = params.signed_by(public_key, &ca.issuer).map_err(crypto)?;
+        Ok(SignedSvid {
+            chain: vec![cert.der().to_vec()],
+            serial_hex,
+            expires_at: not_after,
+        })
+    }
+
+    /// Parses and verifies a PKCS#10 CSR (signature = proof of possession) and returns its
+    /// public key. Subject and extensions in the CSR are ignored: the server decides them.
+    pub fn csr_public_key(csr_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CaError> {
+        use x509_parser::prelude::FromDer;
+        let (rest, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+                .map_err(|e| CaError::Csr(format!("malformed: {e}")))?;
+        if !rest.is_empty() {
+            return Err(CaError::Csr("trailing data".into()));
+        }
+        csr.verify_signature()
+            .map_err(|_| CaError::Csr("signature does not verify".into()))?;
+        let spki = csr.certification_request_info.subject_pki.raw;
+        rcgen::SubjectPublicKeyInfo::from_der(spki).map_err(|e| CaError::Csr(e.to_string()))
+    }
+
+    /// Signs a JWT-SVID with the active key.
+    pub fn sign_jwt_svid(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+        now: i64,
+    ) -> Result<(String, i64), CaError> {
+        let active = self.read().active.clone();
+        let exp = (now + ttl.as_secs() as i64).min(active.jwt.not_after);
+        if exp <= now {
+            return Err(CaError::Expired);
+        }
+        let token = active
+            .jwt
+            .signer
+            .sign(id, audience, now, exp)
+            .map_err(crypto)?;
+        Ok((token, exp))
+    }
+
+    /// Where the disk key manager keeps keys, if it is in use.
+    pub fn keys_path(&self) -> Option<PathBuf> {
+        match &self.cfg.key_manager {
+            KeyManager::Disk { keys_path } => Some(keys_path.clone()),
+            KeyManager::Memory => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> CaConfig {
+        CaConfig {
+            trust_domain: "example.org".parse().unwrap(),
+            ca_ttl: Duration::from_secs(24 * 3600),
+            subject: CaSubject::default(),
+            key_type: KeyType::EcP256,
+            key_manager: KeyManager::Disk {
+                keys_path: dir.join("keys.json"),
+            },
+            jwt_issuer: None,
+        }
+    }
+
+    fn csr() -> (KeyPair, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        (key, csr)
+    }
+
+    #[test]
+    fn svid_has_the_spiffe_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let (_k, csr) = csr();
+        let pk = Ca::csr_public_key(&csr).unwrap();
+        let id: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let now = crate::now_unix();
+        let svid = ca
+            .sign_x509_svid(
+                &pk,
+                &id,
+                &["web.example.org".into()],
+                Duration::from_secs(3600),
+                now,
+            )
+            .unwrap();
+        // Structure per the X509-SVID spec, and it chains to the bundle.
+        let got =
+            sigil_spiffe::x509::verify_svid_chain(&svid.chain, &ca.x509_roots(), now).unwrap();
+        assert_eq!(got, id);
+        let (_, cert) = x509_parser::parse_x509_certificate(&svid.chain[0]).unwrap();
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let bc = cert.basic_constraints().unwrap().unwrap().value;
+        assert!(!bc.ca);
+        assert_eq!(cert.validity().not_after.timestamp(), svid.expires_at);
+        assert!((svid.expires_at - now - 3600).abs() <= 1);
+    }
+
+    #[test]
+    fn svid_never_outlives_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.ca_ttl = Duration::from_secs(600);
+        let ca = Ca::load_or_create(c).unwrap();
+        let (_k, csr) = csr();
+        let pk = Ca::csr_public_key(&csr).unwrap();
+        let id: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let now = crate::now_unix();
+        let svid = ca
+            .sign_x509_svid(&pk, &id, &[], Duration::from_secs(3600), now)
+            .unwrap();
+        assert!(svid.expires_at <= now + 600);
+    }
+
+    #[test]
+    fn restart_keeps_ca_and_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let b1 = Ca::load_or_create(cfg(dir.path())).unwrap().bundle();
+        let b2 = Ca::load_or_create(cfg(dir.path())).unwrap().bundle();
+        assert_eq!(b1.x509_authorities, b2.x509_authorities);
+        assert_eq!(b1.jwt_authorities[0].key_id, b2.jwt_authorities[0].key_id);
+        let mode = std::fs::metadata(dir.path().join("keys.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rotation_prepares_then_activates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let start = crate::now_unix();
+        assert!(!ca.rotate_if_due(start).unwrap());
+        assert!(ca.rotate_if_due(start + 13 * 3600).unwrap());
+        assert_eq!(ca.bundle().x509_authorities.len(), 2);
+        let (_k, csr) = csr();
+        let pk = Ca::csr_public_key(&csr).unwrap();
+        let id: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let before = ca
+            .sign_x509_svid(&pk, &id, &[], Duration::from_secs(60), start)
+            .unwrap();
+        assert!(ca.rotate_if_due(start + 21 * 3600).unwrap());
+        let after = ca
+            .sign_x509_svid(&pk, &id, &[], Duration::from_secs(60), start)
+            .unwrap();
+        let issuer = |der: &[u8]| {
+            let roots = ca.x509_roots();
+            roots.iter().position(|r| {
+                sigil_spiffe::x509::verify_svid_chain(&[der.to_vec()], &[r.clone()], start).is_ok()
+            })
+        };
+        assert_ne!(issuer(&before.chain[0]), issuer(&after.chain[0]));
+        // The old root expires and leaves the bundle.
+        ca.rotate_if_due(start + 25 * 3600).unwrap();
+        assert_eq!(ca.bundle().x509_authorities.len(), 2); // active + newly prepared next
+    }
+
+    #[test]
+    fn bad_csr_is_refused() {
+        assert!(Ca::csr_public_key(b"garbage").is_err());
+        let (_k, mut csr) = csr();
+        let n = csr.len();
+        csr[n - 5] ^= 0xff; // break the signature
+        assert!(Ca::csr_public_key(&csr).is_err());
+    }
+
+    #[test]
+    fn jwt_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let id: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let now = crate::now_unix();
+        let (tok, exp) = ca
+            .sign_jwt_svid(&id, &["aud1".into()], Duration::from_secs(300), now)
+            .unwrap();
+        assert_eq!(exp, now + 300);
+        assert_eq!(tok.split('.').count(), 3);
+    }
+}

@@ -1,0 +1,618 @@
+//! The datastore: SQLite (WAL) via sqlx, with an in-memory index of entries that answers the hot
+//! lookups (agent authorization) without touching the database.
+//!
+//! Every write commits its transaction *before* the in-memory index changes and before the API
+//! acknowledges, so nothing acknowledged can be lost. Writes are serialized by one async mutex so
+//! the index and the database apply changes in the same order. Each committed change bumps a
+//! `watch` revision that the agent sync streams wait on: changes are pushed, never polled.
+
+use crate::entry::Entry;
+use sigil_spiffe::{SpiffeId, TrustDomain, bundle::Bundle};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{Mutex, watch};
+
+/// Datastore failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("datastore: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("datastore migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("entry {0:?} not found")]
+    NotFound(String),
+    #[error("similar entry already exists")]
+    AlreadyExists,
+    #[error("corrupt row in datastore: {0}")]
+    Corrupt(String),
+}
+
+/// An attested agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub spiffe_id: SpiffeId,
+    pub attestation_type: String,
+    pub serial: String,
+    pub expires_at: i64,
+    pub banned: bool,
+    pub created_at: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Entry>>,
+    by_parent: HashMap<SpiffeId, Vec<String>>,
+}
+
+// === impl Index ===
+
+impl Index {
+    fn insert(&mut self, e: Arc<Entry>) {
+        if let Some(old) = self.by_id.insert(e.id.clone(), e.clone()) {
+            self.unlink(&old);
+        }
+        self.by_parent
+            .entry(e.parent_id.clone())
+            .or_default()
+            .push(e.id.clone());
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Entry>> {
+        let old = self.by_id.remove(id)?;
+        self.unlink(&old);
+        Some(old)
+    }
+
+    fn unlink(&mut self, e: &Entry) {
+        if let Some(v) = self.by_parent.get_mut(&e.parent_id) {
+            v.retain(|x| x != &e.id);
+            if v.is_empty() {
+                self.by_parent.remove(&e.parent_id);
+            }
+        }
+    }
+
+    /// Entries an agent may hold: those parented to it, and (transitively) those parented to an
+    /// identity it holds — SPIRE's node-alias/descendant rule.
+    fn authorized(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        let mut seen_ids: HashSet<&SpiffeId> = HashSet::new();
+        let mut queue: VecDeque<&SpiffeId> = VecDeque::from([agent]);
+        seen_ids.insert(agent);
+        while let Some(parent) = queue.pop_front() {
+            for id in self.by_parent.get(parent).into_iter().flatten() {
+                if let Some(e) = self.by_id.get(id) {
+                    out.push(e.clone());
+                    if seen_ids.insert(&e.spiffe_id) {
+                        queue.push_back(&e.spiffe_id);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The datastore handle (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    pool: SqlitePool,
+    index: Arc<RwLock<Index>>,
+    write: Arc<Mutex<()>>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+fn json_list<T: ToString>(items: &[T]) -> String {
+    let v: Vec<String> = items.iter().map(ToString::to_string).collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw: Vec<String> =
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    raw.iter()
+        .map(|x| {
+            x.parse()
+                .map_err(|e: T::Err| StoreError::Corrupt(format!("{what} {x:?}: {e}")))
+        })
+        .collect()
+}
+
+fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+    let spiffe_id: String = r.try_get("spiffe_id")?;
+    let parent_id: String = r.try_get("parent_id")?;
+    let fw: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("federates_with")?)
+        .map_err(|e| corrupt("federates_with", &e))?;
+    Ok(Entry {
+        id: r.try_get("id")?,
+        spiffe_id: spiffe_id.parse().map_err(|e| corrupt("spiffe_id", &e))?,
+        parent_id: parent_id.parse().map_err(|e| corrupt("parent_id", &e))?,
+        selectors: parse_list(&r.try_get::<String, _>("selectors")?, "selectors")?,
+        x509_svid_ttl: r.try_get::<i64, _>("x509_svid_ttl")? as u32,
+        jwt_svid_ttl: r.try_get::<i64, _>("jwt_svid_ttl")? as u32,
+        dns_names: serde_json::from_str(&r.try_get::<String, _>("dns_names")?)
+            .map_err(|e| corrupt("dns_names", &e))?,
+        federates_with: fw
+            .iter()
+            .map(|t| TrustDomain::from_id_or_name(t).map_err(|e| corrupt("federates_with", &e)))
+            .collect::<Result<_, _>>()?,
+        admin: r.try_get::<i64, _>("admin")? != 0,
+        downstream: r.try_get::<i64, _>("downstream")? != 0,
+        hint: r.try_get("hint")?,
+        created_at: r.try_get("created_at")?,
+        revision: r.try_get("revision")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+// === impl DataStore ===
+
+impl DataStore {
+    /// Opens (creating if needed) the SQLite database at `path`, runs migrations and loads the
+    /// entry index.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before we acknowledge it, even across power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let rows = sqlx::query("SELECT * FROM entries")
+            .fetch_all(&pool)
+            .await?;
+        let mut index = Index::default();
+        for r in &rows {
+            index.insert(Arc::new(entry_from_row(r)?));
+        }
+        let (tx, _) = watch::channel(0);
+        Ok(Self {
+            pool,
+            index: Arc::new(RwLock::new(index)),
+            write: Arc::new(Mutex::new(())),
+            changes: Arc::new(tx),
+        })
+    }
+
+    /// A receiver that changes after every committed write (entries, bundles, agents) or an
+    /// explicit [`DataStore::notify`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Signals a change made outside the database (e.g. a CA rotation changing the bundle).
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // A poisoned lock means a panic while the index was being changed; the index itself is
+        // only ever mutated by infallible HashMap operations, so the data is still consistent.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the database answers (for `/ready`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // --- entries ---
+
+    /// Creates entries in one transaction per entry (so one bad entry does not fail a batch);
+    /// returns per-entry results in order.
+    pub async fn create_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
+        let _w = self.write.lock().await;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut tx = match self.pool.begin().await {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                return entries
+                    .iter()
+                    .map(|_| Err(StoreError::Corrupt(msg.clone())))
+                    .collect();
+            }
+        };
+        let mut created = Vec::new();
+        for mut e in entries {
+            if e.id.is_empty() {
+                e.id = uuid::Uuid::new_v4().to_string();
+            }
+            e.created_at = crate::now_unix();
+            e.revision = 0;
+            // SQLite rolls back only the failing statement, so one refused entry does not
+            // undo the others in this transaction.
+            let res = sqlx::query(
+                "INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
+                 dns_names, federates_with, admin, downstream, hint, created_at, revision) \
+                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .bind(&e.id)
+            .bind(e.spiffe_id.as_str())
+            .bind(e.parent_id.as_str())
+            .bind(e.selectors_key())
+            .bind(e.x509_svid_ttl as i64)
+            .bind(e.jwt_svid_ttl as i64)
+            .bind(json_list(&e.dns_names))
+            .bind(json_list(&e.federates_with.iter().map(|t| t.id()).collect::<Vec<_>>()))
+            .bind(e.admin as i64)
+            .bind(e.downstream as i64)
+            .bind(&e.hint)
+            .bind(e.created_at)
+            .bind(e.revision)
+            .execute(&mut *tx)
+            .await;
+            match res {
+                Ok(_) => {
+                    created.push(e.clone());
+                    out.push(Ok(e));
+                }
+                Err(err) if is_unique_violation(&err) => out.push(Err(StoreError::AlreadyExists)),
+                Err(err) => out.push(Err(err.into())),
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            let msg = e.to_string();
+            return out
+                .into_iter()
+                .map(|_| Err(StoreError::Corrupt(format!("commit failed: {msg}"))))
+                .collect();
+        }
+        if !created.is_empty() {
+            let mut idx = self.index_write();
+            for e in created {
+                idx.insert(Arc::new(e));
+            }
+            drop(idx);
+            self.notify();
+        }
+        out
+    }
+
+    /// Replaces entries by id (revision + 1); per-entry results.
+    pub async fn update_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
+        let _w = self.write.lock().await;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut updated = Vec::new();
+        for mut e in entries {
+            let Some(old) = self.index_read().by_id.get(&e.id).cloned() else {
+                out.push(Err(StoreError::NotFound(e.id.clone())));
+                continue;
+            };
+            e.created_at = old.created_at;
+            e.revision = old.revision + 1;
+            let res = sqlx::query(
+                "UPDATE entries SET spiffe_id=?, parent_id=?, selectors=?, x509_svid_ttl=?, jwt_svid_ttl=?, \
+                 dns_names=?, federates_with=?, admin=?, downstream=?, hint=?, revision=? WHERE id=?",
+            )
+            .bind(e.spiffe_id.as_str())
+            .bind(e.parent_id.as_str())
+            .bind(e.selectors_key())
+            .bind(e.x509_svid_ttl as i64)
+            .bind(e.jwt_svid_ttl as i64)
+            .bind(json_list(&e.dns_names))
+            .bind(json_list(&e.federates_with.iter().map(|t| t.id()).collect::<Vec<_>>()))
+            .bind(e.admin as i64)
+            .bind(e.downstream as i64)
+            .bind(&e.hint)
+            .bind(e.revision)
+            .bind(&e.id)
+            .execute(&self.pool)
+            .await;
+            match res {
+                Ok(_) => {
+                    updated.push(e.clone());
+                    out.push(Ok(e));
+                }
+                Err(err) if is_unique_violation(&err) => out.push(Err(StoreError::AlreadyExists)),
+                Err(err) => out.push(Err(err.into())),
+            }
+        }
+        if !updated.is_empty() {
+            let mut idx = self.index_write();
+            for e in updated {
+                idx.insert(Arc::new(e));
+            }
+            drop(idx);
+            self.notify();
+        }
+        out
+    }
+
+    /// Deletes entries by id; per-id results with the deleted entry.
+    pub async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, StoreError>> {
+        let _w = self.write.lock().await;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut any = false;
+        for id in ids {
+            match sqlx::query("DELETE FROM entries WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+            {
+                Ok(r) if r.rows_affected() == 1 => {
+                    any = true;
+                    match self.index_write().remove(id) {
+                        Some(e) => out.push(Ok((*e).clone())),
+                        None => out.push(Err(StoreError::NotFound(id.clone()))),
+                    }
+                }
+                Ok(_) => out.push(Err(StoreError::NotFound(id.clone()))),
+                Err(e) => out.push(Err(e.into())),
+            }
+        }
+        if any {
+            self.notify();
+        }
+        out
+    }
+
+    pub fn get_entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.index_read().by_id.get(id).cloned()
+    }
+
+    /// All entries, sorted by id (stable paging).
+    pub fn list_entries(&self) -> Vec<Arc<Entry>> {
+        let idx = self.index_read();
+        let sorted: BTreeMap<&String, &Arc<Entry>> = idx.by_id.iter().collect();
+        sorted.into_values().cloned().collect()
+    }
+
+    pub fn count_entries(&self) -> usize {
+        self.index_read().by_id.len()
+    }
+
+    /// Entries the agent may obtain SVIDs for.
+    pub fn authorized_entries(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
+        self.index_read().authorized(agent)
+    }
+
+    // --- join tokens ---
+
+    pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, ?)")
+            .bind(token)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Consumes a join token: true if it existed and had not expired. The DELETE is the single
+    /// atomic step, so two agents racing with one token cannot both win.
+    pub async fn consume_join_token(&self, token: &str, now: i64) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let row = sqlx::query("DELETE FROM join_tokens WHERE token = ? RETURNING expires_at")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>("expires_at")? > now,
+            None => false,
+        })
+    }
+
+    // --- agents ---
+
+    pub async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, expires_at, banned, created_at, last_seen) \
+             VALUES (?,?,?,?,?,?,?) ON CONFLICT(spiffe_id) DO UPDATE SET serial=excluded.serial, \
+             expires_at=excluded.expires_at, last_seen=excluded.last_seen",
+        )
+        .bind(a.spiffe_id.as_str())
+        .bind(&a.attestation_type)
+        .bind(&a.serial)
+        .bind(a.expires_at)
+        .bind(a.banned as i64)
+        .bind(a.created_at)
+        .bind(a.last_seen)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn agent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreError> {
+        let id: String = r.try_get("spiffe_id")?;
+        Ok(AgentRecord {
+            spiffe_id: id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("agent id: {e}")))?,
+            attestation_type: r.try_get("attestation_type")?,
+            serial: r.try_get("serial")?,
+            expires_at: r.try_get("expires_at")?,
+            banned: r.try_get::<i64, _>("banned")? != 0,
+            created_at: r.try_get("created_at")?,
+            last_seen: r.try_get("last_seen")?,
+        })
+    }
+
+    pub async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM agents WHERE spiffe_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::agent_from_row).transpose()
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agents ORDER BY spiffe_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::agent_from_row).collect()
+    }
+
+    /// Removes an agent: it must attest again (with a new join token).
+    pub async fn evict_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.notify();
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Bans an agent: its SVID is refused from now on.
+    pub async fn ban_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("UPDATE agents SET banned = 1 WHERE spiffe_id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.notify();
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn touch_agent(&self, id: &SpiffeId, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET last_seen = ? WHERE spiffe_id = ?")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- federated bundles ---
+
+    pub async fn set_federated_bundle(&self, b: &Bundle) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "INSERT INTO federated_bundles (trust_domain, bundle, updated_at) VALUES (?,?,?) \
+             ON CONFLICT(trust_domain) DO UPDATE SET bundle=excluded.bundle, updated_at=excluded.updated_at",
+        )
+        .bind(b.trust_domain.as_str())
+        .bind(b.to_spiffe_json())
+        .bind(crate::now_unix())
+        .execute(&self.pool)
+        .await?;
+        self.notify();
+        Ok(())
+    }
+
+    pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = ?")
+            .bind(td.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.notify();
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn list_federated_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
+        let rows =
+            sqlx::query("SELECT trust_domain, bundle FROM federated_bundles ORDER BY trust_domain")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let td: String = r.try_get("trust_domain")?;
+                let json: String = r.try_get("bundle")?;
+                let td = TrustDomain::from_id_or_name(&td)
+                    .map_err(|e| StoreError::Corrupt(format!("trust domain: {e}")))?;
+                Bundle::from_spiffe_json(td, json.as_bytes())
+                    .map_err(|e| StoreError::Corrupt(format!("bundle: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigil_spiffe::Selector;
+
+    fn entry(spiffe: &str, parent: &str, sel: &str) -> Entry {
+        Entry {
+            id: String::new(),
+            spiffe_id: spiffe.parse().unwrap(),
+            parent_id: parent.parse().unwrap(),
+            selectors: vec![sel.parse::<Selector>().unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec![],
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            created_at: 0,
+            revision: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_persist_and_authorize() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite3");
+        let agent: SpiffeId = "spiffe://td/spire/agent/join_token/t".parse().unwrap();
+        {
+            let ds = DataStore::open(&path).await.unwrap();
+            let mut rx = ds.subscribe();
+            let res = ds
+                .create_entries(vec![
+                    entry("spiffe://td/node", agent.as_str(), "spiffe_id:x"),
+                    entry("spiffe://td/w1", "spiffe://td/node", "unix:uid:1"),
+                    entry("spiffe://td/w2", agent.as_str(), "unix:uid:2"),
+                    entry("spiffe://td/other", "spiffe://td/elsewhere", "unix:uid:3"),
+                    // similar to the second one: refused
+                    entry("spiffe://td/w1", "spiffe://td/node", "unix:uid:1"),
+                ])
+                .await;
+            assert!(res[..4].iter().all(|r| r.is_ok()));
+            assert!(matches!(res[4], Err(StoreError::AlreadyExists)));
+            assert!(rx.has_changed().unwrap());
+            rx.borrow_and_update();
+            let mut ids: Vec<String> = ds
+                .authorized_entries(&agent)
+                .iter()
+                .map(|e| e.spiffe_id.to_string())
+                .collect();
+            ids.sort();
+            assert_eq!(
+                ids,
+                ["spiffe://td/node", "spiffe://td/w1", "spiffe://td/w2"]
+            );
+        }
+        // Reopen: everything acknowledged is still there.
+        let ds = DataStore::open(&path).await.unwrap();
+        assert_eq!(ds.count_entries(), 4);
+        assert_eq!(ds.authorized_entries(&agent).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn join_token_is_single_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = DataStore::open(&dir.path().join("ds")).await.unwrap();
+        ds.create_join_token("tok", 100).await.unwrap();
+        assert!(ds.consume_join_token("tok", 50).await.unwrap());
+        assert!(!ds.consume_join_token("tok", 50).await.unwrap());
+        ds.create_join_token("old", 10).await.unwrap();
+        assert!(!ds.consume_join_token("old", 50).await.unwrap());
+    }
+}

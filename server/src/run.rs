@@ -1,0 +1,208 @@
+//! `sigil-server run`: wires the datastore, CA, listeners and background rotation together.
+
+use crate::api::Shared;
+use crate::api::admin::AdminApi;
+use crate::api::node::NodeApi;
+use crate::ca::{Ca, CaConfig};
+use crate::config::ServerConfig;
+use crate::datastore::DataStore;
+use crate::tls::ServerIdentity;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often CA and server-SVID lifetimes are checked.
+const ROTATION_CHECK: Duration = Duration::from_secs(5);
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+fn private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Binds the admin socket with mode 0600, replacing a stale socket file left by a crash.
+fn bind_admin_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(parent) = path.parent() {
+        private_dir(parent)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        } else {
+            anyhow::bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+    }
+    // Bind under a restrictive umask so the socket is never briefly world-accessible.
+    // SAFETY: umask has no preconditions; the previous mask is restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let l = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub agent_api: SocketAddr,
+    pub health: Option<SocketAddr>,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(cfg: ServerConfig) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    private_dir(&cfg.data_dir)?;
+    let ds = DataStore::open(&cfg.datastore_path)
+        .await
+        .with_context(|| format!("opening datastore {}", cfg.datastore_path.display()))?;
+    let ca = Arc::new(
+        Ca::load_or_create(CaConfig {
+            trust_domain: cfg.trust_domain.clone(),
+            ca_ttl: cfg.ca_ttl,
+            subject: cfg.ca_subject.clone(),
+            key_type: cfg.ca_key_type,
+            key_manager: cfg.key_manager.clone(),
+            jwt_issuer: cfg.jwt_issuer.clone(),
+        })
+        .context("loading the CA")?,
+    );
+    let identity = Arc::new(
+        ServerIdentity::new(&ca, cfg.default_x509_svid_ttl)
+            .map_err(|e| anyhow::anyhow!("issuing the server SVID: {e}"))?,
+    );
+    let shared = Shared {
+        cfg: cfg.clone(),
+        ca: ca.clone(),
+        ds: ds.clone(),
+    };
+
+    let admin_listener = bind_admin_socket(&cfg.socket_path)?;
+    let tcp = tokio::net::TcpListener::bind((cfg.bind_address, cfg.bind_port))
+        .await
+        .with_context(|| format!("binding {}:{}", cfg.bind_address, cfg.bind_port))?;
+    let agent_addr = tcp.local_addr()?;
+    let acceptor = crate::tls::acceptor(ca.clone(), identity.clone())?;
+
+    let health_addr = match &cfg.health_checks {
+        Some(h) => {
+            let l = crate::health::bind(SocketAddr::new(h.bind_address, h.bind_port))
+                .await
+                .with_context(|| {
+                    format!("binding health listener {}:{}", h.bind_address, h.bind_port)
+                })?;
+            let addr = l.local_addr()?;
+            let ds2 = ds.clone();
+            let ready: crate::health::ReadyCheck = Arc::new(move || {
+                let ds = ds2.clone();
+                Box::pin(async move { ds.ping().await.map_err(|e| e.to_string()) })
+            });
+            tokio::spawn(crate::health::serve(
+                l,
+                h.live_path.clone(),
+                h.ready_path.clone(),
+                ready,
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+
+    // CA rotation and server-SVID renewal.
+    {
+        let (ca, ds, identity, ttl) = (
+            ca.clone(),
+            ds.clone(),
+            identity.clone(),
+            cfg.default_x509_svid_ttl,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ROTATION_CHECK);
+            loop {
+                tick.tick().await;
+                match ca.rotate_if_due(crate::now_unix()) {
+                    Ok(true) => {
+                        tracing::info!("CA rotated; bundle updated");
+                        ds.notify();
+                        if let Err(e) = identity.renew_if_due(&ca, ttl, true) {
+                            tracing::error!(error = %e, "renewing the server SVID");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "CA rotation failed"),
+                }
+                if let Err(e) = identity.renew_if_due(&ca, ttl, false) {
+                    tracing::error!(error = %e, "renewing the server SVID");
+                }
+            }
+        });
+    }
+
+    let listening = Listening {
+        agent_api: agent_addr,
+        health: health_addr,
+    };
+    tracing::info!(
+        trust_domain = cfg.trust_domain.as_str(),
+        agent_api = %listening.agent_api,
+        admin_socket = %cfg.socket_path.display(),
+        health = ?listening.health,
+        "server listening"
+    );
+
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+        tracing::info!("shutting down");
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let node = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(sigil_proto::agent::node_server::NodeServer::new(NodeApi {
+            shared: shared.clone(),
+        }))
+        .serve_with_incoming_shutdown(crate::tls::incoming(tcp, acceptor), stop(stop_rx.clone()));
+    let admin = tonic::transport::Server::builder()
+        .add_service(sigil_proto::admin::admin_server::AdminServer::new(
+            AdminApi {
+                shared: shared.clone(),
+            },
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+            stop(stop_rx),
+        );
+    let node = tokio::spawn(node);
+    let admin = tokio::spawn(admin);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Streams (agent sync) never end on their own; give in-flight unary calls a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = node.await;
+        let _ = admin.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&cfg.socket_path);
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! TLS for the agent API: the server presents its own SVID (`spiffe://<td>/spire/server`,
+//! renewed at half-life) and verifies agents' SVIDs against the CA's current roots. Client
+//! certificates are optional at the TLS layer because `AttestAgent` runs before an agent has one;
+//! every other RPC requires the verified identity (see `api::node`).
+
+use crate::ca::Ca;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sigil_spiffe::SpiffeId;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's own rotating TLS identity.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    current: RwLock<Arc<CertifiedKey>>,
+    expires_at: RwLock<i64>,
+    issued_at: RwLock<i64>,
+}
+
+// === impl ServerIdentity ===
+
+impl ServerIdentity {
+    /// Issues the first server SVID.
+    pub fn new(ca: &Ca, ttl: Duration) -> Result<Self, String> {
+        let (ck, exp) = Self::issue(ca, ttl)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(ck)),
+            expires_at: RwLock::new(exp),
+            issued_at: RwLock::new(crate::now_unix()),
+        })
+    }
+
+    fn issue(ca: &Ca, ttl: Duration) -> Result<(CertifiedKey, i64), String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let id =
+            SpiffeId::from_path(ca.trust_domain(), "/spire/server").map_err(|e| e.to_string())?;
+        let svid = ca
+            .sign_x509_svid(&key, &id, &[], ttl, crate::now_unix())
+            .map_err(|e| e.to_string())?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing =
+            rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|e| e.to_string())?;
+        let chain = svid.chain.into_iter().map(CertificateDer::from).collect();
+        Ok((CertifiedKey::new(chain, signing), svid.expires_at))
+    }
+
+    /// Re-issues the SVID when half its lifetime has passed (or the CA changed).
+    pub fn renew_if_due(&self, ca: &Ca, ttl: Duration, force: bool) -> Result<bool, String> {
+        let now = crate::now_unix();
+        let issued = *self.issued_at.read().unwrap_or_else(|p| p.into_inner());
+        let exp = *self.expires_at.read().unwrap_or_else(|p| p.into_inner());
+        if !force && now < issued + (exp - issued) / 2 {
+            return Ok(false);
+        }
+        let (ck, exp) = Self::issue(ca, ttl)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        *self.expires_at.write().unwrap_or_else(|p| p.into_inner()) = exp;
+        *self.issued_at.write().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(true)
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<ServerIdentity>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.0
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Verifies agent SVIDs against the CA's current roots (they change on rotation, so they are
+/// read per handshake rather than baked into a webpki verifier).
+#[derive(Debug)]
+struct AgentVerifier {
+    ca: Arc<Ca>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for AgentVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.to_vec()];
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        let id = sigil_spiffe::x509::verify_svid_chain(
+            &chain,
+            &self.ca.x509_roots(),
+            now.as_secs() as i64,
+        )
+        .map_err(|e| rustls::Error::General(format!("agent SVID rejected: {e}")))?;
+        if !id.is_member_of(self.ca.trust_domain()) {
+            return Err(rustls::Error::General(format!(
+                "agent SVID {id} is not in trust domain {}",
+                self.ca.trust_domain().as_str()
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Builds the acceptor for the agent API.
+pub fn acceptor(ca: Arc<Ca>, identity: Arc<ServerIdentity>) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = provider();
+    let verifier = Arc::new(AgentVerifier {
+        ca,
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Resolver(identity)));
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// What the handlers learn about the peer of a TLS connection.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The verified agent SVID's SPIFFE ID, if a client certificate was presented.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Serial of the presented certificate (hex).
+    pub serial_hex: Option<String>,
+    pub remote_addr: Option<SocketAddr>,
+}
+
+/// A TLS connection carrying its verified peer identity.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile client
+/// cannot stall others), yielding connections with their peer identity.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let leaf = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec());
+                let peer = PeerIdentity {
+                    spiffe_id: leaf
+                        .as_ref()
+                        .and_then(|d| sigil_spiffe::x509::spiffe_id_of_cert(d).ok()),
+                    serial_hex: leaf
+                        .as_ref()
+                        .and_then(|d| sigil_spiffe::x509::serial_hex(d).ok()),
+                    remote_addr: Some(addr),
+                };
+                let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
