@@ -406,6 +406,28 @@ fn audience_list(aud: &Value) -> Result<Vec<String>, JwtError> {
 /// bounds the token's life. A JWT authority's `expires_at` is not checked
 /// either: publishing a key in the bundle is what makes it trusted, as in
 /// SPIRE.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use sigil_spiffe::{Bundle, JwtAuthority, JwtSigner, SpiffeId, TrustDomain, jwt};
+///
+/// let td: TrustDomain = "example.org".parse()?;
+/// let (signer, _pkcs8) = JwtSigner::generate("key-1".to_owned())?;
+/// let mut bundle = Bundle::new(td.clone());
+/// bundle.add_jwt_authority(JwtAuthority {
+///     key_id: signer.kid().to_owned(),
+///     public_key_der: signer.public_key_spki_der(),
+///     expires_at: 0,
+/// })?;
+/// let bundles = HashMap::from([(td, bundle)]);
+///
+/// let sub: SpiffeId = "spiffe://example.org/web".parse()?;
+/// let token = signer.sign(&sub, &["db".to_owned()], 1_000, 1_300)?;
+/// let svid = jwt::validate(&token, "db", 1_100, |td| bundles.get(td))?;
+/// assert_eq!(svid.spiffe_id, sub);
+/// assert!(jwt::validate(&token, "db", 1_300, |td| bundles.get(td)).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn validate<B, F>(
     token: &str,
     audience: &str,
