@@ -1,0 +1,12 @@
+//! Test support for Sigil's end-to-end tests and the mTLS demo.
+//!
+//! - [`harness`]: starts real `sigil-server` / `sigil-agent` processes in temp dirs, waits for
+//!   them by polling, and kills them on drop.
+//! - [`workload`]: a minimal Workload API client over the agent's Unix socket (generated
+//!   `sigil_proto::workload` stubs, no SPIFFE library), used where the tests need raw gRPC control.
+//! - [`mtls`]: rustls configs whose verifiers check the peer's X509-SVID chain with
+//!   `sigil_spiffe::x509::verify_svid_chain` and authorize its SPIFFE ID against an allow-list.
+
+pub mod harness;
+pub mod mtls;
+pub mod workload;
