@@ -513,7 +513,7 @@ impl Ca {
         let token = active
             .jwt
             .signer
-            .sign(id, audience, now, exp)
+            .sign_with_issuer(id, audience, now, exp, self.cfg.jwt_issuer.as_deref())
             .map_err(crypto)?;
         Ok((token, exp))
     }
@@ -666,6 +666,20 @@ mod tests {
             .sign_jwt_svid(&id, &["aud1".into()], Duration::from_secs(300), now)
             .unwrap();
         assert_eq!(exp, now + 300);
-        assert_eq!(tok.split('.').count(), 3);
+        let bundle = ca.bundle();
+        let v = sigil_spiffe::jwt::validate(&tok, "aud1", now, |_| Some(&bundle)).unwrap();
+        assert_eq!(v.spiffe_id, id);
+        assert!(v.claims.get("iss").is_none());
+        // With jwt_issuer configured, tokens carry `iss`.
+        let mut c = cfg(dir.path());
+        c.key_manager = KeyManager::Memory;
+        c.jwt_issuer = Some("https://oidc.example.org".into());
+        let ca = Ca::load_or_create(c).unwrap();
+        let (tok, _) = ca
+            .sign_jwt_svid(&id, &["aud1".into()], Duration::from_secs(300), now)
+            .unwrap();
+        let bundle = ca.bundle();
+        let v = sigil_spiffe::jwt::validate(&tok, "aud1", now, |_| Some(&bundle)).unwrap();
+        assert_eq!(v.claims["iss"], "https://oidc.example.org");
     }
 }

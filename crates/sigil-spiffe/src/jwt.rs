@@ -250,6 +250,19 @@ impl JwtSigner {
         iat: i64,
         exp: i64,
     ) -> Result<String, JwtError> {
+        self.sign_with_issuer(sub, aud, iat, exp, None)
+    }
+
+    /// [`JwtSigner::sign`], adding an `iss` claim when `issuer` is given (SPIRE's
+    /// `jwt_issuer`, which OIDC consumers such as cloud IAM federation require).
+    pub fn sign_with_issuer(
+        &self,
+        sub: &SpiffeId,
+        aud: &[String],
+        iat: i64,
+        exp: i64,
+        issuer: Option<&str>,
+    ) -> Result<String, JwtError> {
         let aud = match aud {
             [] => return Err(JwtError::NoAudience),
             [one] => Value::String(one.clone()),
@@ -265,6 +278,9 @@ impl JwtSigner {
         claims.insert("aud".into(), aud);
         claims.insert("exp".into(), exp.into());
         claims.insert("iat".into(), iat.into());
+        if let Some(iss) = issuer {
+            claims.insert("iss".into(), iss.into());
+        }
         claims.insert("sub".into(), sub.as_str().into());
 
         let signing_input = format!(
