@@ -1,0 +1,282 @@
+//! `sigil-agent run`: bootstrap the agent's identity, then serve the Workload API while the
+//! manager keeps everything in step with the server.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, KeyManager};
+use crate::health::{self, ReadyCheck};
+use crate::manager::cache::BundleRecord;
+use crate::manager::rotation::Backoff;
+use crate::manager::{Manager, ManagerError, ManagerHandle};
+use crate::node::client::Credentials;
+use crate::node::storage::{DiskStore, StoreError};
+use crate::node::tls::ServerTrust;
+use crate::node::{AgentSvid, NodeError, ServerEndpoint};
+use crate::svid;
+use crate::workload::attestor::{Attestors, UnixAttestor, WorkloadAttestor};
+use crate::workload::{self, WorkloadApi, WorkloadError};
+
+/// Why the agent stopped (or could not start).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "no join token configured and no usable agent SVID in {0}: set join_token (or -joinToken) to attest this node"
+    )]
+    NoJoinToken(String),
+    #[error("trust_bundle_path (or -trustBundle) is required unless insecure_bootstrap is set")]
+    NoTrustBundle,
+    #[error("reading trust bundle {path}: {reason}")]
+    TrustBundle { path: PathBuf, reason: String },
+    #[error("node attestation failed: {0}")]
+    Attest(#[source] NodeError),
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("health check listener: {0}")]
+    Health(#[source] std::io::Error),
+    #[error(
+        "the server no longer accepts this agent (evicted or banned); its SVID was discarded, attest again with a new join token: {0}"
+    )]
+    Rejected(#[source] NodeError),
+}
+
+/// The agent's identity when it starts serving.
+struct Bootstrapped {
+    svid: AgentSvid,
+    roots: Vec<Vec<u8>>,
+    bundle: Option<sigil_proto::types::Bundle>,
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), AgentError> {
+    run_until(config, shutdown_signal()).await
+}
+
+/// Runs the agent until `shutdown` completes (for tests and embedding).
+pub async fn run_until(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handle_cell: Arc<OnceLock<ManagerHandle>> = Arc::new(OnceLock::new());
+
+    if let Some(hc) = &config.health {
+        let listener = health::bind(hc).await.map_err(AgentError::Health)?;
+        tracing::info!(
+            address = %hc.bind_address,
+            port = hc.bind_port.0,
+            "health checks listening"
+        );
+        let cell = handle_cell.clone();
+        let ready: ReadyCheck = Arc::new(move || readiness(cell.get()));
+        tokio::spawn(health::serve(
+            listener,
+            hc.clone(),
+            ready,
+            stopped(stop_rx.clone()),
+        ));
+    }
+
+    let endpoint = ServerEndpoint::new(&config);
+    let store = match &config.key_manager {
+        KeyManager::Disk { directory } => Some(DiskStore::new(directory)),
+        KeyManager::Memory => None,
+    };
+    let boot = tokio::select! {
+        b = bootstrap(&config, &endpoint, store.as_ref()) => b?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    tracing::info!(spiffe_id = %boot.svid.id, expires_at = boot.svid.not_after, "agent attested as {}", boot.svid.id);
+
+    // Until the first sync, serve the bundle we bootstrapped with.
+    let bundle_proto = boot.bundle.unwrap_or_else(|| sigil_proto::types::Bundle {
+        trust_domain: config.trust_domain.to_string(),
+        x509_authorities: boot.roots.clone(),
+        ..Default::default()
+    });
+    let bundle = BundleRecord::from_proto(&bundle_proto).ok();
+    let creds = Credentials {
+        svid: Arc::new(boot.svid),
+        roots: Arc::new(boot.roots),
+    };
+    let (manager, handle) = Manager::new(
+        endpoint,
+        store.clone(),
+        config.trust_domain.clone(),
+        creds,
+        bundle,
+    );
+    let _ = handle_cell.set(handle.clone());
+
+    let listener = workload::bind(&config.socket_path)?;
+    tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
+    let api = WorkloadApi::new(handle, attestors(&config));
+    let mut server = tokio::spawn(workload::serve(listener, api, stopped(stop_rx.clone())));
+
+    let result = tokio::select! {
+        r = manager.run() => match r {
+            Ok(()) => Ok(()),
+            Err(ManagerError::Rejected(e)) => {
+                if let Some(store) = &store {
+                    store.clear();
+                }
+                Err(AgentError::Rejected(e))
+            }
+        },
+        r = &mut server => match r {
+            Ok(r) => r.map_err(AgentError::from),
+            Err(e) => Err(AgentError::Workload(WorkloadError::Socket {
+                path: config.socket_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })),
+        },
+        _ = &mut shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    // The manager is gone by now, which ends the open Workload API streams; give the server a
+    // moment to finish them.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    let _ = std::fs::remove_file(&config.socket_path);
+    result
+}
+
+/// The configured workload attestors.
+fn attestors(config: &Config) -> Attestors {
+    let mut list: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
+    if let Some(unix) = &config.unix_attestor {
+        list.push(Arc::new(UnixAttestor::new(unix.clone())));
+    }
+    Attestors::new(list)
+}
+
+/// Re-uses a persisted SVID when there is a valid one; otherwise attests with the join token.
+async fn bootstrap(
+    config: &Config,
+    endpoint: &ServerEndpoint,
+    store: Option<&DiskStore>,
+) -> Result<Bootstrapped, AgentError> {
+    let now = svid::now_unix();
+    if let Some(store) = store {
+        match store.load() {
+            Ok(Some(p)) if p.svid.is_expired(now) => {
+                tracing::warn!(spiffe_id = %p.svid.id, "persisted agent SVID has expired; attesting again");
+            }
+            Ok(Some(p)) if !p.svid.id.is_member_of(&config.trust_domain) => {
+                tracing::warn!(spiffe_id = %p.svid.id, "persisted agent SVID is for another trust domain; attesting again");
+            }
+            Ok(Some(p)) => {
+                tracing::info!(dir = %store.dir().display(), "re-using the persisted agent SVID");
+                return Ok(Bootstrapped {
+                    svid: p.svid,
+                    roots: p.roots,
+                    bundle: None,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "ignoring unreadable persisted agent state"),
+        }
+    }
+
+    let token = config.join_token.as_ref().ok_or_else(|| {
+        AgentError::NoJoinToken(match store {
+            Some(s) => s.dir().display().to_string(),
+            None => "memory (KeyManager \"memory\")".to_string(),
+        })
+    })?;
+    let trust = if config.insecure_bootstrap {
+        tracing::warn!(
+            "insecure_bootstrap is set: the server's identity is not verified for node attestation"
+        );
+        ServerTrust::InsecureBootstrap
+    } else {
+        let path = config
+            .trust_bundle_path
+            .as_ref()
+            .ok_or(AgentError::NoTrustBundle)?;
+        let bad = |reason: String| AgentError::TrustBundle {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let roots = svid::certs_from_pem(&text).map_err(|e| bad(e.0))?;
+        if roots.is_empty() {
+            return Err(bad("no certificates found".into()));
+        }
+        ServerTrust::Bundle {
+            roots: Arc::new(roots),
+            server_id: endpoint.server_id().clone(),
+        }
+    };
+
+    let mut backoff = Backoff::reconnect();
+    let attested = loop {
+        match endpoint.attest(token, trust.clone()).await {
+            Ok(a) => break a,
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    server = %endpoint.address(),
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "node attestation failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(AgentError::Attest(e)),
+        }
+    };
+    let roots = attested.bundle.x509_authorities.clone();
+    if let Some(store) = store {
+        store.save_svid(&attested.svid)?;
+        store.save_bundle(&roots)?;
+    }
+    Ok(Bootstrapped {
+        svid: attested.svid,
+        roots,
+        bundle: Some(attested.bundle),
+    })
+}
+
+/// Ready = an unexpired agent SVID and a trust bundle.
+fn readiness(handle: Option<&ManagerHandle>) -> Result<(), String> {
+    let handle = handle.ok_or("agent has not attested yet")?;
+    let creds = handle.creds.borrow().clone();
+    if creds.svid.is_expired(svid::now_unix()) {
+        return Err("agent SVID has expired".into());
+    }
+    if handle.snapshot.borrow().bundle.is_none() || creds.roots.is_empty() {
+        return Err("no trust bundle".into());
+    }
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler, only Ctrl-C stops us.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

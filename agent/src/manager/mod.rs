@@ -1,0 +1,699 @@
+//! The manager keeps the agent's state in step with the server: it renews the agent SVID, holds
+//! a SyncEntries stream open, signs and rotates workload SVIDs, and publishes snapshots for the
+//! Workload API.
+//!
+//! Everything that talks to the server degrades to "keep serving what we have": while the server
+//! is unreachable, cached SVIDs and bundles stay available and the manager reconnects with
+//! backoff.
+
+pub mod cache;
+pub mod jwt;
+pub mod rotation;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sigil_proto::agent::node_client::NodeClient;
+use sigil_proto::agent::{
+    SignX509SvidsRequest, SvidParams, SyncEntriesRequest, SyncEntriesResponse,
+};
+use sigil_spiffe::{SpiffeId, TrustDomain};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use self::cache::{BundleRecord, Entry, Identity, Snapshot, WorkloadSvid};
+use self::jwt::JwtSigner;
+use self::rotation::{Backoff, random_rotate_at_ms, rotate_at_ms};
+use crate::keys::{KeyError, KeyPair, PrivateKeyDer};
+use crate::node::client::Credentials;
+use crate::node::storage::DiskStore;
+use crate::node::{NodeError, ServerEndpoint};
+use crate::svid;
+
+/// At most this many CSRs per SignX509Svids call.
+pub const MAX_SIGN_BATCH: usize = 500;
+/// Batches in flight at once.
+const SIGN_CONCURRENCY: usize = 4;
+/// Delay before re-trying an entry the server would not sign, doubled per failure up to the cap.
+const SIGN_RETRY_MIN: Duration = Duration::from_secs(2);
+const SIGN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Why the manager stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The server no longer accepts this agent (evicted or banned).
+    #[error("the server rejected this agent (evicted or banned?): {0}")]
+    Rejected(#[source] NodeError),
+}
+
+/// What other parts of the agent read: snapshots, credentials and JWT minting.
+#[derive(Clone, Debug)]
+pub struct ManagerHandle {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub creds: watch::Receiver<Arc<Credentials>>,
+    pub jwt: JwtSigner,
+}
+
+/// The state machine; see the module docs.
+#[derive(Debug)]
+pub struct Manager {
+    endpoint: ServerEndpoint,
+    store: Option<DiskStore>,
+    creds: Arc<watch::Sender<Arc<Credentials>>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    client: watch::Sender<Option<NodeClient<Channel>>>,
+    jwt: JwtSigner,
+    state: State,
+}
+
+/// Mutable cache state; published as [`Snapshot`]s.
+#[derive(Debug)]
+struct State {
+    trust_domain: TrustDomain,
+    server_id: SpiffeId,
+    synced: bool,
+    entries: HashMap<String, Arc<Entry>>,
+    svids: HashMap<String, Arc<WorkloadSvid>>,
+    /// Entries whose last signing failed: (failures so far, next attempt in Unix ms).
+    retry: HashMap<String, (u32, i64)>,
+    bundle: Option<Arc<BundleRecord>>,
+    federated: BTreeMap<TrustDomain, Arc<BundleRecord>>,
+    dirty: bool,
+}
+
+/// A snapshot being assembled from SyncEntries chunks.
+#[derive(Debug, Default)]
+struct Pending {
+    number: u64,
+    entries: Vec<sigil_proto::types::Entry>,
+    bundle: Option<sigil_proto::types::Bundle>,
+    federated: Option<Vec<sigil_proto::types::Bundle>>,
+}
+
+/// Why a sync session ended without error.
+enum SessionEnd {
+    /// The agent SVID was renewed: reconnect presenting the new one.
+    Renewed,
+}
+
+// === impl Manager ===
+
+impl Manager {
+    pub fn new(
+        endpoint: ServerEndpoint,
+        store: Option<DiskStore>,
+        trust_domain: TrustDomain,
+        creds: Credentials,
+        bundle: Option<BundleRecord>,
+    ) -> (Self, ManagerHandle) {
+        let (creds_tx, creds_rx) = watch::channel(Arc::new(creds));
+        let mut snap = Snapshot::empty(trust_domain.clone());
+        snap.bundle = bundle.clone().map(Arc::new);
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snap));
+        let (client_tx, client_rx) = watch::channel(None);
+        let jwt = JwtSigner::new(client_rx);
+        let server_id = endpoint.server_id().clone();
+        let manager = Self {
+            endpoint,
+            store,
+            creds: Arc::new(creds_tx),
+            snapshot: snapshot_tx,
+            client: client_tx,
+            jwt: jwt.clone(),
+            state: State {
+                trust_domain,
+                server_id,
+                synced: false,
+                entries: HashMap::new(),
+                svids: HashMap::new(),
+                retry: HashMap::new(),
+                bundle: bundle.map(Arc::new),
+                federated: BTreeMap::new(),
+                dirty: false,
+            },
+        };
+        let handle = ManagerHandle {
+            snapshot: snapshot_rx,
+            creds: creds_rx,
+            jwt,
+        };
+        (manager, handle)
+    }
+
+    /// Runs until the server rejects the agent.
+    pub async fn run(mut self) -> Result<(), ManagerError> {
+        let creds = self.creds.clone();
+        let endpoint = self.endpoint.clone();
+        let store = self.store.clone();
+        tokio::select! {
+            r = renew_agent_svid(&endpoint, store.as_ref(), &creds) => r,
+            r = self.sync_loop() => r,
+        }
+    }
+
+    async fn sync_loop(&mut self) -> Result<(), ManagerError> {
+        let mut backoff = Backoff::reconnect();
+        loop {
+            let channel = self.endpoint.mtls_channel(self.creds.subscribe());
+            let client = NodeClient::new(channel);
+            self.client.send_replace(Some(client.clone()));
+            match self.session(client, &mut backoff).await {
+                Ok(SessionEnd::Renewed) => {
+                    tracing::debug!("reconnecting to the server with the renewed agent SVID");
+                }
+                Err(e) if e.is_agent_rejected() => return Err(ManagerError::Rejected(e)),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "lost the entry sync with the server; serving cached SVIDs"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One SyncEntries stream: apply snapshots as they complete, sign what is missing, rotate
+    /// what is due.
+    async fn session(
+        &mut self,
+        client: NodeClient<Channel>,
+        backoff: &mut Backoff,
+    ) -> Result<SessionEnd, NodeError> {
+        let mut creds_rx = self.creds.subscribe();
+        let svid_in_use = creds_rx.borrow_and_update().svid.clone();
+        let mut stream = client
+            .clone()
+            .sync_entries(SyncEntriesRequest {})
+            .await?
+            .into_inner();
+        tracing::debug!(server = %self.endpoint.address(), "entry sync stream open");
+        let mut pending: Option<Pending> = None;
+        loop {
+            let wake = self.state.next_due_ms().map(deadline_from_unix_ms);
+            tokio::select! {
+                msg = stream.message() => {
+                    let Some(msg) = msg? else {
+                        return Err(tonic::Status::unavailable("server closed the entry sync stream").into());
+                    };
+                    backoff.reset();
+                    if let Some(done) = accumulate(&mut pending, msg) {
+                        self.apply(done);
+                        self.sign_due(&client).await?;
+                        self.publish();
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    self.sign_due(&client).await?;
+                    self.publish();
+                }
+                changed = creds_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(SessionEnd::Renewed);
+                    }
+                    if !Arc::ptr_eq(&creds_rx.borrow_and_update().svid, &svid_in_use) {
+                        return Ok(SessionEnd::Renewed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a complete snapshot from the server.
+    fn apply(&mut self, p: Pending) {
+        let st = &mut self.state;
+        if let Some(b) = p.bundle {
+            match BundleRecord::from_proto(&b) {
+                Ok(rec) if rec.trust_domain() == &st.trust_domain => {
+                    if st.bundle.as_deref() != Some(&rec) {
+                        self.bundle_changed(rec);
+                    }
+                }
+                Ok(rec) => tracing::warn!(
+                    trust_domain = %rec.trust_domain(),
+                    "server sent a bundle for another trust domain as our own; ignored"
+                ),
+                Err(error) => tracing::warn!(%error, "invalid bundle from the server; ignored"),
+            }
+        }
+        let st = &mut self.state;
+        if let Some(list) = p.federated {
+            let mut federated = BTreeMap::new();
+            for b in &list {
+                match BundleRecord::from_proto(b) {
+                    Ok(rec) if rec.trust_domain() != &st.trust_domain => {
+                        let td = rec.trust_domain().clone();
+                        let rec = match st.federated.get(&td) {
+                            Some(old) if **old == rec => old.clone(),
+                            _ => Arc::new(rec),
+                        };
+                        federated.insert(td, rec);
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "invalid federated bundle; ignored"),
+                }
+            }
+            if federated != st.federated {
+                st.federated = federated;
+                st.dirty = true;
+            }
+        }
+
+        let mut entries = HashMap::with_capacity(p.entries.len());
+        for e in &p.entries {
+            match Entry::from_proto(e) {
+                // Node-alias entries (parented by the server) describe this agent itself, not a
+                // workload: no workload can match them, so no SVID is minted for them.
+                Ok(entry) if entry.parent_id == st.server_id.as_str() => {}
+                Ok(entry) => {
+                    let entry = match st.entries.get(&entry.id) {
+                        Some(old) if **old == entry => old.clone(),
+                        _ => Arc::new(entry),
+                    };
+                    entries.insert(entry.id.clone(), entry);
+                }
+                Err(error) => tracing::warn!(%error, "invalid entry from the server; ignored"),
+            }
+        }
+        // SVIDs of deleted entries go; so do those whose entry changed identity, TTL or DNS names.
+        st.svids.retain(|id, svid| match entries.get(id) {
+            Some(e) => {
+                e.spiffe_id == svid.spiffe_id
+                    && st
+                        .entries
+                        .get(id)
+                        .is_none_or(|old| old.svid_still_valid_for(e))
+            }
+            None => false,
+        });
+        st.retry.retain(|id, _| entries.contains_key(id));
+        if entries.len() != st.entries.len()
+            || entries
+                .iter()
+                .any(|(id, e)| st.entries.get(id).is_none_or(|old| !Arc::ptr_eq(old, e)))
+        {
+            st.dirty = true;
+        }
+        st.entries = entries;
+        if !st.synced {
+            st.synced = true;
+            st.dirty = true;
+            tracing::info!(entries = st.entries.len(), "initial entry sync complete");
+        }
+        let entries = &st.entries;
+        self.jwt.retain_entries(|id| entries.contains_key(id));
+    }
+
+    /// A new own-trust-domain bundle: serve it, trust it for the server connection, persist it,
+    /// and re-sign SVIDs that no longer chain to it (their CA was removed).
+    fn bundle_changed(&mut self, rec: BundleRecord) {
+        let st = &mut self.state;
+        let roots = rec.bundle.x509_authorities.clone();
+        let x509_changed = st
+            .bundle
+            .as_ref()
+            .is_none_or(|old| old.bundle.x509_authorities != roots);
+        st.bundle = Some(Arc::new(rec));
+        st.dirty = true;
+        if !x509_changed || roots.is_empty() {
+            return;
+        }
+        tracing::info!(authorities = roots.len(), "trust bundle updated");
+        let now = svid::now_unix();
+        for svid in st.svids.values_mut() {
+            if svid::verify_chain(&svid.chain, &roots, now).is_err() {
+                let mut s = (**svid).clone();
+                s.rotate_at_ms = 0;
+                *svid = Arc::new(s);
+            }
+        }
+        if let Some(store) = &self.store
+            && let Err(error) = store.save_bundle(&roots)
+        {
+            tracing::warn!(%error, "persisting the trust bundle");
+        }
+        let roots = Arc::new(roots);
+        self.creds.send_modify(|c| {
+            let mut next = (**c).clone();
+            next.roots = roots;
+            *c = Arc::new(next);
+        });
+    }
+
+    /// Signs SVIDs for entries that have none (and are not backing off) or whose SVID is due.
+    async fn sign_due(&mut self, client: &NodeClient<Channel>) -> Result<(), NodeError> {
+        let now_ms = now_unix_ms();
+        let st = &self.state;
+        let mut due: Vec<String> = st
+            .entries
+            .keys()
+            .filter(|id| match st.svids.get(*id) {
+                Some(svid) => svid.rotate_at_ms <= now_ms,
+                None => st.retry.get(*id).is_none_or(|(_, at)| *at <= now_ms),
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort();
+        let batches: Vec<Vec<String>> =
+            due.chunks(MAX_SIGN_BATCH).map(<[String]>::to_vec).collect();
+        tracing::debug!(
+            count = due.len(),
+            batches = batches.len(),
+            "signing workload SVIDs"
+        );
+        let mut results = futures::stream::iter(batches.into_iter().map(|batch| {
+            let client = client.clone();
+            async move { sign_batch(client, batch).await }
+        }))
+        .buffer_unordered(SIGN_CONCURRENCY);
+
+        // Keep what succeeded even if some batch failed; report the first failure afterwards.
+        let mut first_error = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(outcomes) => {
+                    for (id, outcome) in outcomes {
+                        self.record_signing(id, outcome);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn record_signing(
+        &mut self,
+        id: String,
+        outcome: Result<(Vec<Vec<u8>>, PrivateKeyDer), String>,
+    ) {
+        let st = &mut self.state;
+        let Some(entry) = st.entries.get(&id) else {
+            return;
+        };
+        let checked = outcome.and_then(|(chain, key)| {
+            let leaf = chain.first().ok_or("empty certificate chain")?;
+            let id = svid::spiffe_id(leaf).map_err(|e| e.to_string())?;
+            if id != entry.spiffe_id {
+                return Err(format!("server issued {id}, expected {}", entry.spiffe_id));
+            }
+            let (not_before, not_after) = svid::validity(leaf).map_err(|e| e.to_string())?;
+            Ok(WorkloadSvid {
+                spiffe_id: id,
+                chain,
+                key,
+                not_before,
+                not_after,
+                rotate_at_ms: random_rotate_at_ms(not_before, not_after),
+            })
+        });
+        match checked {
+            Ok(svid) => {
+                let rotated = st.svids.contains_key(&id);
+                tracing::debug!(
+                    entry = %id,
+                    spiffe_id = %svid.spiffe_id,
+                    expires_at = svid.not_after,
+                    rotated,
+                    "workload SVID issued"
+                );
+                st.svids.insert(id.clone(), Arc::new(svid));
+                st.retry.remove(&id);
+                st.dirty = true;
+            }
+            Err(error) => {
+                let (failures, _) = st.retry.get(&id).copied().unwrap_or((0, 0));
+                let delay =
+                    (SIGN_RETRY_MIN * 2u32.saturating_pow(failures.min(6))).min(SIGN_RETRY_MAX);
+                tracing::warn!(entry = %id, spiffe_id = %entry.spiffe_id, %error, retry_in_s = delay.as_secs(), "could not obtain an SVID");
+                st.retry.insert(
+                    id.clone(),
+                    (failures + 1, now_unix_ms() + delay.as_millis() as i64),
+                );
+                // A due SVID that failed to rotate keeps being served, re-tried at the same pace.
+                if let Some(svid) = st.svids.get_mut(&id) {
+                    let mut s = (**svid).clone();
+                    s.rotate_at_ms = now_unix_ms() + delay.as_millis() as i64;
+                    *svid = Arc::new(s);
+                }
+            }
+        }
+    }
+
+    /// Publishes a new snapshot if anything changed.
+    fn publish(&mut self) {
+        let st = &mut self.state;
+        if !st.dirty {
+            return;
+        }
+        st.dirty = false;
+        let mut identities: Vec<Identity> = st
+            .entries
+            .values()
+            .map(|e| Identity {
+                entry: e.clone(),
+                svid: st.svids.get(&e.id).cloned(),
+            })
+            .collect();
+        identities.sort_by(|a, b| {
+            (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
+        });
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            trust_domain: st.trust_domain.clone(),
+            synced: st.synced,
+            bundle: st.bundle.clone(),
+            federated: st.federated.clone(),
+            identities,
+        }));
+    }
+}
+
+// === impl State ===
+
+impl State {
+    /// The earliest pending rotation or retry, Unix ms.
+    fn next_due_ms(&self) -> Option<i64> {
+        let rotations = self
+            .entries
+            .keys()
+            .filter_map(|id| self.svids.get(id).map(|s| s.rotate_at_ms));
+        let retries = self
+            .entries
+            .keys()
+            .filter(|id| !self.svids.contains_key(*id))
+            .filter_map(|id| self.retry.get(id).map(|(_, at)| *at));
+        rotations.chain(retries).min()
+    }
+}
+
+/// Adds a chunk to the snapshot being assembled; returns the snapshot when `last` is set.
+fn accumulate(pending: &mut Option<Pending>, msg: SyncEntriesResponse) -> Option<Pending> {
+    // A chunk of a different snapshot than the one in progress (or one carrying the bundle,
+    // which only first chunks do) starts over: a partial snapshot is never applied.
+    let restart = match pending {
+        None => true,
+        Some(p) => p.number != msg.snapshot || msg.bundle.is_some(),
+    };
+    if restart {
+        *pending = Some(Pending {
+            number: msg.snapshot,
+            ..Default::default()
+        });
+    }
+    let p = pending.as_mut()?;
+    p.entries.extend(msg.entries);
+    if msg.bundle.is_some() {
+        p.bundle = msg.bundle;
+        p.federated = Some(msg.federated_bundles);
+    } else if !msg.federated_bundles.is_empty() {
+        p.federated
+            .get_or_insert_with(Vec::new)
+            .extend(msg.federated_bundles);
+    }
+    if msg.last { pending.take() } else { None }
+}
+
+/// Generates keys and CSRs for a batch (on the blocking pool: key generation is CPU work) and
+/// calls SignX509Svids. Per-entry failures are returned as `Err(reason)` items.
+#[allow(clippy::type_complexity)]
+async fn sign_batch(
+    mut client: NodeClient<Channel>,
+    ids: Vec<String>,
+) -> Result<Vec<(String, Result<(Vec<Vec<u8>>, PrivateKeyDer), String>)>, NodeError> {
+    let keys = tokio::task::spawn_blocking(move || {
+        ids.into_iter()
+            .map(|id| {
+                let key = KeyPair::generate()?;
+                let csr = key.csr_der()?;
+                Ok((id, key.into_private_key(), csr))
+            })
+            .collect::<Result<Vec<_>, KeyError>>()
+    })
+    .await
+    .map_err(|e| NodeError::InvalidResponse(format!("key generation task failed: {e}")))??;
+
+    let mut by_id: HashMap<String, PrivateKeyDer> = HashMap::with_capacity(keys.len());
+    let mut params = Vec::with_capacity(keys.len());
+    for (id, key, csr) in keys {
+        params.push(SvidParams {
+            entry_id: id.clone(),
+            csr,
+        });
+        by_id.insert(id, key);
+    }
+    let resp = client
+        .sign_x509_svids(SignX509SvidsRequest { params })
+        .await?
+        .into_inner();
+
+    let mut out = Vec::with_capacity(resp.results.len());
+    for r in resp.results {
+        let Some(key) = by_id.remove(&r.entry_id) else {
+            continue;
+        };
+        let ok = r.status.as_ref().is_none_or(|s| s.code == 0);
+        let outcome = match (ok, r.svid) {
+            (true, Some(svid)) => Ok((svid.cert_chain, key)),
+            (true, None) => Err("no SVID in the server's result".to_string()),
+            (false, _) => {
+                let s = r.status.unwrap_or_default();
+                Err(format!(
+                    "server returned {}: {}",
+                    tonic::Code::from_i32(s.code),
+                    s.message
+                ))
+            }
+        };
+        out.push((r.entry_id, outcome));
+    }
+    // Entries the server did not answer for are retried like failures.
+    out.extend(by_id.into_keys().map(|id| {
+        (
+            id,
+            Err("the server returned no result for this entry".to_string()),
+        )
+    }));
+    Ok(out)
+}
+
+/// Renews the agent SVID at half-life (RenewAgent), persisting and publishing each new one.
+async fn renew_agent_svid(
+    endpoint: &ServerEndpoint,
+    store: Option<&DiskStore>,
+    creds: &watch::Sender<Arc<Credentials>>,
+) -> Result<(), ManagerError> {
+    let mut backoff = Backoff::reconnect();
+    let mut rx = creds.subscribe();
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let due = rotate_at_ms(current.svid.not_before, current.svid.not_after, 0.0);
+        if due > now_unix_ms() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline_from_unix_ms(due)) => {}
+                // Re-evaluate when the credentials change (e.g. roots); the SVID may be the same.
+                r = rx.changed() => {
+                    if r.is_err() { return Ok(()); }
+                    continue;
+                }
+            }
+        }
+        let mut client = NodeClient::new(endpoint.mtls_channel(creds.subscribe()));
+        match endpoint.renew(&mut client, &current.roots).await {
+            Ok(svid) => {
+                backoff.reset();
+                tracing::info!(spiffe_id = %svid.id, expires_at = svid.not_after, "agent SVID renewed");
+                if let Some(store) = store
+                    && let Err(error) = store.save_svid(&svid)
+                {
+                    tracing::warn!(%error, "persisting the renewed agent SVID");
+                }
+                let svid = Arc::new(svid);
+                creds.send_modify(|c| {
+                    let mut next = (**c).clone();
+                    next.svid = svid;
+                    *c = Arc::new(next);
+                });
+            }
+            Err(e) if e.is_agent_rejected() => return Err(ManagerError::Rejected(e)),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "renewing the agent SVID failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A tokio deadline for a wall-clock time. Wall-clock rotation times map onto the monotonic
+/// clock at the moment of computing; deadlines are recomputed on every loop iteration, so clock
+/// steps only delay or advance one wake-up.
+fn deadline_from_unix_ms(at_ms: i64) -> tokio::time::Instant {
+    let delta = at_ms.saturating_sub(now_unix_ms()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_millis(delta)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(snapshot: u64, ids: &[&str], bundle: bool, last: bool) -> SyncEntriesResponse {
+        SyncEntriesResponse {
+            entries: ids
+                .iter()
+                .map(|id| sigil_proto::types::Entry {
+                    id: id.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            bundle: bundle.then(|| sigil_proto::types::Bundle {
+                trust_domain: "td".into(),
+                ..Default::default()
+            }),
+            federated_bundles: vec![],
+            last,
+            snapshot,
+        }
+    }
+
+    #[test]
+    fn chunks_assemble_into_snapshots() {
+        let mut p = None;
+        assert!(accumulate(&mut p, chunk(1, &["a"], true, false)).is_none());
+        assert!(accumulate(&mut p, chunk(1, &["b"], false, false)).is_none());
+        let s = accumulate(&mut p, chunk(1, &["c"], false, true)).unwrap();
+        assert_eq!(s.entries.len(), 3);
+        assert!(s.bundle.is_some());
+        assert_eq!(s.federated.as_deref().map(<[_]>::len), Some(0));
+        // An interrupted snapshot is discarded when the next one starts.
+        assert!(accumulate(&mut p, chunk(2, &["a"], true, false)).is_none());
+        let s = accumulate(&mut p, chunk(3, &["x"], true, true)).unwrap();
+        assert_eq!(s.number, 3);
+        assert_eq!(s.entries.len(), 1);
+        // A single-chunk snapshot.
+        let s = accumulate(&mut p, chunk(4, &[], true, true)).unwrap();
+        assert!(s.entries.is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! The Workload API endpoint: a Unix socket, workload attestation, and the gRPC service.
+
+pub mod api;
+pub mod attestor;
+pub mod peer;
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use self::api::WorkloadApi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("preparing the Workload API socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Workload API server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds the Workload API socket: creates the parent directory, replaces a stale socket left by
+/// a previous run, and opens the socket to everyone (mode 0777, like SPIRE's public socket) —
+/// access control is attestation, not file permissions.
+pub fn bind(path: &Path) -> Result<UnixListener, WorkloadError> {
+    let err = |source| WorkloadError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves the Workload API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: UnixListener,
+    api: WorkloadApi,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkloadError> {
+    let incoming = ReceiverStream::new(peer::accept_loop(listener));
+    tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
