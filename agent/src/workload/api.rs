@@ -31,7 +31,7 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
 /// How long a call waits for the agent to have SVIDs for a caller it has entries for (just
 /// started, entry just created) before answering with what it has.
-pub const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+pub const IDENTITY_WAIT: Duration = Duration::from_secs(3);
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
