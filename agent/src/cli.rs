@@ -526,6 +526,11 @@ fn fetch_jwt_cmd(args: &[&str]) -> Result<(), CliError> {
         .unwrap_or(DEFAULT_SOCKET_PATH)
         .to_string();
     let spiffe_id = p.get("spiffeID").unwrap_or("").to_string();
+    if !spiffe_id.is_empty() {
+        spiffe_id
+            .parse::<sigil_spiffe::SpiffeId>()
+            .map_err(|e| CliError::Failed(format!("invalid -spiffeID {spiffe_id:?}: {e}")))?;
+    }
     runtime()?.block_on(async {
         let (svids, bundles) = with_timeout(timeout, async {
             let mut c = Client::connect(&socket, timeout).await?;
@@ -959,6 +964,12 @@ mod tests {
         );
         assert!(
             matches!(run(&["healthcheck", "-socketPath", "/nonexistent/sock"]), Err(CliError::Raw(m)) if m.starts_with("Agent is unhealthy"))
+        );
+        assert!(
+            matches!(run(&["api", "validate", "jwt", "-audience", "a"]), Err(CliError::Failed(m)) if m == "svid must be specified")
+        );
+        assert!(
+            matches!(run(&["api", "fetch", "jwt", "-audience", "a", "-spiffeID", "not-an-id"]), Err(CliError::Failed(m)) if m.contains("not-an-id"))
         );
         assert_eq!(cli_main(vec!["api".into(), "frobnicate".into()]), 1);
     }

@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 
 use self::cache::{BundleRecord, Entry, Identity, Snapshot, WorkloadSvid};
 use self::jwt::JwtSigner;
-use self::rotation::{Backoff, random_rotate_at_ms, rotate_at_ms};
+use self::rotation::{Backoff, lifetime_start, random_rotate_at_ms, rotate_at_ms};
 use crate::keys::{KeyError, KeyPair, PrivateKeyDer};
 use crate::node::client::Credentials;
 use crate::node::storage::DiskStore;
@@ -407,13 +407,18 @@ impl Manager {
                 return Err(format!("server issued {id}, expected {}", entry.spiffe_id));
             }
             let (not_before, not_after) = svid::validity(leaf).map_err(|e| e.to_string())?;
+            let received = svid::now_unix();
+            // Never sooner than a second after receipt: a server handing out already-expired
+            // certificates must not turn rotation into a busy loop.
+            let rotate_at_ms =
+                random_rotate_at_ms(not_before, not_after, received).max(received * 1000 + 1000);
             Ok(WorkloadSvid {
                 spiffe_id: id,
                 chain,
                 key,
                 not_before,
                 not_after,
-                rotate_at_ms: random_rotate_at_ms(not_before, not_after),
+                rotate_at_ms,
             })
         });
         match checked {
@@ -595,7 +600,11 @@ async fn renew_agent_svid(
     let mut rx = creds.subscribe();
     loop {
         let current = rx.borrow_and_update().clone();
-        let due = rotate_at_ms(current.svid.not_before, current.svid.not_after, 0.0);
+        let due = rotate_at_ms(
+            lifetime_start(current.svid.not_before, current.svid.received_at),
+            current.svid.not_after,
+            0.0,
+        );
         if due > now_unix_ms() {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline_from_unix_ms(due)) => {}

@@ -8,24 +8,30 @@ use rand::Rng;
 /// mass entry creation) do not all come back to the server in the same second.
 pub const JITTER: f64 = 0.10;
 
-/// When to rotate a certificate valid over `[not_before, not_after]` (Unix seconds), in Unix
-/// milliseconds: at half its lifetime, scaled by `1 + JITTER * jitter` with `jitter` in
-/// `[-1, 1]`. A certificate with an empty or inverted window is due immediately.
-pub fn rotate_at_ms(not_before: i64, not_after: i64, jitter: f64) -> i64 {
-    let lifetime_ms = (not_after.saturating_sub(not_before))
+/// When to rotate a certificate valid from `start` until `not_after` (Unix seconds), in Unix
+/// milliseconds: at half that lifetime, scaled by `1 + JITTER * jitter` with `jitter` in
+/// `[-1, 1]`. An empty or inverted window is due immediately.
+pub fn rotate_at_ms(start: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime_ms = (not_after.saturating_sub(start))
         .max(0)
         .saturating_mul(1000);
     let half = lifetime_ms as f64 / 2.0;
     let offset = half * (1.0 + JITTER * jitter.clamp(-1.0, 1.0));
-    not_before
-        .saturating_mul(1000)
-        .saturating_add(offset as i64)
+    start.saturating_mul(1000).saturating_add(offset as i64)
 }
 
-/// [`rotate_at_ms`] with a random jitter.
-pub fn random_rotate_at_ms(not_before: i64, not_after: i64) -> i64 {
+/// The start of a certificate's lifetime for rotation purposes: its `notBefore`, or when the
+/// agent received it if that is later. Servers backdate `notBefore` (SPIRE's and Sigil's by 10s)
+/// to absorb clock skew; counting the backdated part would move rotation of short-lived SVIDs
+/// to right after issuance (a 10s SVID backdated 10s would be "half-way" on arrival).
+pub fn lifetime_start(not_before: i64, received_at: i64) -> i64 {
+    not_before.max(received_at)
+}
+
+/// [`rotate_at_ms`] from [`lifetime_start`] with a random jitter.
+pub fn random_rotate_at_ms(not_before: i64, not_after: i64, received_at: i64) -> i64 {
     rotate_at_ms(
-        not_before,
+        lifetime_start(not_before, received_at),
         not_after,
         rand::thread_rng().gen_range(-1.0..=1.0),
     )
@@ -86,12 +92,22 @@ mod tests {
         // Out-of-range jitter is clamped.
         assert_eq!(rotate_at_ms(nb, na, 5.0), rotate_at_ms(nb, na, 1.0));
         for _ in 0..1000 {
-            let t = random_rotate_at_ms(nb, na);
+            let t = random_rotate_at_ms(nb, na, 0);
             assert!(
                 t >= nb * 1000 + half * 9 / 10 && t <= nb * 1000 + half * 11 / 10,
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn backdated_not_before_is_ignored() {
+        // A 10s SVID backdated by 10s, received at t=1000: rotate ~5s after receipt, not at once.
+        let (nb, na, received) = (990, 1010, 1000);
+        let t = random_rotate_at_ms(nb, na, received);
+        assert!((1_004_500..=1_005_500).contains(&t), "{t}");
+        // A persisted certificate loaded late in its life: half of what is left.
+        assert_eq!(rotate_at_ms(lifetime_start(0, 3000), 3600, 0.0), 3_300_000);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct AgentSvid {
     pub key: PrivateKeyDer,
     pub not_before: i64,
     pub not_after: i64,
+    /// When this process got it (issued, or loaded from disk): renewal is at half of the
+    /// lifetime left from then.
+    pub received_at: i64,
 }
 
 // === impl AgentSvid ===
@@ -40,6 +43,7 @@ impl AgentSvid {
             key,
             not_before,
             not_after,
+            received_at: svid::now_unix(),
         })
     }
 

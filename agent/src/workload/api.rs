@@ -182,7 +182,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let wanted: Option<SpiffeId> = match req.get_ref().spiffe_id.as_str() {
             "" => None,
             s => Some(s.parse().map_err(|e| {
-                Status::invalid_argument(format!("invalid requested SPIFFE ID: {e}"))
+                Status::invalid_argument(format!("invalid requested SPIFFE ID {s:?}: {e}"))
             })?),
         };
         let selectors = self.authenticate(&req).await?;
