@@ -1,6 +1,6 @@
 """Fetches and validates JWT-SVIDs through the agent with py-spiffe; prints the results as JSON.
 
-Usage: jwt.py AUDIENCE. Validation is done twice: offline (PyJWT, with the JWT bundle from the
+Usage: fetch_jwt.py AUDIENCE. Validation is done twice: offline (PyJWT, with the JWT bundle from the
 Workload API) and by the agent (ValidateJWTSVID). Negative cases (wrong audience, tampered
 signature) are reported as booleans for the Rust test to assert on.
 """

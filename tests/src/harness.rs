@@ -680,6 +680,7 @@ pub fn run_python(agent: &Agent, script: &str, args: &[&str]) -> CliOutput {
     cmd.arg(workspace_root().join("tests/py").join(script))
         .args(args)
         .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
-        .env("PYTHONUNBUFFERED", "1");
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
     run(cmd, CLI_TIMEOUT)
 }

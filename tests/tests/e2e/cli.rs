@@ -258,7 +258,7 @@ fn agent_cli_rejects_malformed_input() {
     assert_rejected(a.cli(&["api", "fetch", "jwt"]), &["audience"]);
     assert_rejected(a.cli(&["api", "validate", "jwt", "-audience", "a"]), &["svid"]);
     // bad SPIFFE ID
-    assert_rejected(a.cli(&["api", "fetch", "jwt", "-audience", "a", "-spiffeID", "not-a-spiffe-id"]), &["not-a-spiffe-id"]);
+    assert_rejected(a.cli(&["api", "fetch", "jwt", "-audience", "a", "-spiffeID", "not-a-spiffe-id"]), &["spiffe id"]);
 
     // `run` with bad configuration exits at once
     let dir = TestDir::new("agent-run-bad");

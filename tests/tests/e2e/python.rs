@@ -13,7 +13,7 @@ async fn py_spiffe_fetches_x509_svids_and_bundles() {
     let id = env.register("/python/x509", &[&Env::my_uid()], &[]);
     wait_for_svid(&env.agent.socket, &id).await;
 
-    let out = run_python(&env.agent, "x509.py", &[]).ok();
+    let out = run_python(&env.agent, "fetch_x509.py", &[]).ok();
     let v = out.json();
     assert_eq!(v["default_id"].as_str(), Some(id.as_str()), "{out}");
     assert_eq!(v["source_id"].as_str(), Some(id.as_str()), "{out}");
@@ -52,7 +52,7 @@ async fn py_spiffe_fetches_and_validates_jwt_svids() {
     let id = env.register("/python/jwt", &[&Env::my_uid()], &[]);
     wait_for_svid(&env.agent.socket, &id).await;
 
-    let out = run_python(&env.agent, "jwt.py", &["py-aud"]).ok();
+    let out = run_python(&env.agent, "fetch_jwt.py", &["py-aud"]).ok();
     let v = out.json();
     let s = |k: &str| v[k].as_str().map(str::to_string);
     assert_eq!(s("fetched_id").as_deref(), Some(id.as_str()), "{out}");
