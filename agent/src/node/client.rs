@@ -20,8 +20,9 @@ use crate::svid;
 pub enum NodeError {
     #[error("connecting to the server: {}", crate::error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
-    #[error("server returned {}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    // Not a `source`: the message already carries everything the status has.
+    #[error("server returned {:?}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("invalid response from the server: {0}")]
@@ -56,6 +57,12 @@ pub struct Attested {
 }
 
 // === impl NodeError ===
+
+impl From<tonic::Status> for NodeError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status(s)
+    }
+}
 
 impl NodeError {
     /// Whether retrying the same call later can help (server down, network trouble) as opposed
