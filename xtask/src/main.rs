@@ -1,13 +1,60 @@
 //! `cargo xtask <command>`: project automation. Run `cargo xtask help`.
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-fn root() -> PathBuf {
+mod demo;
+mod setup;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+Commands:
+  setup     Install what building and testing need (idempotent; apt packages only if missing)
+  test      setup, build sigil-server and sigil-agent, then run every test of the workspace
+            (extra arguments go to the test runner)
+  demo      setup, build, then run a server, an agent and two workloads (uids 1001, 1002)
+            doing SPIFFE mTLS; needs root
+  codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
+
+pub fn root() -> PathBuf {
     // CARGO_MANIFEST_DIR is xtask/; the workspace root is its parent.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// `cargo` as invoked by the user (the one running xtask).
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs `cmd`, failing with its command line if it does not exit 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {line}"))?;
+    if !status.success() {
+        bail!("{line} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Whether `cmd` runs and exits 0 (output discarded).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn codegen() -> Result<()> {
@@ -31,14 +78,45 @@ fn codegen() -> Result<()> {
     Ok(())
 }
 
+/// The binaries the e2e tests drive (they are not dependencies of the test crate, so
+/// `cargo test` alone would not rebuild them).
+pub fn build_binaries(extra: &[&str]) -> Result<()> {
+    run(cargo()
+        .args(["build", "-p", "sigil-server", "-p", "sigil-agent"])
+        .args(extra))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    println!("==> building sigil-server and sigil-agent");
+    build_binaries(&[])?;
+    if succeeds(cargo().args(["nextest", "--version"])) {
+        println!("==> cargo nextest run --workspace");
+        run(cargo()
+            .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .args(args))?;
+        // nextest does not run doctests.
+        println!("==> cargo test --workspace --doc");
+        run(cargo().args(["test", "--workspace", "--doc"]))
+    } else {
+        println!("==> cargo test --workspace");
+        run(cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args))
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("codegen") => codegen(),
-        Some("help") | None => {
-            println!("usage: cargo xtask codegen");
+        Some("setup") => setup::setup(),
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo::demo(),
+        Some("help" | "-h" | "--help") | None => {
+            println!("{USAGE}");
             Ok(())
         }
-        Some(other) => bail!("unknown xtask command {other:?} (try `cargo xtask help`)"),
+        Some(other) => bail!("unknown xtask command {other:?}\n\n{USAGE}"),
     }
 }

@@ -1,0 +1,92 @@
+//! `cargo xtask setup`: installs what building, testing and the demo need on a fresh machine
+//! (rustup's stable toolchain, python3 and gcc are assumed). Idempotent: every step checks first
+//! and does nothing when its need is already met.
+//!
+//! - Python venv support (`python3 -m venv` with ensurepip); Debian's `python3-venv` only if it
+//!   is missing.
+//! - `target/e2e-venv`: py-spiffe and py-spiffe-tls (tests/py/requirements.txt) for the e2e
+//!   tests; reinstalled when the requirements change. The e2e harness would create it too, but
+//!   doing it here keeps network installs out of the test run.
+
+use crate::{root, run, succeeds, target_dir};
+use anyhow::{Context, Result, bail};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+pub fn setup() -> Result<()> {
+    println!("==> setup");
+    ensure_python()?;
+    ensure_e2e_venv()?;
+    if !is_root() {
+        println!(
+            "    note: not running as root: the e2e tests and the demo that run workloads as other \
+             uids need root"
+        );
+    }
+    println!("    setup complete");
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // /proc/self is owned by the process's effective uid.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `apt-get install` of packages, after one `apt-get update`.
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!("missing packages {pkgs:?}: install them (apt-get install {}) or run setup as root", pkgs.join(" "));
+    }
+    if !succeeds(Command::new("apt-get").arg("--version")) {
+        bail!("missing packages {pkgs:?} and no apt-get to install them with");
+    }
+    println!("    apt-get install {}", pkgs.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn python_ok() -> bool {
+    succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"]))
+}
+
+fn ensure_python() -> Result<()> {
+    if python_ok() {
+        println!("    python3 with venv: present");
+        return Ok(());
+    }
+    if succeeds(Command::new("python3").arg("--version")) {
+        apt_install(&["python3-venv"])?;
+    } else {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    if !python_ok() {
+        bail!("python3 still cannot create venvs after installing python3-venv");
+    }
+    Ok(())
+}
+
+/// Same location, marker and requirements as `sigil_e2e::harness::python`.
+fn ensure_e2e_venv() -> Result<()> {
+    let venv = target_dir().join("e2e-venv");
+    let reqs_path = root().join("tests/py/requirements.txt");
+    let reqs = std::fs::read_to_string(&reqs_path).with_context(|| format!("reading {}", reqs_path.display()))?;
+    let marker = venv.join(".sigil-requirements");
+    let py = venv.join("bin/python");
+    if py.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
+        println!("    e2e venv ({}): up to date", venv.display());
+        return Ok(());
+    }
+    println!("    creating the e2e venv at {}", venv.display());
+    std::fs::create_dir_all(target_dir())?;
+    if !py.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(&py)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
+        .arg(&reqs_path))?;
+    std::fs::write(&marker, reqs)?;
+    Ok(())
+}
