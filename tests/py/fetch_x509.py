@@ -28,8 +28,9 @@ def main():
             for b in client.fetch_x509_bundles(timeout=10).bundles
         }
     with X509Source(timeout_in_seconds=10) as source:
-        out["source_id"] = str(source.svid.spiffe_id)
-        out["source_bundle_tds"] = sorted(str(b.trust_domain) for b in source.bundles)
+        sctx = source.get_x509_context()
+        out["source_id"] = str(sctx.default_svid.spiffe_id)
+        out["source_bundle_tds"] = sorted(str(b.trust_domain) for b in sctx.x509_bundle_set.bundles)
     print(json.dumps(out))
 
 

@@ -14,7 +14,7 @@ from spiffetls.tlsconfig.authorize import authorize_id
 def main():
     addr, expected, message = sys.argv[1], sys.argv[2], sys.argv[3]
     with X509Source(timeout_in_seconds=10) as source:
-        client_id = str(source.svid.spiffe_id)
+        client_id = str(source.get_x509_context().default_svid.spiffe_id)
         conn = dial(addr, source, authorize_fn=authorize_id(SpiffeId(expected)))
         try:
             conn.sendall(message.encode())
