@@ -37,7 +37,10 @@ pub fn bin_dir() -> PathBuf {
 
 /// The cargo target directory (`target/`).
 pub fn target_dir() -> PathBuf {
-    bin_dir().parent().map(Path::to_path_buf).unwrap_or_else(bin_dir)
+    bin_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(bin_dir)
 }
 
 /// The workspace root.
@@ -95,7 +98,9 @@ impl TestDir {
     /// Copies a binary into the dir (0755), so processes of any uid can run it whatever the
     /// permissions of the checkout.
     pub fn install_bin(&self, src: &Path) -> PathBuf {
-        let dst = self.sub("bin").join(src.file_name().expect("binary has a name"));
+        let dst = self
+            .sub("bin")
+            .join(src.file_name().expect("binary has a name"));
         std::fs::copy(src, &dst).expect("copying a binary into the test dir");
         chmod(&dst, 0o755);
         dst
@@ -116,7 +121,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(POLL);
     }
 }
@@ -261,14 +269,20 @@ impl Proc {
 
     /// The exit status, if the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Panics (with the log) if the process has exited.
     #[track_caller]
     pub fn assert_running(&mut self) {
         if let Some(s) = self.exited() {
-            panic!("{} exited unexpectedly ({s}); log:\n{}", self.name, self.log());
+            panic!(
+                "{} exited unexpectedly ({s}); log:\n{}",
+                self.name,
+                self.log()
+            );
         }
     }
 
@@ -405,13 +419,17 @@ impl Server {
             .current_dir(&dir);
         let log = dir.join(format!("server.{starts}.log"));
         let mut proc = Proc::spawn("sigil-server", cmd, log);
-        let addr = wait_until("the server to log its agent API address", READY_TIMEOUT, || {
-            proc.assert_running();
-            let log = strip_ansi(&proc.log());
-            log.lines()
-                .filter(|l| l.contains("server listening"))
-                .find_map(|l| find_addr(l, "agent_api"))
-        });
+        let addr = wait_until(
+            "the server to log its agent API address",
+            READY_TIMEOUT,
+            || {
+                proc.assert_running();
+                let log = strip_ansi(&proc.log());
+                log.lines()
+                    .filter(|l| l.contains("server listening"))
+                    .find_map(|l| find_addr(l, "agent_api"))
+            },
+        );
         let server = Self {
             proc,
             dir,
@@ -462,7 +480,11 @@ impl Server {
         }
         let port = self.port();
         let td = self.trust_domain.clone();
-        let parent = self.dir.parent().expect("server dir has a parent").to_path_buf();
+        let parent = self
+            .dir
+            .parent()
+            .expect("server dir has a parent")
+            .to_path_buf();
         let new = Self::start_on(&parent, &td, port, self.starts + 1);
         *self = new;
     }
@@ -492,8 +514,23 @@ impl Server {
     }
 
     /// `entry create`; returns the new entry's ID.
-    pub fn create_entry(&self, parent: &str, spiffe_id: &str, selectors: &[&str], extra: &[&str]) -> String {
-        let mut args = vec!["entry", "create", "-output", "json", "-parentID", parent, "-spiffeID", spiffe_id];
+    pub fn create_entry(
+        &self,
+        parent: &str,
+        spiffe_id: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> String {
+        let mut args = vec![
+            "entry",
+            "create",
+            "-output",
+            "json",
+            "-parentID",
+            parent,
+            "-spiffeID",
+            spiffe_id,
+        ];
         for s in selectors {
             args.extend(["-selector", s]);
         }
@@ -576,10 +613,16 @@ impl Agent {
     pub fn wait_ready(&mut self) {
         let socket = self.socket.clone();
         let name = self.name.clone();
-        wait_until(&format!("agent {name}'s Workload API socket"), READY_TIMEOUT, || {
-            self.proc.assert_running();
-            std::os::unix::net::UnixStream::connect(&socket).ok().map(|_| ())
-        });
+        wait_until(
+            &format!("agent {name}'s Workload API socket"),
+            READY_TIMEOUT,
+            || {
+                self.proc.assert_running();
+                std::os::unix::net::UnixStream::connect(&socket)
+                    .ok()
+                    .map(|_| ())
+            },
+        );
     }
 
     pub fn proc(&mut self) -> &mut Proc {
@@ -627,7 +670,8 @@ pub async fn wait_for_svid(socket: &Path, spiffe_id: &str) -> crate::workload::S
 pub fn python() -> Result<PathBuf> {
     let venv = target_dir().join("e2e-venv");
     let reqs_path = workspace_root().join("tests/py/requirements.txt");
-    let reqs = std::fs::read_to_string(&reqs_path).with_context(|| format!("reading {}", reqs_path.display()))?;
+    let reqs = std::fs::read_to_string(&reqs_path)
+        .with_context(|| format!("reading {}", reqs_path.display()))?;
     let marker = venv.join(".sigil-requirements");
     let py = venv.join("bin/python");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) && py.exists() {
@@ -653,14 +697,23 @@ pub fn python() -> Result<PathBuf> {
             Duration::from_secs(300),
         );
         if !out.success() {
-            return Err(anyhow!("creating the venv failed (run `cargo xtask setup`): {out}"));
+            return Err(anyhow!(
+                "creating the venv failed (run `cargo xtask setup`): {out}"
+            ));
         }
     }
     let out = run(
         {
             let mut c = Command::new(&py);
-            c.args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
-                .arg(&reqs_path);
+            c.args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "-r",
+            ])
+            .arg(&reqs_path);
             c
         },
         Duration::from_secs(600),

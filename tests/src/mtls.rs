@@ -73,7 +73,10 @@ impl SpiffeVerifier {
         let id = id.to_string();
         if !self.allowed.iter().any(|a| *a == id) {
             return Err(self.reject(
-                format!("peer {id} is not authorized (allowed: {})", self.allowed.join(", ")),
+                format!(
+                    "peer {id} is not authorized (allowed: {})",
+                    self.allowed.join(", ")
+                ),
                 CertificateError::ApplicationVerificationFailure,
             ));
         }
@@ -156,13 +159,21 @@ impl ClientCertVerifier for SpiffeVerifier {
 }
 
 fn identity(svid: &Svid) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let chain = svid.chain.iter().cloned().map(CertificateDer::from).collect();
+    let chain = svid
+        .chain
+        .iter()
+        .cloned()
+        .map(CertificateDer::from)
+        .collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key.clone()));
     (chain, key)
 }
 
 /// A server config presenting `svid` and requiring a client SVID from `allowed`.
-pub fn server_config(svid: &Svid, allowed: Vec<String>) -> Result<(rustls::ServerConfig, Arc<SpiffeVerifier>)> {
+pub fn server_config(
+    svid: &Svid,
+    allowed: Vec<String>,
+) -> Result<(rustls::ServerConfig, Arc<SpiffeVerifier>)> {
     let verifier = Arc::new(SpiffeVerifier::new(svid.bundle.clone(), allowed));
     let (chain, key) = identity(svid);
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -174,7 +185,10 @@ pub fn server_config(svid: &Svid, allowed: Vec<String>) -> Result<(rustls::Serve
 }
 
 /// A client config presenting `svid` and requiring a server SVID from `allowed`.
-pub fn client_config(svid: &Svid, allowed: Vec<String>) -> Result<(rustls::ClientConfig, Arc<SpiffeVerifier>)> {
+pub fn client_config(
+    svid: &Svid,
+    allowed: Vec<String>,
+) -> Result<(rustls::ClientConfig, Arc<SpiffeVerifier>)> {
     let verifier = Arc::new(SpiffeVerifier::new(svid.bundle.clone(), allowed));
     let (chain, key) = identity(svid);
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -189,5 +203,7 @@ pub fn client_config(svid: &Svid, allowed: Vec<String>) -> Result<(rustls::Clien
 /// The SPIFFE ID in a peer's leaf certificate.
 pub fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
     let leaf = certs?.first()?;
-    sigil_spiffe::x509::spiffe_id_of_cert(leaf.as_ref()).ok().map(|id| id.to_string())
+    sigil_spiffe::x509::spiffe_id_of_cert(leaf.as_ref())
+        .ok()
+        .map(|id| id.to_string())
 }

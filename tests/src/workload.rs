@@ -35,8 +35,10 @@ pub async fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>> {
 /// Wraps `msg` in a request carrying `workload.spiffe.io: true`.
 pub fn request<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert(SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    req.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     req
 }
 
@@ -57,7 +59,10 @@ pub async fn fetch_x509(socket: &Path) -> Result<Vec<Svid>, tonic::Status> {
     let mut c = client(socket)
         .await
         .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
-    let mut stream = c.fetch_x509svid(request(pb::X509svidRequest {})).await?.into_inner();
+    let mut stream = c
+        .fetch_x509svid(request(pb::X509svidRequest {}))
+        .await?
+        .into_inner();
     let msg = stream
         .message()
         .await?

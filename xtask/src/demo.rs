@@ -171,7 +171,10 @@ pub fn demo() -> Result<()> {
     }
     setup::setup()?;
 
-    step(1, "Building sigil-server, sigil-agent and the demo workload (sigil-demo-peer)");
+    step(
+        1,
+        "Building sigil-server, sigil-agent and the demo workload (sigil-demo-peer)",
+    );
     build_binaries(&[])?;
     run(cargo().args(["build", "-p", "sigil-e2e", "--bin", "sigil-demo-peer"]))?;
 
@@ -193,30 +196,54 @@ pub fn demo() -> Result<()> {
     std::fs::copy(d.bin.join("sigil-demo-peer"), &peer_bin).context("copying sigil-demo-peer")?;
     std::fs::set_permissions(&peer_bin, std::fs::Permissions::from_mode(0o755))?;
 
-    step(2, &format!("Starting sigil-server for trust domain {TD} (SQLite datastore in a temp dir)"));
+    step(
+        2,
+        &format!("Starting sigil-server for trust domain {TD} (SQLite datastore in a temp dir)"),
+    );
     let mut server = d.cmd("sigil-server");
     server
         .args(["run", "-trustDomain", TD, "-dataDir"])
         .arg(d.path("server/data"))
         .arg("-socketPath")
         .arg(d.path("server/admin/api.sock"))
-        .args(["-bindAddress", "127.0.0.1", "-serverPort", "0", "-logLevel", "INFO"]);
+        .args([
+            "-bindAddress",
+            "127.0.0.1",
+            "-serverPort",
+            "0",
+            "-logLevel",
+            "INFO",
+        ]);
     d.spawn("sigil-server", server, "server.log")?;
     let agent_api = wait_for("the server to start listening", || {
         d.check_alive()?;
         let log = strip_ansi(&std::fs::read_to_string(d.path("server.log")).unwrap_or_default());
-        Ok(log.lines().filter(|l| l.contains("server listening")).find_map(|l| {
-            let rest = &l[l.find("agent_api")? + "agent_api".len()..];
-            let rest = rest.trim_start_matches(['=', '"', ':', ' ']);
-            let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-            addr.parse::<std::net::SocketAddr>().ok()
-        }))
+        Ok(log
+            .lines()
+            .filter(|l| l.contains("server listening"))
+            .find_map(|l| {
+                let rest = &l[l.find("agent_api")? + "agent_api".len()..];
+                let rest = rest.trim_start_matches(['=', '"', ':', ' ']);
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                addr.parse::<std::net::SocketAddr>().ok()
+            }))
     })?;
-    wait_for("`sigil-server healthcheck`", || Ok(d.admin(&["healthcheck"])?.status.success().then_some(())))?;
-    println!("    agent API (TLS) on {agent_api}; admin API on {}", d.path("server/admin/api.sock").display());
+    wait_for("`sigil-server healthcheck`", || {
+        Ok(d.admin(&["healthcheck"])?.status.success().then_some(()))
+    })?;
+    println!(
+        "    agent API (TLS) on {agent_api}; admin API on {}",
+        d.path("server/admin/api.sock").display()
+    );
     println!("    data dir: {}", d.path("server/data").display());
 
-    step(3, "Generating a join token and starting sigil-agent with it");
+    step(
+        3,
+        "Generating a join token and starting sigil-agent with it",
+    );
     let node = format!("spiffe://{TD}/node");
     let out = d.admin_ok(&["token", "generate", "-spiffeID", &node])?;
     let token = out
@@ -227,7 +254,10 @@ pub fn demo() -> Result<()> {
         .to_string();
     println!("    $ sigil-server token generate -spiffeID {node}");
     indent(&out);
-    std::fs::write(d.path("agent/bootstrap.pem"), d.admin_ok(&["bundle", "show"])?)?;
+    std::fs::write(
+        d.path("agent/bootstrap.pem"),
+        d.admin_ok(&["bundle", "show"])?,
+    )?;
     let socket = d.path("agent/public/api.sock");
     let mut agent = d.cmd("sigil-agent");
     agent
@@ -242,7 +272,9 @@ pub fn demo() -> Result<()> {
     d.spawn("sigil-agent", agent, "agent.log")?;
     wait_for("the agent's Workload API socket", || {
         d.check_alive()?;
-        Ok(std::os::unix::net::UnixStream::connect(&socket).ok().map(|_| ()))
+        Ok(std::os::unix::net::UnixStream::connect(&socket)
+            .ok()
+            .map(|_| ()))
     })?;
     println!("    Workload API on {}", socket.display());
     let agents = d.admin_ok(&["agent", "list"])?;
@@ -254,31 +286,70 @@ pub fn demo() -> Result<()> {
     for (id, uid) in [(&frontend, FRONTEND_UID), (&backend, BACKEND_UID)] {
         let sel = format!("unix:uid:{uid}");
         println!("    $ sigil-server entry create -parentID {node} -spiffeID {id} -selector {sel}");
-        indent(&d.admin_ok(&["entry", "create", "-parentID", &node, "-spiffeID", id, "-selector", &sel])?);
+        indent(&d.admin_ok(&[
+            "entry",
+            "create",
+            "-parentID",
+            &node,
+            "-spiffeID",
+            id,
+            "-selector",
+            &sel,
+        ])?);
     }
 
-    step(5, "Each workload fetches its X509-SVID from the Workload API, as its own uid");
+    step(
+        5,
+        "Each workload fetches its X509-SVID from the Workload API, as its own uid",
+    );
     for (id, uid) in [(&frontend, FRONTEND_UID), (&backend, BACKEND_UID)] {
         let got = wait_for(&format!("uid {uid}'s SVID"), || {
-            let out = d.peer(uid).arg("fetch").arg("-socketPath").arg(&socket).output()?;
+            let out = d
+                .peer(uid)
+                .arg("fetch")
+                .arg("-socketPath")
+                .arg(&socket)
+                .output()?;
             let ids = String::from_utf8_lossy(&out.stdout).trim().to_string();
             Ok((out.status.success() && ids == *id).then_some(ids))
         })?;
         println!("    uid {uid} -> {got}");
     }
     let mut fetch = Command::new(d.bin.join("sigil-agent"));
-    fetch.args(["api", "fetch", "x509", "-socketPath"]).arg(&socket).uid(FRONTEND_UID).gid(FRONTEND_UID);
-    let out = fetch.current_dir("/").output().context("sigil-agent api fetch x509")?;
+    fetch
+        .args(["api", "fetch", "x509", "-socketPath"])
+        .arg(&socket)
+        .uid(FRONTEND_UID)
+        .gid(FRONTEND_UID);
+    let out = fetch
+        .current_dir("/")
+        .output()
+        .context("sigil-agent api fetch x509")?;
     println!("    $ sigil-agent api fetch x509   (as uid {FRONTEND_UID})");
     indent(&String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        bail!("sigil-agent api fetch x509 failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "sigil-agent api fetch x509 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
-    step(6, &format!("backend (uid {BACKEND_UID}) serves mTLS and authorizes only {frontend}"));
+    step(
+        6,
+        &format!("backend (uid {BACKEND_UID}) serves mTLS and authorizes only {frontend}"),
+    );
     let mut serve = d.peer(BACKEND_UID);
     serve
-        .args(["serve", "-listen", "127.0.0.1:0", "-allow", &frontend, "-count", "2", "-socketPath"])
+        .args([
+            "serve",
+            "-listen",
+            "127.0.0.1:0",
+            "-allow",
+            &frontend,
+            "-count",
+            "2",
+            "-socketPath",
+        ])
         .arg(&socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -293,7 +364,10 @@ pub fn demo() -> Result<()> {
             }
         }
     });
-    let next = |rx: &mpsc::Receiver<String>| rx.recv_timeout(TIMEOUT).map_err(|_| anyhow!("the backend peer went quiet"));
+    let next = |rx: &mpsc::Receiver<String>| {
+        rx.recv_timeout(TIMEOUT)
+            .map_err(|_| anyhow!("the backend peer went quiet"))
+    };
     let first = next(&rx)?;
     println!("    [backend]  {first}");
     let addr = first
@@ -304,23 +378,46 @@ pub fn demo() -> Result<()> {
 
     let connect = |uid: u32, message: &str| -> Result<Output> {
         Ok(d.peer(uid)
-            .args(["connect", "-addr", &addr, "-allow", &backend, "-message", message, "-socketPath"])
+            .args([
+                "connect",
+                "-addr",
+                &addr,
+                "-allow",
+                &backend,
+                "-message",
+                message,
+                "-socketPath",
+            ])
             .arg(&socket)
             .output()?)
     };
 
-    step(7, &format!("frontend (uid {FRONTEND_UID}) connects: its SPIFFE ID is on the allow-list"));
+    step(
+        7,
+        &format!("frontend (uid {FRONTEND_UID}) connects: its SPIFFE ID is on the allow-list"),
+    );
     let out = connect(FRONTEND_UID, "hello from frontend")?;
-    indent(&format!("[frontend] {}", String::from_utf8_lossy(&out.stdout).trim()));
+    indent(&format!(
+        "[frontend] {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    ));
     let line = next(&rx)?;
     println!("    [backend]  {line}");
     if !out.status.success() || !line.starts_with(&format!("accepted {frontend}")) {
         bail!("frontend should have been accepted");
     }
 
-    step(8, &format!("a client presenting backend's own SVID ({backend}) connects: not on the allow-list"));
+    step(
+        8,
+        &format!(
+            "a client presenting backend's own SVID ({backend}) connects: not on the allow-list"
+        ),
+    );
     let out = connect(BACKEND_UID, "let me in")?;
-    indent(&format!("[client]   {}", String::from_utf8_lossy(&out.stdout).trim()));
+    indent(&format!(
+        "[client]   {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    ));
     let line = next(&rx)?;
     println!("    [backend]  {line}");
     if out.status.success() || !line.starts_with("rejected:") {

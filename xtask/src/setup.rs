@@ -35,13 +35,18 @@ pub fn is_root() -> bool {
 /// `apt-get install` of packages, after one `apt-get update`.
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!("missing packages {pkgs:?}: install them (apt-get install {}) or run setup as root", pkgs.join(" "));
+        bail!(
+            "missing packages {pkgs:?}: install them (apt-get install {}) or run setup as root",
+            pkgs.join(" ")
+        );
     }
     if !succeeds(Command::new("apt-get").arg("--version")) {
         bail!("missing packages {pkgs:?} and no apt-get to install them with");
     }
     println!("    apt-get install {}", pkgs.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(pkgs)
@@ -72,7 +77,8 @@ fn ensure_python() -> Result<()> {
 fn ensure_e2e_venv() -> Result<()> {
     let venv = target_dir().join("e2e-venv");
     let reqs_path = root().join("tests/py/requirements.txt");
-    let reqs = std::fs::read_to_string(&reqs_path).with_context(|| format!("reading {}", reqs_path.display()))?;
+    let reqs = std::fs::read_to_string(&reqs_path)
+        .with_context(|| format!("reading {}", reqs_path.display()))?;
     let marker = venv.join(".sigil-requirements");
     let py = venv.join("bin/python");
     if py.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
@@ -85,7 +91,14 @@ fn ensure_e2e_venv() -> Result<()> {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     run(Command::new(&py)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
         .arg(&reqs_path))?;
     std::fs::write(&marker, reqs)?;
     Ok(())

@@ -60,7 +60,9 @@ fn run(args: Vec<String>) -> Result<i32> {
     let p = fs.parse(rest.iter().cloned())?;
     p.no_args()?;
     let socket = PathBuf::from(p.required("socketPath")?);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match cmd.as_str() {
             "fetch" => fetch(socket).await,
@@ -111,7 +113,11 @@ async fn serve(socket: PathBuf, p: &Parsed) -> Result<i32> {
     let (cfg, verifier) = mtls::server_config(&svid, allow)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind(p.required("listen")?).await?;
-    say(format!("listening on {} as {}", listener.local_addr()?, svid.spiffe_id));
+    say(format!(
+        "listening on {} as {}",
+        listener.local_addr()?,
+        svid.spiffe_id
+    ));
     for _ in 0..count {
         let (tcp, _) = listener.accept().await?;
         let result = tokio::time::timeout(IO_TIMEOUT, async {
@@ -131,7 +137,9 @@ async fn serve(socket: PathBuf, p: &Parsed) -> Result<i32> {
             Ok(Ok((peer, msg))) => say(format!("accepted {peer}: {msg:?}")),
             Ok(Err(e)) => say(format!(
                 "rejected: {}",
-                verifier.take_rejection().unwrap_or_else(|| format!("{e:#}"))
+                verifier
+                    .take_rejection()
+                    .unwrap_or_else(|| format!("{e:#}"))
             )),
             Err(_) => say("rejected: handshake timed out".into()),
         }
@@ -166,11 +174,16 @@ async fn connect(socket: PathBuf, p: &Parsed) -> Result<i32> {
     .await;
     match result {
         Ok(Ok((peer, reply))) => {
-            say(format!("{} connected to {peer}; reply: {reply:?}", svid.spiffe_id));
+            say(format!(
+                "{} connected to {peer}; reply: {reply:?}",
+                svid.spiffe_id
+            ));
             Ok(0)
         }
         Ok(Err(e)) => {
-            let reason = verifier.take_rejection().unwrap_or_else(|| format!("{e:#}"));
+            let reason = verifier
+                .take_rejection()
+                .unwrap_or_else(|| format!("{e:#}"));
             say(format!("{} was refused: {reason}", svid.spiffe_id));
             Ok(3)
         }

@@ -8,7 +8,11 @@ use spiffe::{JwtSvid, WorkloadApiClient};
 use std::time::Duration;
 
 fn entries(env: &Env) -> Vec<(String, String, String)> {
-    let v = env.server.cli(&["entry", "show", "-output", "json"]).ok().json();
+    let v = env
+        .server
+        .cli(&["entry", "show", "-output", "json"])
+        .ok()
+        .json();
     let mut out: Vec<_> = v["entries"]
         .as_array()
         .expect("entries array")
@@ -35,9 +39,21 @@ async fn server_restart_keeps_ca_and_entries() {
 
     env.server.restart();
 
-    assert_eq!(env.server.bundle_pem(), bundle_before, "the CA/bundle changed across a restart");
-    assert_eq!(entries(&env), entries_before, "entries changed across a restart");
-    let count = env.server.cli(&["entry", "count", "-output", "json"]).ok().json();
+    assert_eq!(
+        env.server.bundle_pem(),
+        bundle_before,
+        "the CA/bundle changed across a restart"
+    );
+    assert_eq!(
+        entries(&env),
+        entries_before,
+        "entries changed across a restart"
+    );
+    let count = env
+        .server
+        .cli(&["entry", "count", "-output", "json"])
+        .ok()
+        .json();
     assert_eq!(count["count"].as_u64(), Some(entries_before.len() as u64));
 
     // SVIDs issued before the restart still verify against the (unchanged) bundle.
@@ -71,33 +87,50 @@ async fn agent_serves_cached_svids_while_server_is_down() {
     let mut env = Env::start("outage");
     let id = env.register("/outage/workload", &[&Env::my_uid()], &[]);
     let before = wait_for_svid(&env.agent.socket, &id).await;
-    let c = WorkloadApiClient::connect_to(env.agent.endpoint()).await.expect("client");
-    let token = c.fetch_jwt_svid(["outage-aud"], None).await.expect("JWT-SVID").token().to_string();
+    let c = WorkloadApiClient::connect_to(env.agent.endpoint())
+        .await
+        .expect("client");
+    let token = c
+        .fetch_jwt_svid(["outage-aud"], None)
+        .await
+        .expect("JWT-SVID")
+        .token()
+        .to_string();
 
     env.server.stop();
     // Let the agent notice (its sync stream breaks) before asking.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     for round in 0..3 {
-        let svid = c
-            .fetch_x509_svid()
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: no X509-SVID while the server is down: {e}"));
+        let svid = c.fetch_x509_svid().await.unwrap_or_else(|e| {
+            panic!("round {round}: no X509-SVID while the server is down: {e}")
+        });
         assert_eq!(svid.spiffe_id().to_string(), id);
         assert_eq!(
             svid.leaf().as_bytes(),
             before.chain[0].as_slice(),
             "the cached SVID should be served unchanged"
         );
-        let bundles = c.fetch_x509_bundles().await.expect("bundles while the server is down");
-        assert!(bundles.get(&spiffe::TrustDomain::new(TD).expect("td")).is_some());
+        let bundles = c
+            .fetch_x509_bundles()
+            .await
+            .expect("bundles while the server is down");
+        assert!(
+            bundles
+                .get(&spiffe::TrustDomain::new(TD).expect("td"))
+                .is_some()
+        );
         let v = c
             .validate_jwt_token("outage-aud", &token)
             .await
             .expect("JWT validation with cached bundles while the server is down");
         assert_eq!(v.spiffe_id().to_string(), id);
-        let jwt_bundles = c.fetch_jwt_bundles().await.expect("JWT bundles while the server is down");
-        JwtSvid::parse_and_validate(&token, &jwt_bundles, &["outage-aud"]).expect("offline validation");
+        let jwt_bundles = c
+            .fetch_jwt_bundles()
+            .await
+            .expect("JWT bundles while the server is down");
+        JwtSvid::parse_and_validate(&token, &jwt_bundles, &["outage-aud"])
+            .expect("offline validation");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     env.agent.proc().assert_running();
@@ -119,21 +152,31 @@ async fn join_token_cannot_be_reused() {
     let mut second = Agent::spawn(dir.path(), "second", &server, &token, &[]);
     let status = second.proc().wait_exit(READY_TIMEOUT);
     match status {
-        Some(s) => assert!(!s.success(), "second agent exited 0 after reusing a join token"),
+        Some(s) => assert!(
+            !s.success(),
+            "second agent exited 0 after reusing a join token"
+        ),
         None => {
             let log = second.log().to_lowercase();
             assert!(
-                log.lines().any(|l| l.contains("error") && (l.contains("token") || l.contains("attest"))),
+                log.lines()
+                    .any(|l| l.contains("error") && (l.contains("token") || l.contains("attest"))),
                 "second agent neither exited nor logged an attestation error; log:\n{log}"
             );
             if let Ok(svids) = workload::fetch_x509(&second.socket).await {
-                panic!("second agent serves SVIDs with a reused token: {:?}", svids.iter().map(|s| &s.spiffe_id).collect::<Vec<_>>());
+                panic!(
+                    "second agent serves SVIDs with a reused token: {:?}",
+                    svids.iter().map(|s| &s.spiffe_id).collect::<Vec<_>>()
+                );
             }
         }
     }
 
     // Exactly one agent is attested, and it is the first one.
-    let agents: Value = server.cli(&["agent", "list", "-output", "json"]).ok().json();
+    let agents: Value = server
+        .cli(&["agent", "list", "-output", "json"])
+        .ok()
+        .json();
     let list = agents["agents"].as_array().expect("agents array");
     assert_eq!(list.len(), 1, "agents: {agents}");
     assert_eq!(
@@ -141,5 +184,7 @@ async fn join_token_cannot_be_reused() {
         Some(format!("spiffe://{TD}/spire/agent/join_token/{token}").as_str())
     );
     // And the first agent is unaffected.
-    workload::fetch_one(&first.socket, Some(&id)).await.expect("first agent still serves");
+    workload::fetch_one(&first.socket, Some(&id))
+        .await
+        .expect("first agent still serves");
 }

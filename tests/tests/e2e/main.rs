@@ -44,7 +44,8 @@ impl Env {
     /// Registers `spiffe://TD<path>` for the given selectors on this env's agent.
     pub fn register(&self, path: &str, selectors: &[&str], extra: &[&str]) -> String {
         let id = self.server.id(path);
-        self.server.create_entry(&self.node_id, &id, selectors, extra);
+        self.server
+            .create_entry(&self.node_id, &id, selectors, extra);
         id
     }
 

@@ -20,7 +20,12 @@ async fn py_spiffe_fetches_x509_svids_and_bundles() {
     assert_eq!(v["context_ids"], serde_json::json!([id]), "{out}");
     assert_eq!(v["fetch_svids_ids"], serde_json::json!([id]), "{out}");
     assert_eq!(v["source_bundle_tds"], serde_json::json!([TD]), "{out}");
-    assert!(v["key_type"].as_str().is_some_and(|k| k.starts_with("EC") || k.contains("EllipticCurve")), "{out}");
+    assert!(
+        v["key_type"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("EC") || k.contains("EllipticCurve")),
+        "{out}"
+    );
 
     // The chain py-spiffe parsed verifies against the server's bundle.
     let chain: Vec<Vec<u8>> = v["chain_pem"]
@@ -30,7 +35,8 @@ async fn py_spiffe_fetches_x509_svids_and_bundles() {
         .flat_map(|p| pem_certs(p.as_str().expect("PEM string")))
         .collect();
     let server_roots = pem_certs(&env.server.bundle_pem());
-    let verified = sigil_spiffe::x509::verify_svid_chain(&chain, &server_roots, now()).expect("verifies");
+    let verified =
+        sigil_spiffe::x509::verify_svid_chain(&chain, &server_roots, now()).expect("verifies");
     assert_eq!(verified.to_string(), id);
 
     // py-spiffe's bundle for the trust domain is the server's.
@@ -58,14 +64,22 @@ async fn py_spiffe_fetches_and_validates_jwt_svids() {
     assert_eq!(s("fetched_id").as_deref(), Some(id.as_str()), "{out}");
     assert_eq!(v["fetched_aud"], serde_json::json!(["py-aud"]), "{out}");
     assert_eq!(v["jwt_bundle_tds"], serde_json::json!([TD]), "{out}");
-    assert!(v["jwt_authorities"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    assert!(
+        v["jwt_authorities"].as_u64().is_some_and(|n| n >= 1),
+        "{out}"
+    );
     // Offline (PyJWT with the Workload API's JWT bundle) and by the agent.
     assert_eq!(s("offline_id").as_deref(), Some(id.as_str()), "{out}");
     assert_eq!(s("agent_id").as_deref(), Some(id.as_str()), "{out}");
     assert_eq!(s("source_id").as_deref(), Some(id.as_str()), "{out}");
     assert_eq!(v["source_bundle_tds"], serde_json::json!([TD]), "{out}");
     // Negative cases name the exception that rejected them.
-    for k in ["offline_wrong_aud", "offline_tampered", "agent_wrong_aud", "agent_tampered"] {
+    for k in [
+        "offline_wrong_aud",
+        "offline_tampered",
+        "agent_wrong_aud",
+        "agent_tampered",
+    ] {
         assert!(v[k].is_string(), "{k}: a bad token was accepted: {out}");
     }
 }
@@ -79,24 +93,42 @@ async fn py_spiffe_tls_and_rustls_peer_do_mtls() {
     wait_for_svid(&env.agent.socket, &id).await;
 
     let mut serve = Command::new(env!("CARGO_BIN_EXE_sigil-demo-peer"))
-        .args(["serve", "-listen", "127.0.0.1:0", "-allow", &id, "-count", "1", "-socketPath"])
+        .args([
+            "serve",
+            "-listen",
+            "127.0.0.1:0",
+            "-allow",
+            &id,
+            "-count",
+            "1",
+            "-socketPath",
+        ])
         .arg(&env.agent.socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting the demo peer");
     let mut lines = std::io::BufReader::new(serve.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line from the peer").expect("reading");
+    let first = lines
+        .next()
+        .expect("a line from the peer")
+        .expect("reading");
     let addr = first
         .strip_prefix("listening on ")
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_string();
 
-    let out = run_python(&env.agent, "tls_dial.py", &[&addr, &id, "hello from python"]);
+    let out = run_python(
+        &env.agent,
+        "tls_dial.py",
+        &[&addr, &id, "hello from python"],
+    );
     // The peer exits after one connection; don't wait forever if it never got one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while serve.try_wait().expect("polling the peer").is_none() && std::time::Instant::now() < deadline {
+    while serve.try_wait().expect("polling the peer").is_none()
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = serve.kill();
@@ -105,6 +137,10 @@ async fn py_spiffe_tls_and_rustls_peer_do_mtls() {
     let out = out.ok();
     let v = out.json();
     assert_eq!(v["client_id"].as_str(), Some(id.as_str()), "{out}");
-    assert_eq!(v["reply"].as_str(), Some(format!("hello {id}, this is {id}").as_str()), "{out}");
+    assert_eq!(
+        v["reply"].as_str(),
+        Some(format!("hello {id}, this is {id}").as_str()),
+        "{out}"
+    );
     assert_eq!(served, format!("accepted {id}: \"hello from python\""));
 }

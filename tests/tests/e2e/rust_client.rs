@@ -28,14 +28,25 @@ async fn rust_client_fetches_x509_svid_and_bundles() {
 
     let svid = c.fetch_x509_svid().await.expect("fetch_x509_svid");
     assert_eq!(svid.spiffe_id().to_string(), id);
-    let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
+    let chain: Vec<Vec<u8>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
 
     // The bundle the Workload API hands out is the server's, and the SVID chains up to it.
     let server_roots = pem_certs(&env.server.bundle_pem());
     let bundles = c.fetch_x509_bundles().await.expect("fetch_x509_bundles");
     let bundle = bundles.get(&td()).expect("a bundle for our trust domain");
-    let api_roots: Vec<Vec<u8>> = bundle.authorities().iter().map(|c| c.as_bytes().to_vec()).collect();
-    assert_eq!(api_roots, server_roots, "Workload API bundle differs from `sigil-server bundle show`");
+    let api_roots: Vec<Vec<u8>> = bundle
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        api_roots, server_roots,
+        "Workload API bundle differs from `sigil-server bundle show`"
+    );
     let verified = sigil_spiffe::x509::verify_svid_chain(&chain, &server_roots, now())
         .expect("SVID chain verifies against the server's bundle");
     assert_eq!(verified.to_string(), id);
@@ -44,11 +55,20 @@ async fn rust_client_fetches_x509_svid_and_bundles() {
     let leaf = &chain[0];
     let nb = sigil_spiffe::x509::not_before_unix(leaf).expect("notBefore");
     let na = sigil_spiffe::x509::not_after_unix(leaf).expect("notAfter");
-    assert!(nb <= now() + 1 && na > now(), "SVID not currently valid: {nb}..{na}");
+    assert!(
+        nb <= now() + 1 && na > now(),
+        "SVID not currently valid: {nb}..{na}"
+    );
 
     // The context call returns the same identity and bundle.
     let ctx = c.fetch_x509_context().await.expect("fetch_x509_context");
-    assert_eq!(ctx.default_svid().expect("default SVID").spiffe_id().to_string(), id);
+    assert_eq!(
+        ctx.default_svid()
+            .expect("default SVID")
+            .spiffe_id()
+            .to_string(),
+        id
+    );
     assert!(ctx.bundle_set().get(&td()).is_some());
 }
 
@@ -67,7 +87,10 @@ async fn rust_client_fetches_and_validates_jwt_svids() {
     let mut aud = svid.audience().to_vec();
     aud.sort();
     assert_eq!(aud, ["audience-1", "audience-2"]);
-    assert!(svid.expiry().unix_timestamp() > now(), "JWT-SVID already expired");
+    assert!(
+        svid.expiry().unix_timestamp() > now(),
+        "JWT-SVID already expired"
+    );
 
     // Asking for a specific SPIFFE ID works for ours.
     let want = SpiffeId::new(&id).expect("id");
@@ -80,7 +103,8 @@ async fn rust_client_fetches_and_validates_jwt_svids() {
     // Offline validation with the JWT bundle from the Workload API (jsonwebtoken + RustCrypto).
     let bundles = c.fetch_jwt_bundles().await.expect("fetch_jwt_bundles");
     assert!(bundles.get(&td()).is_some(), "no JWT bundle for {TD}");
-    let ok = JwtSvid::parse_and_validate(svid.token(), &bundles, &["audience-1"]).expect("offline validation");
+    let ok = JwtSvid::parse_and_validate(svid.token(), &bundles, &["audience-1"])
+        .expect("offline validation");
     assert_eq!(ok.spiffe_id().to_string(), id);
     JwtSvid::parse_and_validate(svid.token(), &bundles, &["not-my-audience"])
         .expect_err("offline validation must reject a wrong audience");
@@ -89,7 +113,10 @@ async fn rust_client_fetches_and_validates_jwt_svids() {
         .expect_err("offline validation must reject a bad signature");
 
     // Validation by the agent.
-    let v = c.validate_jwt_token("audience-2", svid.token()).await.expect("ValidateJWTSVID");
+    let v = c
+        .validate_jwt_token("audience-2", svid.token())
+        .await
+        .expect("ValidateJWTSVID");
     assert_eq!(v.spiffe_id().to_string(), id);
     c.validate_jwt_token("not-my-audience", svid.token())
         .await
@@ -118,10 +145,21 @@ async fn rust_sources_serve_x509_and_jwt() {
         .expect("X509Source");
     let svid = x509.svid().expect("X509Source SVID");
     assert_eq!(svid.spiffe_id().to_string(), id);
-    let b = x509.try_bundle_for_trust_domain(&td()).expect("X509Source bundle");
-    let roots: Vec<Vec<u8>> = b.authorities().iter().map(|c| c.as_bytes().to_vec()).collect();
-    let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
-    sigil_spiffe::x509::verify_svid_chain(&chain, &roots, now()).expect("source SVID verifies with source bundle");
+    let b = x509
+        .try_bundle_for_trust_domain(&td())
+        .expect("X509Source bundle");
+    let roots: Vec<Vec<u8>> = b
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    let chain: Vec<Vec<u8>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    sigil_spiffe::x509::verify_svid_chain(&chain, &roots, now())
+        .expect("source SVID verifies with source bundle");
     x509.shutdown().await;
 
     let jwt = JwtSource::builder()
@@ -129,9 +167,13 @@ async fn rust_sources_serve_x509_and_jwt() {
         .build()
         .await
         .expect("JwtSource");
-    let token = jwt.fetch_jwt_svid(["src-aud"]).await.expect("JwtSource fetch");
+    let token = jwt
+        .fetch_jwt_svid(["src-aud"])
+        .await
+        .expect("JwtSource fetch");
     assert_eq!(token.spiffe_id().to_string(), id);
-    JwtSvid::parse_and_validate(token.token(), &jwt, &["src-aud"]).expect("validates with the source's bundles");
+    JwtSvid::parse_and_validate(token.token(), &jwt, &["src-aud"])
+        .expect("validates with the source's bundles");
     jwt.shutdown().await;
 }
 
@@ -143,7 +185,10 @@ async fn watch_stream_delivers_rotated_svids() {
     let id = env.register("/rust/rotating", &[&Env::my_uid()], &["-x509SVIDTTL", "10"]);
     wait_for_svid(&env.agent.socket, &id).await;
     let c = client(&env).await;
-    let mut stream = c.stream_x509_contexts().await.expect("stream_x509_contexts");
+    let mut stream = c
+        .stream_x509_contexts()
+        .await
+        .expect("stream_x509_contexts");
 
     let leaf_of = |ctx: &spiffe::X509Context| {
         let svid = ctx.default_svid().expect("default SVID").clone();
@@ -173,7 +218,9 @@ async fn watch_stream_delivers_rotated_svids() {
         let left = deadline.saturating_duration_since(Instant::now());
         let ctx = tokio::time::timeout(left, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("only {rotations} rotation(s) seen on the open stream in 40s"))
+            .unwrap_or_else(|_| {
+                panic!("only {rotations} rotation(s) seen on the open stream in 40s")
+            })
             .expect("stream ended")
             .expect("stream error");
         let leaf = leaf_of(&ctx);
@@ -208,15 +255,30 @@ async fn watch_stream_delivers_new_registrations() {
     let first = env.register("/rust/watch-1", &[&Env::my_uid()], &[]);
     wait_for_svid(&env.agent.socket, &first).await;
     let c = client(&env).await;
-    let mut stream = c.stream_x509_contexts().await.expect("stream_x509_contexts");
-    let ctx = stream.next().await.expect("stream open").expect("first context");
+    let mut stream = c
+        .stream_x509_contexts()
+        .await
+        .expect("stream_x509_contexts");
+    let ctx = stream
+        .next()
+        .await
+        .expect("stream open")
+        .expect("first context");
     assert_eq!(ctx.svids().len(), 1);
 
     let second = env.register("/rust/watch-2", &[&Env::my_uid()], &[]);
     let got = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            let ctx = stream.next().await.expect("stream ended").expect("stream error");
-            let ids: Vec<String> = ctx.svids().iter().map(|s| s.spiffe_id().to_string()).collect();
+            let ctx = stream
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("stream error");
+            let ids: Vec<String> = ctx
+                .svids()
+                .iter()
+                .map(|s| s.spiffe_id().to_string())
+                .collect();
             if ids.contains(&second) {
                 return ids;
             }
@@ -237,15 +299,27 @@ async fn unregistered_caller_gets_permission_denied() {
     // Give the agent time to sync, then check repeatedly: the answer must stay "denied".
     tokio::time::sleep(Duration::from_secs(2)).await;
     match c.fetch_x509_svid().await {
-        Err(spiffe::WorkloadApiError::NoIdentityIssued | spiffe::WorkloadApiError::PermissionDenied(_)) => {}
+        Err(
+            spiffe::WorkloadApiError::NoIdentityIssued
+            | spiffe::WorkloadApiError::PermissionDenied(_),
+        ) => {}
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
     match c.fetch_jwt_svid(["aud"], None).await {
-        Err(spiffe::WorkloadApiError::NoIdentityIssued | spiffe::WorkloadApiError::PermissionDenied(_)) => {}
+        Err(
+            spiffe::WorkloadApiError::NoIdentityIssued
+            | spiffe::WorkloadApiError::PermissionDenied(_),
+        ) => {}
         other => panic!("expected PermissionDenied for a JWT-SVID, got {other:?}"),
     }
-    let status = workload::fetch_x509(&env.agent.socket).await.expect_err("raw fetch must fail");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "raw gRPC status: {status:?}");
+    let status = workload::fetch_x509(&env.agent.socket)
+        .await
+        .expect_err("raw fetch must fail");
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "raw gRPC status: {status:?}"
+    );
 }
 
 /// Calls without the `workload.spiffe.io: true` header are refused with InvalidArgument.
@@ -254,9 +328,14 @@ async fn missing_security_header_is_invalid_argument() {
     let env = Env::start("rs-header");
     let id = env.register("/rust/header", &[&Env::my_uid()], &[]);
     wait_for_svid(&env.agent.socket, &id).await;
-    let mut raw = workload::client(&env.agent.socket).await.expect("raw client");
+    let mut raw = workload::client(&env.agent.socket)
+        .await
+        .expect("raw client");
 
-    let status = match raw.fetch_x509svid(tonic::Request::new(pb::X509svidRequest {})).await {
+    let status = match raw
+        .fetch_x509svid(tonic::Request::new(pb::X509svidRequest {}))
+        .await
+    {
         Err(s) => s,
         Ok(resp) => resp
             .into_inner()
@@ -264,7 +343,11 @@ async fn missing_security_header_is_invalid_argument() {
             .await
             .expect_err("FetchX509SVID without the header must fail"),
     };
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "FetchX509SVID: {status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "FetchX509SVID: {status:?}"
+    );
 
     let status = raw
         .fetch_jwtsvid(tonic::Request::new(pb::JwtsvidRequest {
@@ -273,7 +356,11 @@ async fn missing_security_header_is_invalid_argument() {
         }))
         .await
         .expect_err("FetchJWTSVID without the header must fail");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "FetchJWTSVID: {status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "FetchJWTSVID: {status:?}"
+    );
 
     let status = raw
         .validate_jwtsvid(tonic::Request::new(pb::ValidateJwtsvidRequest {
@@ -282,9 +369,15 @@ async fn missing_security_header_is_invalid_argument() {
         }))
         .await
         .expect_err("ValidateJWTSVID without the header must fail");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "ValidateJWTSVID: {status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "ValidateJWTSVID: {status:?}"
+    );
 
     // The same call with the header works, so the refusal above was about the header.
-    let svids = workload::fetch_x509(&env.agent.socket).await.expect("with the header");
+    let svids = workload::fetch_x509(&env.agent.socket)
+        .await
+        .expect("with the header");
     assert_eq!(svids[0].spiffe_id, id);
 }

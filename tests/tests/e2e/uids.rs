@@ -4,7 +4,7 @@
 
 use crate::{Env, TD};
 use sha2::Digest;
-use sigil_e2e::harness::{Agent, CliOutput, Server, TestDir, run, wait_until, wait_for_svid};
+use sigil_e2e::harness::{Agent, CliOutput, Server, TestDir, run, wait_for_svid, wait_until};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,13 +18,21 @@ fn is_root() -> bool {
 /// These tests switch uids, which needs root (CI and the dev machines run as root). Elsewhere
 /// they fail loudly rather than pass without testing anything.
 fn require_root() {
-    assert!(is_root(), "this test runs workloads as other uids and must run as root");
+    assert!(
+        is_root(),
+        "this test runs workloads as other uids and must run as root"
+    );
 }
 
 /// Runs `peer fetch` as `uid:gid`: the SPIFFE IDs it got, or the error it printed.
 fn fetch_as(peer: &Path, socket: &Path, uid: u32, gid: u32) -> Result<Vec<String>, CliOutput> {
     let mut c = Command::new(peer);
-    c.arg("fetch").arg("-socketPath").arg(socket).uid(uid).gid(gid).current_dir("/");
+    c.arg("fetch")
+        .arg("-socketPath")
+        .arg(socket)
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/");
     let out = run(c, Duration::from_secs(20));
     if out.success() {
         let mut ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
@@ -67,13 +75,19 @@ fn assert_denied(peer: &Path, socket: &Path, uid: u32, gid: u32) {
 fn workloads_running_as_different_uids_get_their_own_svids() {
     require_root();
     let env = Env::start("uids");
-    let peer = env.dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
+    let peer = env
+        .dir
+        .install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
     let sock = &env.agent.socket;
 
     let w1001 = env.register("/uid/1001", &["unix:uid:1001"], &[]);
     let w1002 = env.register("/uid/1002", &["unix:uid:1002"], &[]);
     // Needs both selectors: only uid 1001 running with gid 2001 qualifies.
-    let w1001_g = env.register("/uid/1001-gid-2001", &["unix:uid:1001", "unix:gid:2001"], &[]);
+    let w1001_g = env.register(
+        "/uid/1001-gid-2001",
+        &["unix:uid:1001", "unix:gid:2001"],
+        &[],
+    );
 
     wait_for_ids(&peer, sock, 1001, 1001, &[&w1001]);
     wait_for_ids(&peer, sock, 1002, 1002, &[&w1002]);
@@ -89,7 +103,11 @@ async fn user_and_group_names_select_the_caller() {
     let env = Env::start("names");
     let by_name = env.register("/names/root", &["unix:user:root", "unix:group:root"], &[]);
     wait_for_svid(&env.agent.socket, &by_name).await;
-    let wrong = env.register("/names/nobody-group", &["unix:user:root", "unix:group:nogroup-sigil-e2e"], &[]);
+    let wrong = env.register(
+        "/names/nobody-group",
+        &["unix:user:root", "unix:group:nogroup-sigil-e2e"],
+        &[],
+    );
     // A fetch after the first entry arrived sees the full set; the second must never match.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ids: Vec<String> = sigil_e2e::workload::fetch_x509(&env.agent.socket)
@@ -99,7 +117,10 @@ async fn user_and_group_names_select_the_caller() {
         .map(|s| s.spiffe_id)
         .collect();
     assert!(ids.contains(&by_name), "{ids:?}");
-    assert!(!ids.contains(&wrong), "matched a group the caller is not in: {ids:?}");
+    assert!(
+        !ids.contains(&wrong),
+        "matched a group the caller is not in: {ids:?}"
+    );
 }
 
 #[test]
@@ -118,7 +139,13 @@ fn path_and_sha256_selectors_identify_the_binary() {
         ),
     )
     .expect("agent config");
-    let mut agent = Agent::spawn(dir.path(), "agent", &server, &token, &["-config", conf.to_str().expect("utf-8")]);
+    let mut agent = Agent::spawn(
+        dir.path(),
+        "agent",
+        &server,
+        &token,
+        &["-config", conf.to_str().expect("utf-8")],
+    );
     agent.wait_ready();
 
     let peer = dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
@@ -126,11 +153,18 @@ fn path_and_sha256_selectors_identify_the_binary() {
     let copy = other_dir.join("renamed-peer");
     std::fs::copy(&peer, &copy).expect("copying the peer");
     sigil_e2e::harness::chmod(&copy, 0o755);
-    let hash = hex(&sha2::Sha256::digest(std::fs::read(&peer).expect("reading the peer")));
+    let hash = hex(&sha2::Sha256::digest(
+        std::fs::read(&peer).expect("reading the peer"),
+    ));
 
     let by_path = server.id("/bin/by-path");
     let by_hash = server.id("/bin/by-sha256");
-    server.create_entry(&node, &by_path, &[&format!("unix:path:{}", peer.display())], &[]);
+    server.create_entry(
+        &node,
+        &by_path,
+        &[&format!("unix:path:{}", peer.display())],
+        &[],
+    );
     server.create_entry(&node, &by_hash, &[&format!("unix:sha256:{hash}")], &[]);
 
     // The original binary matches both; a copy elsewhere (same bytes) only the hash.
@@ -149,7 +183,9 @@ fn hex(bytes: &[u8]) -> String {
 fn mtls_between_uids_authorizes_by_spiffe_id() {
     require_root();
     let env = Env::start("mtls");
-    let peer = env.dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
+    let peer = env
+        .dir
+        .install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
     let sock = &env.agent.socket;
     let client_id = env.register("/demo/client", &["unix:uid:1001"], &[]);
     let server_id = env.register("/demo/server", &["unix:uid:1002"], &[]);
@@ -159,45 +195,77 @@ fn mtls_between_uids_authorizes_by_spiffe_id() {
     let serve_log = env.dir.path().join("serve.log");
     let mut serve_cmd = Command::new(&peer);
     serve_cmd
-        .args(["serve", "-listen", "127.0.0.1:0", "-allow", &client_id, "-count", "2", "-socketPath"])
+        .args([
+            "serve",
+            "-listen",
+            "127.0.0.1:0",
+            "-allow",
+            &client_id,
+            "-count",
+            "2",
+            "-socketPath",
+        ])
         .arg(sock)
         .uid(1002)
         .gid(1002)
         .current_dir("/");
     let mut serve = sigil_e2e::harness::Proc::spawn("demo peer (serve)", serve_cmd, serve_log);
-    let addr = wait_until("the serving peer's address", Duration::from_secs(20), || {
-        serve.assert_running();
-        serve.log().lines().find_map(|l| {
-            l.strip_prefix("listening on ")
-                .and_then(|r| r.split_whitespace().next())
-                .map(str::to_string)
-        })
-    });
+    let addr = wait_until(
+        "the serving peer's address",
+        Duration::from_secs(20),
+        || {
+            serve.assert_running();
+            serve.log().lines().find_map(|l| {
+                l.strip_prefix("listening on ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string)
+            })
+        },
+    );
     assert!(serve.log().contains(&server_id), "{}", serve.log());
 
     let connect = |uid: u32| {
         let mut c = Command::new(&peer);
-        c.args(["connect", "-addr", &addr, "-allow", &server_id, "-message", &format!("hi from {uid}"), "-socketPath"])
-            .arg(sock)
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
-            .stdin(Stdio::null());
+        c.args([
+            "connect",
+            "-addr",
+            &addr,
+            "-allow",
+            &server_id,
+            "-message",
+            &format!("hi from {uid}"),
+            "-socketPath",
+        ])
+        .arg(sock)
+        .uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .stdin(Stdio::null());
         run(c, Duration::from_secs(30))
     };
     let ok = connect(1001);
     assert!(ok.success(), "authorized client was refused: {ok}");
-    assert!(ok.stdout.contains(&format!("connected to {server_id}")), "{ok}");
+    assert!(
+        ok.stdout.contains(&format!("connected to {server_id}")),
+        "{ok}"
+    );
     let denied = connect(1002);
     assert!(!denied.success(), "unauthorized client got in: {denied}");
     assert!(denied.stdout.contains("refused"), "{denied}");
 
-    let status = serve.wait_exit(Duration::from_secs(20)).expect("serve exits after two connections");
+    let status = serve
+        .wait_exit(Duration::from_secs(20))
+        .expect("serve exits after two connections");
     assert!(status.success());
     let log = serve.log();
-    assert!(log.contains(&format!("accepted {client_id}: \"hi from 1001\"")), "{log}");
     assert!(
-        log.lines().any(|l| l.starts_with("rejected:") && l.contains(&server_id) && l.contains("not authorized")),
+        log.contains(&format!("accepted {client_id}: \"hi from 1001\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("rejected:")
+            && l.contains(&server_id)
+            && l.contains("not authorized")),
         "{log}"
     );
 }
