@@ -71,7 +71,7 @@ impl SpiffeVerifier {
             )
         })?;
         let id = id.to_string();
-        if !self.allowed.iter().any(|a| *a == id) {
+        if !self.allowed.contains(&id) {
             return Err(self.reject(
                 format!(
                     "peer {id} is not authorized (allowed: {})",

@@ -24,15 +24,34 @@ fn require_root() {
     );
 }
 
-/// Runs `peer fetch` as `uid:gid`: the SPIFFE IDs it got, or the error it printed.
-fn fetch_as(peer: &Path, socket: &Path, uid: u32, gid: u32) -> Result<Vec<String>, CliOutput> {
+/// Runs `peer fetch` as `uid:gid` with supplementary `groups`: the SPIFFE IDs it got, or the
+/// error it printed.
+fn fetch_as_with(
+    peer: &Path,
+    socket: &Path,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> Result<Vec<String>, CliOutput> {
     let mut c = Command::new(peer);
     c.arg("fetch")
         .arg("-socketPath")
         .arg(socket)
-        .uid(uid)
-        .gid(gid)
         .current_dir("/");
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls on data captured beforehand (no allocation).
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let out = run(c, Duration::from_secs(20));
     if out.success() {
         let mut ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
@@ -41,6 +60,10 @@ fn fetch_as(peer: &Path, socket: &Path, uid: u32, gid: u32) -> Result<Vec<String
     } else {
         Err(out)
     }
+}
+
+fn fetch_as(peer: &Path, socket: &Path, uid: u32, gid: u32) -> Result<Vec<String>, CliOutput> {
+    fetch_as_with(peer, socket, uid, gid, &[])
 }
 
 /// Polls until the workload running as `uid:gid` gets exactly `want`.
@@ -95,6 +118,25 @@ fn workloads_running_as_different_uids_get_their_own_svids() {
     assert_denied(&peer, sock, 1003, 1003);
     // gid 2001 alone does not qualify uid 1002 for the uid-1001-and-gid-2001 entry.
     wait_for_ids(&peer, sock, 1002, 2001, &[&w1002]);
+
+    // Supplementary groups: only a caller that has group 3001 gets this one.
+    let supp = env.register(
+        "/gid/supplementary-3001",
+        &["unix:supplementary_gid:3001"],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch_as_with(&peer, sock, 1006, 1006, &[3001]) {
+            Ok(ids) if ids == [supp.clone()] => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "uid 1006 with supplementary group 3001: expected [{supp}], last: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_denied(&peer, sock, 1006, 1006);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
