@@ -91,13 +91,14 @@ fn test(args: &[String]) -> Result<()> {
     println!("==> building sigil-server and sigil-agent");
     build_binaries(&[])?;
     if succeeds(cargo().args(["nextest", "--version"])) {
+        // nextest does not run doctests; run them first so that nextest's summary closes the
+        // output.
+        println!("==> cargo test --workspace --doc");
+        run(cargo().args(["test", "--workspace", "--doc"]))?;
         println!("==> cargo nextest run --workspace");
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
-            .args(args))?;
-        // nextest does not run doctests.
-        println!("==> cargo test --workspace --doc");
-        run(cargo().args(["test", "--workspace", "--doc"]))
+            .args(args))
     } else {
         println!("==> cargo test --workspace");
         run(cargo()
