@@ -94,11 +94,12 @@ fn test(args: &[String]) -> Result<()> {
         // nextest does not run doctests; run them first so that nextest's summary closes the
         // output.
         println!("==> cargo test --workspace --doc");
-        run(cargo().args(["test", "--workspace", "--doc"]))?;
+        let doc = run(cargo().args(["test", "--workspace", "--doc"]));
         println!("==> cargo nextest run --workspace");
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
-            .args(args))
+            .args(args))?;
+        doc
     } else {
         println!("==> cargo test --workspace");
         run(cargo()
