@@ -527,9 +527,9 @@ fn fetch_jwt_cmd(args: &[&str]) -> Result<(), CliError> {
         .to_string();
     let spiffe_id = p.get("spiffeID").unwrap_or("").to_string();
     if !spiffe_id.is_empty() {
-        spiffe_id
-            .parse::<sigil_spiffe::SpiffeId>()
-            .map_err(|e| CliError::Failed(format!("invalid -spiffeID {spiffe_id:?}: {e}")))?;
+        spiffe_id.parse::<sigil_spiffe::SpiffeId>().map_err(|e| {
+            CliError::Failed(format!("invalid SPIFFE ID {spiffe_id:?} (-spiffeID): {e}"))
+        })?;
     }
     runtime()?.block_on(async {
         let (svids, bundles) = with_timeout(timeout, async {

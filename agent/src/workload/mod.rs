@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod attestor;
+mod authority;
 pub mod peer;
 
 use std::future::Future;

@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use super::authority::AuthorityFix;
+
 /// `SO_PEERPIDFD` (Linux ≥ 6.5): a pidfd for the peer as of `connect(2)`.
 const SO_PEERPIDFD: libc::c_int = 77;
 
@@ -53,6 +55,8 @@ pub struct PeerInfo {
 pub struct PeerStream {
     io: UnixStream,
     info: PeerInfo,
+    fix: AuthorityFix,
+    eof: bool,
 }
 
 // === impl PidFd ===
@@ -171,12 +175,35 @@ impl tonic::transport::server::Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
+    /// Reads from the client through [`AuthorityFix`], so that h2 accepts gRPC clients that send
+    /// the socket path as `:authority`.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            let ready = this.fix.output();
+            if !ready.is_empty() {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                this.fix.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+                this.fix.finish();
+            } else {
+                this.fix.feed(rb.filled());
+            }
+        }
     }
 }
 
@@ -223,7 +250,13 @@ pub fn accept_loop(listener: UnixListener) -> mpsc::Receiver<io::Result<PeerStre
             match accepted {
                 Ok((io, _)) => match PeerInfo::from_socket(&io) {
                     Ok(info) => {
-                        if tx.send(Ok(PeerStream { io, info })).await.is_err() {
+                        let stream = PeerStream {
+                            io,
+                            info,
+                            fix: AuthorityFix::new(),
+                            eof: false,
+                        };
+                        if tx.send(Ok(stream)).await.is_err() {
                             return;
                         }
                     }
