@@ -24,6 +24,10 @@ impl SelectorSet {
         self.0.contains(s)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Selector> {
+        self.0.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -4,7 +4,7 @@
 //! every change. Workload API streams hold a receiver each: readers never lock, never see a
 //! half-applied update, and a slow reader only ever skips to the newest snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -71,6 +71,10 @@ pub struct Snapshot {
     /// Ordered oldest entry first (then by id), so the first SVID a workload gets — the one most
     /// clients use by default — is stable across updates.
     pub identities: Vec<Identity>,
+    /// Each entry's position in `identities`, filed under one of its selectors (its first).
+    /// A caller can only match entries filed under one of its own selectors, since an entry
+    /// needs all of its selectors: matching looks at those candidates only, not at every entry.
+    index: HashMap<Selector, Vec<usize>>,
 }
 
 // === impl Entry ===
@@ -174,22 +178,49 @@ impl BundleRecord {
 impl Snapshot {
     /// The state before anything is known.
     pub fn empty(trust_domain: TrustDomain) -> Self {
+        Self::new(trust_domain, false, None, BTreeMap::new(), Vec::new())
+    }
+
+    /// A snapshot of `identities`, which should be in serving order (oldest entry first).
+    pub fn new(
+        trust_domain: TrustDomain,
+        synced: bool,
+        bundle: Option<Arc<BundleRecord>>,
+        federated: BTreeMap<TrustDomain, Arc<BundleRecord>>,
+        identities: Vec<Identity>,
+    ) -> Self {
+        let mut index: HashMap<Selector, Vec<usize>> = HashMap::new();
+        for (pos, identity) in identities.iter().enumerate() {
+            if let Some(first) = identity.entry.selectors.first() {
+                index.entry(first.clone()).or_default().push(pos);
+            }
+        }
         Self {
             trust_domain,
-            synced: false,
-            bundle: None,
-            federated: BTreeMap::new(),
-            identities: Vec::new(),
+            synced,
+            bundle,
+            federated,
+            identities,
+            index,
         }
     }
 
-    /// The identities whose entries match the caller's selectors (signed or not).
+    /// The identities whose entries match the caller's selectors (signed or not), in serving
+    /// order.
     pub fn matching<'a>(
         &'a self,
         caller: &'a SelectorSet,
     ) -> impl Iterator<Item = &'a Identity> + 'a {
-        self.identities
+        let mut candidates: Vec<usize> = caller
             .iter()
+            .filter_map(|s| self.index.get(s))
+            .flatten()
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        candidates
+            .into_iter()
+            .filter_map(|pos| self.identities.get(pos))
             .filter(move |i| caller.matches(&i.entry.selectors))
     }
 
@@ -249,7 +280,7 @@ mod tests {
     #[test]
     fn matching_and_federation() {
         let td: TrustDomain = "td".parse().unwrap();
-        let mut snap = Snapshot::empty(td.clone());
+        let mut identities = Vec::new();
         for (i, e) in [
             entry("a", "spiffe://td/a", &["unix:uid:1"], &["spiffe://other"]),
             entry("b", "spiffe://td/b", &["unix:uid:1", "unix:gid:2"], &[]),
@@ -260,11 +291,12 @@ mod tests {
         {
             let mut e = Entry::from_proto(e).unwrap();
             e.created_at = i as i64;
-            snap.identities.push(Identity {
+            identities.push(Identity {
                 entry: Arc::new(e),
                 svid: None,
             });
         }
+        let mut snap = Snapshot::new(td.clone(), true, None, BTreeMap::new(), identities);
         let other = BundleRecord::from_proto(&sigil_proto::types::Bundle {
             trust_domain: "other".into(),
             ..Default::default()

@@ -40,6 +40,9 @@ const SIGN_CONCURRENCY: usize = 4;
 const SIGN_RETRY_MIN: Duration = Duration::from_secs(2);
 const SIGN_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Rotations due within this many milliseconds of each other are done together.
+const COALESCE_MS: i64 = 250;
+
 /// Why the manager stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -194,7 +197,12 @@ impl Manager {
         tracing::debug!(server = %self.endpoint.address(), "entry sync stream open");
         let mut pending: Option<Pending> = None;
         loop {
-            let wake = self.state.next_due_ms().map(deadline_from_unix_ms);
+            // Not sooner than COALESCE_MS from now: with thousands of SVIDs spread by jitter,
+            // waking for each one would rescan the cache thousands of times.
+            let wake = self
+                .state
+                .next_due_ms()
+                .map(|at| deadline_from_unix_ms(at.max(now_unix_ms() + COALESCE_MS)));
             tokio::select! {
                 msg = stream.message() => {
                     let Some(msg) = msg? else {
@@ -346,7 +354,8 @@ impl Manager {
 
     /// Signs SVIDs for entries that have none (and are not backing off) or whose SVID is due.
     async fn sign_due(&mut self, client: &NodeClient<Channel>) -> Result<(), NodeError> {
-        let now_ms = now_unix_ms();
+        // Anything due within the coalescing window goes now, in the same batches.
+        let now_ms = now_unix_ms() + COALESCE_MS;
         let st = &self.state;
         let mut due: Vec<String> = st
             .entries
@@ -472,13 +481,13 @@ impl Manager {
         identities.sort_by(|a, b| {
             (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id))
         });
-        self.snapshot.send_replace(Arc::new(Snapshot {
-            trust_domain: st.trust_domain.clone(),
-            synced: st.synced,
-            bundle: st.bundle.clone(),
-            federated: st.federated.clone(),
+        self.snapshot.send_replace(Arc::new(Snapshot::new(
+            st.trust_domain.clone(),
+            st.synced,
+            st.bundle.clone(),
+            st.federated.clone(),
             identities,
-        }));
+        )));
     }
 }
 
