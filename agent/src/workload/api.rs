@@ -54,6 +54,12 @@ impl WorkloadApi {
         }
     }
 
+    /// Overrides [`IDENTITY_WAIT`].
+    pub fn with_identity_wait(mut self, wait: Duration) -> Self {
+        self.identity_wait = wait;
+        self
+    }
+
     /// Checks the security header and attests the caller.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
         check_header(req)?;
@@ -75,40 +81,51 @@ impl WorkloadApi {
         Ok(selectors.into_iter().collect())
     }
 
-    /// The newest snapshot once `ready` holds for it, or whatever is there after the wait.
-    async fn wait_for(&self, ready: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    /// The newest snapshot once `ready` holds for it, or whatever is there after the wait; with
+    /// a receiver that has seen exactly that snapshot, so a stream built from it misses no
+    /// later change.
+    async fn wait_for(
+        &self,
+        ready: impl Fn(&Snapshot) -> bool,
+    ) -> (Arc<Snapshot>, watch::Receiver<Arc<Snapshot>>) {
         let mut rx = self.handle.snapshot.clone();
         let deadline = tokio::time::Instant::now() + self.identity_wait;
         loop {
             let snap = rx.borrow_and_update().clone();
             if ready(&snap) {
-                return snap;
+                return (snap, rx);
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return snap; },
-                _ = tokio::time::sleep_until(deadline) => return snap,
+                r = rx.changed() => if r.is_err() { return (snap, rx); },
+                _ = tokio::time::sleep_until(deadline) => return (snap, rx),
             }
         }
     }
 
     /// Waits until every identity of the caller has its X509-SVID.
-    async fn wait_for_svids(&self, selectors: &SelectorSet) -> Arc<Snapshot> {
+    async fn wait_for_svids(
+        &self,
+        selectors: &SelectorSet,
+    ) -> (Arc<Snapshot>, watch::Receiver<Arc<Snapshot>>) {
         self.wait_for(|s| {
             s.synced && s.bundle.is_some() && s.matching(selectors).all(|i| i.svid.is_some())
         })
         .await
     }
 
-    /// Streams `build(snapshot)` now and after every change until the client goes away or the
-    /// caller loses its identities. Unchanged responses are not re-sent.
-    fn stream<T, F>(&self, first: T, build: F) -> ResponseStream<T>
+    /// Streams `first`, then `build(snapshot)` after every change `snapshots` has not seen,
+    /// until the client goes away or the caller loses its identities. Unchanged responses are
+    /// not re-sent.
+    fn stream<T, F>(
+        first: T,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        build: F,
+    ) -> ResponseStream<T>
     where
         T: Clone + PartialEq + Send + 'static,
         F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4);
-        let mut snapshots: watch::Receiver<Arc<Snapshot>> = self.handle.snapshot.clone();
-        snapshots.mark_unchanged();
         tokio::spawn(async move {
             let mut last = first.clone();
             if tx.send(Ok(first)).await.is_err() {
@@ -150,13 +167,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.authenticate(&req).await?;
-        let snap = self.wait_for_svids(&selectors).await;
+        let (snap, rx) = self.wait_for_svids(&selectors).await;
         let first = x509_svid_response(&snap, &selectors)?.ok_or_else(|| {
             Status::unavailable("X509-SVIDs for this workload are not yet available")
         })?;
-        Ok(Response::new(
-            self.stream(first, move |s| x509_svid_response(s, &selectors)),
-        ))
+        Ok(Response::new(Self::stream(first, rx, move |s| {
+            x509_svid_response(s, &selectors)
+        })))
     }
 
     async fn fetch_x509_bundles(
@@ -164,9 +181,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = self.authenticate(&req).await?;
-        let snap = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
+        let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
         let first = x509_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(self.stream(first, move |s| {
+        Ok(Response::new(Self::stream(first, rx, move |s| {
             x509_bundles_response(s, &selectors).map(Some)
         })))
     }
@@ -186,7 +203,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             })?),
         };
         let selectors = self.authenticate(&req).await?;
-        let snap = self.wait_for(|s| s.synced).await;
+        let (snap, _) = self.wait_for(|s| s.synced).await;
         let identities = identities_or_deny(&snap, &selectors)?;
         let audience: Vec<String> = req
             .get_ref()
@@ -227,9 +244,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = self.authenticate(&req).await?;
-        let snap = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
+        let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
         let first = jwt_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(self.stream(first, move |s| {
+        Ok(Response::new(Self::stream(first, rx, move |s| {
             jwt_bundles_response(s, &selectors).map(Some)
         })))
     }
@@ -246,7 +263,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let selectors = self.authenticate(&req).await?;
-        let snap = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
+        let (snap, _) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
         // Trusted keys: our own trust domain's, plus those of the trust domains the caller's
         // entries federate with (as in SPIRE).
         let federated = snap.federated_for(snap.matching(&selectors));
