@@ -459,9 +459,11 @@ fn x509_json(resp: &X509svidResponse) -> serde_json::Value {
 
 /// `-write DIR`: svid.N.pem, svid.N.key (0600), bundle.N.pem, federated_bundle.N.M.pem.
 fn write_x509(dir: &Path, svids: &[ParsedSvid], silent: bool) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Failed(format!("creating {}: {e}", dir.display())))?;
     let write = |path: &Path, data: &[u8], mode: u32| {
         crate::node::storage::write_atomic(path, data, mode)
-            .map_err(|e| CliError::Failed(format!("writing {}: {e}", path.display())))
+            .map_err(|e| CliError::Failed(format!("writing {e}")))
     };
     let say = |msg: String| {
         if !silent {
