@@ -714,4 +714,188 @@ mod tests {
         let s = accumulate(&mut p, chunk(4, &[], true, true)).unwrap();
         assert!(s.entries.is_empty());
     }
+
+    // === Manager state transitions, without a server ===
+
+    struct TestCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        der: Vec<u8>,
+    }
+
+    impl TestCa {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            Self {
+                issuer: rcgen::Issuer::new(params, key),
+                der,
+            }
+        }
+
+        fn svid(&self, id: &str) -> (Vec<Vec<u8>>, PrivateKeyDer) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::seconds(10);
+            params.not_after = now + time::Duration::hours(1);
+            let der = params.signed_by(&key, &self.issuer).unwrap().der().to_vec();
+            (vec![der], PrivateKeyDer::new(key.serialize_der()))
+        }
+    }
+
+    fn manager(ca: &TestCa) -> (Manager, ManagerHandle) {
+        let config = crate::config::Config::from_hcl(
+            "agent {\n trust_domain = \"td\"\n server_address = \"127.0.0.1\"\n}\n",
+        )
+        .unwrap();
+        let (chain, key) = ca.svid("spiffe://td/spire/agent/join_token/t");
+        let creds = Credentials {
+            svid: Arc::new(crate::node::AgentSvid::new(chain, key).unwrap()),
+            roots: Arc::new(vec![ca.der.clone()]),
+        };
+        Manager::new(
+            ServerEndpoint::new(&config),
+            None,
+            config.trust_domain.clone(),
+            creds,
+            None,
+        )
+    }
+
+    fn proto_entry(
+        id: &str,
+        spiffe_id: &str,
+        parent: &str,
+        created_at: i64,
+    ) -> sigil_proto::types::Entry {
+        sigil_proto::types::Entry {
+            id: id.into(),
+            spiffe_id: spiffe_id.into(),
+            parent_id: parent.into(),
+            selectors: vec![sigil_proto::types::Selector {
+                r#type: "unix".into(),
+                value: "uid:1".into(),
+            }],
+            created_at,
+            ..Default::default()
+        }
+    }
+
+    fn pending(entries: Vec<sigil_proto::types::Entry>, roots: Option<Vec<Vec<u8>>>) -> Pending {
+        Pending {
+            number: 1,
+            entries,
+            bundle: roots.map(|r| sigil_proto::types::Bundle {
+                trust_domain: "td".into(),
+                x509_authorities: r,
+                ..Default::default()
+            }),
+            federated: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn apply_publishes_workload_entries_only() {
+        let ca = TestCa::new();
+        let (mut m, handle) = manager(&ca);
+        assert!(!handle.snapshot.borrow().synced);
+        m.apply(pending(
+            vec![
+                proto_entry("alias", "spiffe://td/node", "spiffe://td/spire/server", 0),
+                proto_entry("b", "spiffe://td/b", "spiffe://td/node", 2),
+                proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1),
+                proto_entry("bad", "not an id", "spiffe://td/node", 3),
+            ],
+            Some(vec![ca.der.clone()]),
+        ));
+        m.publish();
+        let snap = handle.snapshot.borrow().clone();
+        assert!(snap.synced);
+        assert!(snap.bundle.is_some());
+        // Node aliases and invalid entries are left out; the rest is oldest first.
+        let ids: Vec<_> = snap
+            .identities
+            .iter()
+            .map(|i| i.entry.id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn signing_results_are_checked_and_kept_across_unchanged_snapshots() {
+        let ca = TestCa::new();
+        let (mut m, handle) = manager(&ca);
+        let entries = || vec![proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1)];
+        m.apply(pending(entries(), Some(vec![ca.der.clone()])));
+
+        // An SVID for the wrong identity is refused and retried later.
+        m.record_signing("a".into(), Ok(ca.svid("spiffe://td/other")));
+        assert!(!m.state.svids.contains_key("a"));
+        assert!(m.state.retry.contains_key("a"));
+
+        m.record_signing("a".into(), Ok(ca.svid("spiffe://td/a")));
+        let svid = m.state.svids["a"].clone();
+        assert!(m.state.retry.is_empty());
+        let now_ms = now_unix_ms();
+        assert!(svid.rotate_at_ms > now_ms && svid.rotate_at_ms < now_ms + 3_600_000);
+        m.publish();
+        assert!(handle.snapshot.borrow().identities[0].svid.is_some());
+
+        // The same snapshot again keeps the SVID; a changed SPIFFE ID drops it; so does deletion.
+        m.apply(pending(entries(), None));
+        assert!(Arc::ptr_eq(&m.state.svids["a"], &svid));
+        m.apply(pending(
+            vec![proto_entry(
+                "a",
+                "spiffe://td/renamed",
+                "spiffe://td/node",
+                1,
+            )],
+            None,
+        ));
+        assert!(!m.state.svids.contains_key("a"));
+        m.record_signing("a".into(), Ok(ca.svid("spiffe://td/renamed")));
+        m.apply(pending(vec![], None));
+        assert!(m.state.svids.is_empty());
+        m.publish();
+        assert!(handle.snapshot.borrow().identities.is_empty());
+    }
+
+    #[test]
+    fn new_ca_replaces_roots_and_rotates_orphaned_svids() {
+        let ca = TestCa::new();
+        let (mut m, handle) = manager(&ca);
+        m.apply(pending(
+            vec![proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1)],
+            Some(vec![ca.der.clone()]),
+        ));
+        m.record_signing("a".into(), Ok(ca.svid("spiffe://td/a")));
+        assert!(m.state.svids["a"].rotate_at_ms > 0);
+
+        // The old CA is still in the bundle: nothing to do.
+        let new_ca = TestCa::new();
+        m.apply(pending(
+            vec![proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1)],
+            Some(vec![ca.der.clone(), new_ca.der.clone()]),
+        ));
+        assert!(m.state.svids["a"].rotate_at_ms > 0);
+        assert_eq!(handle.creds.borrow().roots.len(), 2);
+
+        // The old CA is gone: the SVID is due now, and the server is trusted by the new roots.
+        m.apply(pending(
+            vec![proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1)],
+            Some(vec![new_ca.der.clone()]),
+        ));
+        assert_eq!(m.state.svids["a"].rotate_at_ms, 0);
+        assert_eq!(*handle.creds.borrow().roots, vec![new_ca.der.clone()]);
+        assert_eq!(m.state.next_due_ms(), Some(0));
+    }
 }
