@@ -593,6 +593,64 @@ mod tests {
         assert!(rewrite_block(&b).is_none());
     }
 
+    /// Canonical Huffman encoding with the same table, for building test inputs.
+    fn huffman_encode(src: &[u8]) -> Vec<u8> {
+        let h = huffman();
+        let code_of = |sym: u16| -> (u64, usize) {
+            let pos = h.symbols.iter().position(|&s| s == sym).unwrap();
+            let len = (1..=30)
+                .rev()
+                .find(|&l| h.count[l] > 0 && h.first_index[l] <= pos)
+                .unwrap();
+            (
+                u64::from(h.first_code[len]) + (pos - h.first_index[len]) as u64,
+                len,
+            )
+        };
+        let (mut acc, mut bits, mut out) = (0u64, 0usize, Vec::new());
+        for &b in src {
+            let (code, len) = code_of(u16::from(b));
+            acc = (acc << len) | code;
+            bits += len;
+            while bits >= 8 {
+                out.push((acc >> (bits - 8)) as u8);
+                bits -= 8;
+            }
+            acc &= (1 << bits) - 1;
+        }
+        if bits > 0 {
+            out.push(((acc << (8 - bits)) | ((1 << (8 - bits)) - 1)) as u8);
+        }
+        out
+    }
+
+    #[test]
+    fn huffman_coded_invalid_authority_is_replaced() {
+        assert_eq!(
+            huffman_encode(b"www.example.com"),
+            unhex("f1e3 c2e5 f23a 6ba0 ab90 f4ff")
+        );
+        let coded = huffman_encode(b"%2Frun%2Fapi.sock");
+        assert_eq!(huffman_decode(&coded).unwrap(), b"%2Frun%2Fapi.sock");
+        let mut block = vec![0x82, 0x41];
+        encode_int(&mut block, coded.len(), 7, 0x80);
+        block.extend_from_slice(&coded);
+        let fixed = rewrite_block(&block).unwrap();
+        let mut expected = vec![0x82, 0x41];
+        encode_int(&mut expected, 17, 7, 0);
+        expected.extend_from_slice(b"-2Frun-2Fapi.sock");
+        assert_eq!(fixed, expected);
+        // Same decoded length: HPACK table accounting is unchanged.
+        assert_eq!(b"-2Frun-2Fapi.sock".len(), b"%2Frun%2Fapi.sock".len());
+        // A literal (raw) ":authority" name is recognized too.
+        let mut block = vec![0x40, 10];
+        block.extend_from_slice(b":authority");
+        block.push(3);
+        block.extend_from_slice(b"a/b");
+        let fixed = rewrite_block(&block).unwrap();
+        assert_eq!(&fixed[12..], &[3, b'a', b'-', b'b']);
+    }
+
     #[test]
     fn frames_are_rewritten_and_others_pass_through() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
