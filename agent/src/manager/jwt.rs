@@ -32,11 +32,22 @@ struct Key {
     audience: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Cached {
     token: String,
     refresh_at: i64,
     expires_at: i64,
+}
+
+/// Tokens are bearer credentials: never printed.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("token", &"[redacted]")
+            .field("refresh_at", &self.refresh_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl JwtSigner {
