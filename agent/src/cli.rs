@@ -56,12 +56,14 @@ enum CliError {
     Failed(String),
     /// Printed as is (commands with SPIRE-specific failure lines).
     Raw(String),
+    /// `-h`/`-help`: usage on stdout, exit 0.
+    Help(String),
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(m, _) | Self::Failed(m) | Self::Raw(m) => f.write_str(m),
+            Self::Usage(m, _) | Self::Failed(m) | Self::Raw(m) | Self::Help(m) => f.write_str(m),
         }
     }
 }
@@ -100,6 +102,10 @@ pub fn cli_main(args: Vec<String>) -> i32 {
         Err(CliError::Raw(msg)) => {
             eprintln!("{msg}");
             1
+        }
+        Err(CliError::Help(usage)) => {
+            print!("{usage}");
+            0
         }
     }
 }
@@ -146,6 +152,13 @@ fn unknown(cmd: &str) -> CliError {
 /// Parses flags, attaching the command's usage to errors.
 fn parse(set: &FlagSet, args: &[&str], name: &str) -> Result<Parsed, CliError> {
     let usage = || format!("Usage of {name}:\n{}", set.usage());
+    if args
+        .iter()
+        .take_while(|a| **a != "--")
+        .any(|a| matches!(*a, "-h" | "-help" | "--help"))
+    {
+        return Err(CliError::Help(usage()));
+    }
     let parsed = set
         .parse(args.iter().copied())
         .map_err(|e| CliError::Usage(e.to_string(), usage()))?;
