@@ -229,11 +229,18 @@ pub fn server_id(td: &TrustDomain) -> SpiffeId {
 // === impl Raw ===
 
 impl Raw {
+    /// HCL, or JSON (SPIRE accepts both; a document starting with `{` is JSON, which HCL's
+    /// parser would reject).
     fn from_hcl(text: &str) -> Result<Self, ConfigError> {
-        let root: Value = hcl::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let root: Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        } else {
+            hcl::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        };
         let mut raw = Raw::default();
         let root = as_object(&root, "config file")?;
         for (key, value) in root {
@@ -978,6 +985,24 @@ health_checks {
             err.to_string()
                 .starts_with("invalid value for trust_domain"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn json_config() {
+        let c = Config::from_hcl(
+            r#"{"agent": {"trust_domain": "td", "server_address": "10.0.0.1", "server_port": 8443},
+                "plugins": {"NodeAttestor": [{"join_token": {"plugin_data": {}}}],
+                            "KeyManager": [{"memory": {"plugin_data": {}}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.server_port, Port(8443));
+        assert_eq!(c.key_manager, KeyManager::Memory);
+        let err =
+            Config::from_hcl(r#"{"plugins": {"NodeAttestor": [{"aws_iid": {}}]}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unsupported NodeAttestor plugin "aws_iid""#
         );
     }
 
