@@ -192,8 +192,9 @@ impl AuthorityFix {
             let frame = &rest[..FRAME_HEADER_LEN + len];
             pos += frame.len();
             if !self.header_frame(frame) {
-                self.output.extend_from_slice(frame);
+                // Whatever was pending precedes this frame on the wire.
                 self.give_up();
+                self.output.extend_from_slice(frame);
             }
         }
         self.input = input[pos..].to_vec();
@@ -698,6 +699,34 @@ mod tests {
         expected.extend_from_slice(&fixed_block);
         expected.extend_from_slice(&data);
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn protocol_errors_pass_through_in_order() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let block = grpc_block(b"a%2Fb");
+        // HEADERS without END_HEADERS, then another HEADERS: invalid, so both go to h2 as sent.
+        let mut one = vec![0, 0, block.len() as u8, TYPE_HEADERS, 0, 0, 0, 0, 1];
+        one.extend_from_slice(&block);
+        let mut two = vec![
+            0,
+            0,
+            block.len() as u8,
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            0,
+            0,
+            0,
+            3,
+        ];
+        two.extend_from_slice(&block);
+        let mut input = preface.to_vec();
+        input.extend_from_slice(&one);
+        input.extend_from_slice(&two);
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let mut fix = AuthorityFix::new();
+        fix.feed(&input);
+        assert_eq!(fix.output(), input.as_slice());
     }
 
     #[test]
