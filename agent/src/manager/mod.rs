@@ -565,7 +565,7 @@ async fn sign_batch(
         by_id.insert(id, key);
     }
     let resp = client
-        .sign_x509_svids(SignX509SvidsRequest { params })
+        .sign_x509_svids(crate::node::client::unary(SignX509SvidsRequest { params }))
         .await?
         .into_inner();
 

@@ -15,6 +15,18 @@ use crate::config::{Config, JoinToken};
 use crate::keys::KeyPair;
 use crate::svid;
 
+/// Deadline for unary calls to the server. A server that accepted the connection but does not
+/// answer would otherwise stall signing forever; past this the call fails and is retried.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A unary request carrying [`RPC_TIMEOUT`] (enforced by tonic's client and sent to the server
+/// as `grpc-timeout`).
+pub fn unary<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(RPC_TIMEOUT);
+    req
+}
+
 /// A failed call to the server.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -146,10 +158,10 @@ impl ServerEndpoint {
         let connector = TlsConnector::new(&self.host, self.port, move || Ok(config.clone()));
         let channel = self.endpoint().connect_with_connector(connector).await?;
         let resp = NodeClient::new(channel)
-            .attest_agent(AttestAgentRequest {
+            .attest_agent(unary(AttestAgentRequest {
                 join_token: token.as_str().to_string(),
                 csr,
-            })
+            }))
             .await?
             .into_inner();
         let bundle = resp.bundle.ok_or_else(|| {
@@ -185,7 +197,7 @@ impl ServerEndpoint {
         let key = KeyPair::generate()?;
         let csr = key.csr_der()?;
         let resp = client
-            .renew_agent(RenewAgentRequest { csr })
+            .renew_agent(unary(RenewAgentRequest { csr }))
             .await?
             .into_inner();
         self.check_agent_svid(resp.svid, key, roots)
