@@ -117,8 +117,14 @@ pub async fn run_until(
 
     let listener = workload::bind(&config.socket_path)?;
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
+    let sds = crate::sds::SdsApi::new(handle.clone(), attestors(&config), config.sds.clone());
     let api = WorkloadApi::new(handle, attestors(&config));
-    let mut server = tokio::spawn(workload::serve(listener, api, stopped(stop_rx.clone())));
+    let mut server = tokio::spawn(workload::serve(
+        listener,
+        api,
+        sds,
+        stopped(stop_rx.clone()),
+    ));
 
     let result = tokio::select! {
         r = manager.run() => match r {

@@ -119,6 +119,8 @@ pub struct Config {
     pub key_manager: KeyManager,
     pub unix_attestor: Option<UnixAttestorConfig>,
     pub health: Option<HealthConfig>,
+    /// The `sds` block (resource names, SPIFFE validator switch).
+    pub sds: crate::sds::SdsConfig,
 }
 
 /// The values the file and the flags can set, before defaults and validation.
@@ -138,6 +140,7 @@ struct Raw {
     node_attestor: Option<(String, Map<String, Value>)>,
     workload_attestors: Vec<(String, Map<String, Value>)>,
     health: Option<Map<String, Value>>,
+    sds: Option<Map<String, Value>>,
 }
 
 // === impl Config ===
@@ -287,6 +290,14 @@ impl Raw {
                 "log_format" => &mut self.log_format,
                 "insecure_bootstrap" => {
                     self.insecure_bootstrap = Some(as_bool(value, "insecure_bootstrap")?);
+                    continue;
+                }
+                "sds" => {
+                    let mut merged = self.sds.take().unwrap_or_default();
+                    for block in blocks(value, "sds block")? {
+                        merged.extend(block.clone());
+                    }
+                    self.sds = Some(merged);
                     continue;
                 }
                 other => {
@@ -472,6 +483,10 @@ impl Raw {
             None => None,
             Some(block) => HealthConfig::from_block(&block)?,
         };
+        let sds = match &self.sds {
+            None => crate::sds::SdsConfig::default(),
+            Some(block) => sds_config(block)?,
+        };
 
         Ok(Config {
             data_dir,
@@ -487,6 +502,7 @@ impl Raw {
             key_manager,
             unix_attestor,
             health,
+            sds,
         })
     }
 }
@@ -707,6 +723,41 @@ fn plugin_data(kind: &str, name: &str, body: &Value) -> Result<Map<String, Value
     Ok(data)
 }
 
+/// The `sds` block inside `agent` (SPIRE's keys and defaults).
+fn sds_config(block: &Map<String, Value>) -> Result<crate::sds::SdsConfig, ConfigError> {
+    reject_unknown(
+        block,
+        &[
+            "default_svid_name",
+            "default_bundle_name",
+            "default_all_bundles_name",
+            "disable_spiffe_cert_validation",
+        ],
+        "sds block",
+    )?;
+    let mut cfg = crate::sds::SdsConfig::default();
+    let name = |key: &str, slot: &mut String| -> Result<(), ConfigError> {
+        if let Some(v) = block.get(key) {
+            let s = as_scalar_string(v, key)?;
+            if s.is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+            *slot = s;
+        }
+        Ok(())
+    };
+    name("default_svid_name", &mut cfg.default_svid_name)?;
+    name("default_bundle_name", &mut cfg.default_bundle_name)?;
+    name(
+        "default_all_bundles_name",
+        &mut cfg.default_all_bundles_name,
+    )?;
+    if let Some(v) = block.get("disable_spiffe_cert_validation") {
+        cfg.disable_spiffe_cert_validation = as_bool(v, "disable_spiffe_cert_validation")?;
+    }
+    Ok(cfg)
+}
+
 fn reject_unknown(
     data: &Map<String, Value>,
     known: &[&str],
@@ -901,6 +952,32 @@ health_checks {
             err.to_string().contains(r#"unsupported key "bogus""#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sds_block() {
+        let c = Config::from_hcl(
+            "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n sds {\n default_svid_name = \"svid\"\n default_bundle_name = \"ca\"\n default_all_bundles_name = \"all\"\n disable_spiffe_cert_validation = true\n }\n}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sds,
+            crate::sds::SdsConfig {
+                default_svid_name: "svid".into(),
+                default_bundle_name: "ca".into(),
+                default_all_bundles_name: "all".into(),
+                disable_spiffe_cert_validation: true,
+            }
+        );
+        let c = Config::from_hcl("agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n")
+            .unwrap();
+        assert_eq!(c.sds.default_svid_name, "default");
+        assert_eq!(c.sds.default_bundle_name, "ROOTCA");
+        let err = Config::from_hcl(
+            "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n sds {\n bogus = 1\n }\n}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), r#"unsupported key "bogus" in sds block"#);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`node`]: node attestation, the agent SVID, and the mTLS channel to the server.
 //! - [`manager`]: entry sync, workload SVID signing and rotation, immutable snapshots.
 //! - [`workload`]: the SPIFFE Workload API on a Unix socket, with workload attestation.
+//! - [`sds`]: Envoy SDS v3 on the same socket (Istio's `default` / `ROOTCA`).
 //! - [`cli`]: `sigil-agent` verbs (`run`, `api fetch|validate|watch`, `healthcheck`).
 //! - [`health`]: `/live` and `/ready`.
 
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod logging;
 pub mod manager;
 pub mod node;
+pub mod sds;
 pub mod selectors;
 pub mod svid;
 pub mod workload;

@@ -55,15 +55,19 @@ pub fn bind(path: &Path) -> Result<UnixListener, WorkloadError> {
     Ok(listener)
 }
 
-/// Serves the Workload API on `listener` until `shutdown` completes.
+/// Serves the Workload API and Envoy SDS (one gRPC server, both services, one socket) on
+/// `listener` until `shutdown` completes.
 pub async fn serve(
     listener: UnixListener,
     api: WorkloadApi,
+    sds: crate::sds::SdsApi,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkloadError> {
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     let incoming = ReceiverStream::new(peer::accept_loop(listener));
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(api))
+        .add_service(SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
