@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod demo;
+mod ebpf;
 mod setup;
+mod vmtest;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -14,6 +16,11 @@ Commands:
             (extra arguments go to the test runner)
   demo      setup, build, then run a server, an agent and two workloads (uids 1001, 1002)
             doing SPIFFE mTLS; needs root
+  build-ebpf
+            Build agent-ebpf (Debian rustc-web + bpf-linker) into target/ebpf/, where the
+            agent's build script embeds it
+  vm-test   setup, build-ebpf, then boot Debian's stock kernels under qemu and run the
+            attestation self-test on each (LSM and fentry tiers on 6.1, tp_btf on 6.12)
   codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
 
 pub fn root() -> PathBuf {
@@ -81,6 +88,9 @@ fn codegen() -> Result<()> {
 /// The binaries the e2e tests drive (they are not dependencies of the test crate, so
 /// `cargo test` alone would not rebuild them).
 pub fn build_binaries(extra: &[&str]) -> Result<()> {
+    // The agent embeds the eBPF object when it exists at build time; build it first so that
+    // tests and the demo always run the eBPF attestation tiers.
+    ebpf::build()?;
     run(cargo()
         .args(["build", "-p", "sigil-server", "-p", "sigil-agent"])
         .args(extra))
@@ -115,6 +125,8 @@ fn main() -> Result<()> {
         Some("setup") => setup::setup(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo::demo(),
+        Some("build-ebpf") => ebpf::build().map(drop),
+        Some("vm-test") => vmtest::vm_test(),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -7,6 +7,9 @@
 //! - `target/e2e-venv`: py-spiffe and py-spiffe-tls (tests/py/requirements.txt) for the e2e
 //!   tests; reinstalled when the requirements change. The e2e harness would create it too, but
 //!   doing it here keeps network installs out of the test run.
+//! - The eBPF toolchain (`crate::ebpf`): Debian's rustc-web linked as the `debian-web` rustup
+//!   toolchain, and bpf-linker.
+//! - `cargo xtask vm-test`'s assets (`crate::vmtest`): qemu and the pinned Debian kernels.
 
 use crate::{root, run, succeeds, target_dir};
 use anyhow::{Context, Result, bail};
@@ -17,6 +20,8 @@ pub fn setup() -> Result<()> {
     println!("==> setup");
     ensure_python()?;
     ensure_e2e_venv()?;
+    crate::ebpf::ensure_toolchain()?;
+    crate::vmtest::ensure_assets()?;
     if !is_root() {
         println!(
             "    note: not running as root: the e2e tests and the demo that run workloads as other \
@@ -32,8 +37,16 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// Whether a Debian package is installed.
+pub(crate) fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
 /// `apt-get install` of packages, after one `apt-get update`.
-fn apt_install(pkgs: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "missing packages {pkgs:?}: install them (apt-get install {}) or run setup as root",
