@@ -1,0 +1,423 @@
+//! Compiled policies and their evaluation, with Istio's semantics.
+
+use crate::config::{self, ConfigError};
+use crate::matcher::{Glob, PrincipalMatch, ServiceAccountMatch, StrMatch};
+use crate::peer::{PeerError, SpiffeId};
+use std::fmt;
+
+/// Which Envoy filter the engine serves. Istio compiles the same policy differently for TCP:
+/// HTTP-only fields (methods, paths, hosts, request headers) make an ALLOW rule never match
+/// and are ignored in DENY and AUDIT rules (a wider deny).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+/// A policy's `action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "ALLOW",
+            Self::Deny => "DENY",
+            Self::Audit => "AUDIT",
+        }
+    }
+}
+
+/// Name and behaviour of one configured policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub namespace: String,
+    pub action: Action,
+    /// Istio's `istio.io/dry-run` annotation: evaluated and reported, never enforced.
+    pub dry_run: bool,
+}
+
+impl fmt::Display for PolicyInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the connection says about the peer (Envoy's `connection.mtls` and
+/// `connection.uri_san_peer_certificate`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection<'a> {
+    pub mtls: bool,
+    pub uri_san: Option<&'a str>,
+}
+
+/// Request attributes, fetched lazily: the engine asks only for what its policies use.
+/// For the TCP filter every HTTP accessor returns `None` (they are never called: TCP policies
+/// are compiled without HTTP matchers).
+pub trait RequestAttributes {
+    /// `:method`.
+    fn method(&mut self) -> Option<&str>;
+    /// `:path`, query string included (the engine strips it, as Envoy's `url_path` matcher does).
+    fn path(&mut self) -> Option<&str>;
+    /// `:authority`.
+    fn host(&mut self) -> Option<&str>;
+    /// A request header by lowercase name.
+    fn header(&mut self, name: &str) -> Option<&str>;
+    /// The local (destination) port of the connection.
+    fn destination_port(&mut self) -> Option<u32>;
+    /// The TLS SNI the peer asked for.
+    fn sni(&mut self) -> Option<&str>;
+}
+
+/// Request attributes held in memory (tests, benchmarks, the doc examples).
+#[derive(Debug, Clone, Default)]
+pub struct StaticRequest {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub destination_port: Option<u32>,
+    pub sni: Option<String>,
+}
+
+impl StaticRequest {
+    /// A `GET` of `path` (host `example.com`, port 8080).
+    pub fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: Some(method.to_owned()),
+            path: Some(path.to_owned()),
+            host: Some("example.com".to_owned()),
+            headers: Vec::new(),
+            destination_port: Some(8080),
+            sni: None,
+        }
+    }
+
+    /// A plain TCP connection to `port`.
+    pub fn tcp(port: u32) -> Self {
+        Self {
+            destination_port: Some(port),
+            ..Self::default()
+        }
+    }
+
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    pub fn port(mut self, port: u32) -> Self {
+        self.destination_port = Some(port);
+        self
+    }
+}
+
+impl RequestAttributes for StaticRequest {
+    fn method(&mut self) -> Option<&str> {
+        self.method.as_deref()
+    }
+    fn path(&mut self) -> Option<&str> {
+        self.path.as_deref()
+    }
+    fn host(&mut self) -> Option<&str> {
+        self.host.as_deref()
+    }
+    fn header(&mut self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn destination_port(&mut self) -> Option<u32> {
+        self.destination_port
+    }
+    fn sni(&mut self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+}
+
+/// Who made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The policy at this index of [`Engine::policies`] matched.
+    Policy(usize),
+    /// ALLOW policies exist and none matched.
+    NoAllowPolicyMatched,
+    /// No policy applies: allowed.
+    NoPolicies,
+    /// No valid peer identity: denied whatever the policies say.
+    Unauthenticated(PeerError),
+}
+
+/// An allow/deny decision and its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub decided_by: DecidedBy,
+}
+
+/// The result of [`Engine::authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The enforced decision.
+    pub verdict: Verdict,
+    /// The decision of the dry-run policies alone (Istio's shadow engine), if there are any.
+    pub dry_run: Option<Verdict>,
+    /// Indices of the AUDIT policies that matched (they never change the decision).
+    pub audited: Vec<usize>,
+}
+
+// === compiled policies ===
+
+#[derive(Debug, Clone)]
+pub(crate) enum Matcher {
+    Principal(PrincipalMatch),
+    Namespace(Glob),
+    ServiceAccount(ServiceAccountMatch),
+    /// `methods`: Envoy header matcher on `:method` (`*` is presence).
+    Method(Option<StrMatch>),
+    Path(StrMatch),
+    /// Case-insensitive; `None` is presence (`*`).
+    Host(Option<StrMatch>),
+    Port(u32),
+    /// `request.headers[name]`; `None` is presence (`*`).
+    Header(String, Option<StrMatch>),
+    Sni(StrMatch),
+}
+
+impl Matcher {
+    fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        match self {
+            Self::Principal(m) => m.matches(peer.as_str()),
+            Self::Namespace(g) => g.matches(peer.as_str()),
+            Self::ServiceAccount(m) => m.matches(peer.as_str()),
+            Self::Method(m) => req
+                .method()
+                .is_some_and(|v| m.as_ref().is_none_or(|m| m.matches(v, false))),
+            Self::Path(m) => req.path().is_some_and(|p| m.matches(url_path(p), false)),
+            Self::Host(m) => req
+                .host()
+                .is_some_and(|v| m.as_ref().is_none_or(|m| m.matches(v, true))),
+            Self::Port(p) => req.destination_port() == Some(*p),
+            Self::Header(name, m) => req
+                .header(name)
+                .is_some_and(|v| m.as_ref().is_none_or(|m| m.matches(v, false))),
+            Self::Sni(m) => req.sni().is_some_and(|v| m.matches(v, false)),
+        }
+    }
+}
+
+/// The path without query string or fragment (Envoy's `url_path` matcher).
+fn url_path(p: &str) -> &str {
+    p.find(['?', '#']).map_or(p, |i| &p[..i])
+}
+
+/// One field of a source, operation or condition: `values` (any) and `notValues` (none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Check {
+    pub values: Vec<Matcher>,
+    pub not_values: Vec<Matcher>,
+}
+
+impl Check {
+    fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        (self.values.is_empty() || self.values.iter().any(|m| m.matches(peer, req)))
+            && !self.not_values.iter().any(|m| m.matches(peer, req))
+    }
+}
+
+fn all(checks: &[Check], peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+    checks.iter().all(|c| c.matches(peer, req))
+}
+
+/// A rule: any `from` (each an AND of checks), any `to`, every `when`. An empty list
+/// matches anything.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rule {
+    pub from: Vec<Vec<Check>>,
+    pub to: Vec<Vec<Check>>,
+    pub when: Vec<Check>,
+}
+
+impl Rule {
+    fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|f| all(f, peer, req)))
+            && (self.to.is_empty() || self.to.iter().any(|t| all(t, peer, req)))
+            && all(&self.when, peer, req)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub info: PolicyInfo,
+    /// No rules: never matches (an ALLOW policy without rules allows nothing).
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        self.rules.iter().any(|r| r.matches(peer, req))
+    }
+}
+
+/// The compiled configuration of one filter instance.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) infos: Vec<PolicyInfo>,
+    deny: Vec<usize>,
+    allow: Vec<usize>,
+    audit: Vec<usize>,
+    dry_deny: Vec<usize>,
+    dry_allow: Vec<usize>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) root_id: Option<String>,
+}
+
+impl Engine {
+    /// Parses and compiles a plugin configuration. Any field Sigil cannot enforce is an error.
+    pub fn from_json(json: &[u8], protocol: Protocol) -> Result<Self, ConfigError> {
+        let cfg: config::Config = config::parse(json)?;
+        Self::compile(&cfg, protocol)
+    }
+
+    /// Compiles a parsed configuration.
+    pub fn compile(cfg: &config::Config, protocol: Protocol) -> Result<Self, ConfigError> {
+        let (policies, warnings) = config::compile(cfg, protocol)?;
+        let infos: Vec<PolicyInfo> = policies.iter().map(|p| p.info.clone()).collect();
+        let pick = |action: Action, dry: bool| -> Vec<usize> {
+            infos
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.action == action && i.dry_run == dry)
+                .map(|(n, _)| n)
+                .collect()
+        };
+        Ok(Self {
+            deny: pick(Action::Deny, false),
+            allow: pick(Action::Allow, false),
+            // Istio has no dry-run AUDIT: an AUDIT policy only ever reports.
+            audit: infos
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.action == Action::Audit)
+                .map(|(n, _)| n)
+                .collect(),
+            dry_deny: pick(Action::Deny, true),
+            dry_allow: pick(Action::Allow, true),
+            policies,
+            infos,
+            warnings,
+            root_id: cfg.root_id.clone(),
+        })
+    }
+
+    /// The configured policies, in configuration order ([`DecidedBy::Policy`] indexes this).
+    pub fn policies(&self) -> &[PolicyInfo] {
+        &self.infos
+    }
+
+    /// Things the configuration does that an operator should know about (e.g. an HTTP-only
+    /// rule in a TCP filter), one sentence each.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The configuration's `rootId`, if it has one.
+    pub fn root_id(&self) -> Option<&str> {
+        self.root_id.as_deref()
+    }
+
+    /// Decides a request, as Istio does: a peer without a valid SPIFFE ID is denied; then a
+    /// matching DENY policy denies; then, if there are ALLOW policies, one of them must match;
+    /// with no ALLOW policy the request is allowed. AUDIT policies and dry-run policies are
+    /// evaluated and reported alongside, never enforced.
+    pub fn authorize(&self, conn: &Connection<'_>, req: &mut dyn RequestAttributes) -> Evaluation {
+        let peer = match peer_of(conn) {
+            Ok(p) => p,
+            Err(e) => {
+                let v = Verdict {
+                    allowed: false,
+                    decided_by: DecidedBy::Unauthenticated(e),
+                };
+                return Evaluation {
+                    verdict: v,
+                    dry_run: (!self.dry_deny.is_empty() || !self.dry_allow.is_empty()).then_some(v),
+                    audited: Vec::new(),
+                };
+            }
+        };
+        let verdict = self.decide(&self.deny, &self.allow, &peer, req);
+        let dry_run = (!self.dry_deny.is_empty() || !self.dry_allow.is_empty())
+            .then(|| self.decide(&self.dry_deny, &self.dry_allow, &peer, req));
+        let audited = self
+            .audit
+            .iter()
+            .copied()
+            .filter(|&i| self.policies[i].matches(&peer, req))
+            .collect();
+        Evaluation {
+            verdict,
+            dry_run,
+            audited,
+        }
+    }
+
+    fn decide(
+        &self,
+        deny: &[usize],
+        allow: &[usize],
+        peer: &SpiffeId<'_>,
+        req: &mut dyn RequestAttributes,
+    ) -> Verdict {
+        if let Some(&i) = deny.iter().find(|&&i| self.policies[i].matches(peer, req)) {
+            return Verdict {
+                allowed: false,
+                decided_by: DecidedBy::Policy(i),
+            };
+        }
+        if allow.is_empty() {
+            return Verdict {
+                allowed: true,
+                decided_by: DecidedBy::NoPolicies,
+            };
+        }
+        match allow.iter().find(|&&i| self.policies[i].matches(peer, req)) {
+            Some(&i) => Verdict {
+                allowed: true,
+                decided_by: DecidedBy::Policy(i),
+            },
+            None => Verdict {
+                allowed: false,
+                decided_by: DecidedBy::NoAllowPolicyMatched,
+            },
+        }
+    }
+}
+
+fn peer_of<'a>(conn: &Connection<'a>) -> Result<SpiffeId<'a>, PeerError> {
+    if !conn.mtls {
+        return Err(PeerError::NotMtls);
+    }
+    let uri = conn
+        .uri_san
+        .filter(|s| !s.is_empty())
+        .ok_or(PeerError::NoUriSan)?;
+    SpiffeId::parse(uri)
+}
