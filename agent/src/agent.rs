@@ -18,7 +18,8 @@ use crate::node::storage::{DiskStore, StoreError};
 use crate::node::tls::ServerTrust;
 use crate::node::{AgentSvid, NodeError, ServerEndpoint};
 use crate::svid;
-use crate::workload::attestor::{Attestors, UnixAttestor, WorkloadAttestor};
+use crate::attestation::{Attestation, TierUnavailable};
+use crate::workload::attestor::{Attestors, PodAttestor, UnixAttestor, WorkloadAttestor};
 use crate::workload::{self, WorkloadApi, WorkloadError};
 
 /// Why the agent stopped (or could not start).
@@ -38,6 +39,8 @@ pub enum AgentError {
     Attest(#[source] NodeError),
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Attestation(#[from] TierUnavailable),
     #[error("health check listener: {0}")]
     Health(#[source] std::io::Error),
     #[error(
@@ -117,8 +120,9 @@ pub async fn run_until(
 
     let listener = workload::bind(&config.socket_path)?;
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
-    let sds = crate::sds::SdsApi::new(handle.clone(), attestors(&config), config.sds.clone());
-    let api = WorkloadApi::new(handle, attestors(&config));
+    let attestors = attestors(&config)?;
+    let sds = crate::sds::SdsApi::new(handle.clone(), attestors.clone(), config.sds.clone());
+    let api = WorkloadApi::new(handle, attestors);
     let mut server = tokio::spawn(workload::serve(
         listener,
         api,
@@ -156,13 +160,31 @@ pub async fn run_until(
     result
 }
 
-/// The configured workload attestors.
-fn attestors(config: &Config) -> Attestors {
+/// The configured workload attestors, on the attestation tier chosen for the (bound) socket.
+fn attestors(config: &Config) -> Result<Attestors, AgentError> {
+    let request = config
+        .unix_attestor
+        .as_ref()
+        .map(|u| u.attestation_tier)
+        .unwrap_or_default();
+    let attestation = Attestation::start(request, &config.socket_path)?;
+    for (tier, reason) in attestation.skipped() {
+        tracing::info!(tier = %tier, %reason, "workload attestation tier unavailable");
+    }
+    tracing::info!(
+        tier = %attestation.tier(),
+        requested = %request,
+        writer_tracking = attestation.writer_tracking(),
+        "workload attestation tier: {}",
+        attestation.tier()
+    );
+    crate::attestation::set_active_tier(attestation.tier());
     let mut list: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
     if let Some(unix) = &config.unix_attestor {
         list.push(Arc::new(UnixAttestor::new(unix.clone())));
     }
-    Attestors::new(list)
+    list.push(Arc::new(PodAttestor));
+    Ok(Attestors::with_attestation(list, Arc::new(attestation)))
 }
 
 /// Re-uses a persisted SVID when there is a valid one; otherwise attests with the join token.

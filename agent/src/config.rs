@@ -92,6 +92,9 @@ pub struct UnixAttestorConfig {
     pub discover_workload_path: bool,
     /// Binaries larger than this are not hashed (0 = no limit).
     pub workload_size_limit: u64,
+    /// Where caller facts come from (`attestation_tier`, or `-attestationTier`): `auto` picks
+    /// the best tier the kernel and the agent's privileges allow.
+    pub attestation_tier: crate::attestation::TierRequest,
 }
 
 /// The `health_checks` block.
@@ -141,6 +144,7 @@ struct Raw {
     workload_attestors: Vec<(String, Map<String, Value>)>,
     health: Option<Map<String, Value>>,
     sds: Option<Map<String, Value>>,
+    attestation_tier: Option<String>,
 }
 
 // === impl Config ===
@@ -175,6 +179,11 @@ impl Config {
             .bool(
                 "expandEnv",
                 "Expand environment variables in the config file",
+            )
+            .value(
+                "attestationTier",
+                "Workload attestation tier: auto, lsm, fentry, tp_btf, pidfd or procfs (overrides \
+                 the unix attestor's attestation_tier)",
             )
     }
 
@@ -349,7 +358,11 @@ impl Raw {
                             }
                             reject_unknown(
                                 &data,
-                                &["discover_workload_path", "workload_size_limit"],
+                                &[
+                                    "discover_workload_path",
+                                    "workload_size_limit",
+                                    "attestation_tier",
+                                ],
                                 "WorkloadAttestor \"unix\" plugin_data",
                             )?;
                             if self.workload_attestors.iter().any(|(n, _)| n == name) {
@@ -387,6 +400,9 @@ impl Raw {
         }
         if flags.is_set("insecureBootstrap") {
             self.insecure_bootstrap = Some(flags.flag("insecureBootstrap"));
+        }
+        if let Some(v) = flags.get("attestationTier") {
+            self.attestation_tier = Some(v.to_string());
         }
     }
 
@@ -473,11 +489,22 @@ impl Raw {
                             .map_err(|e| invalid("workload_size_limit", e))?
                             .max(0) as u64;
                     }
+                    if let Some(v) = data.get("attestation_tier") {
+                        let s = as_scalar_string(v, "attestation_tier")?;
+                        cfg.attestation_tier =
+                            s.parse().map_err(|e: String| invalid("attestation_tier", e))?;
+                    }
                     unix = Some(cfg);
                 }
             }
             unix
         };
+        let mut unix_attestor = unix_attestor;
+        if let (Some(tier), Some(unix)) = (&self.attestation_tier, unix_attestor.as_mut()) {
+            unix.attestation_tier = tier
+                .parse()
+                .map_err(|e: String| invalid("attestationTier", e))?;
+        }
 
         let health = match self.health {
             None => None,

@@ -1,4 +1,5 @@
-//! `/live` and `/ready` over plain HTTP, for orchestrator probes (SPIRE's `health_checks`).
+//! `/live` and `/ready` over plain HTTP, for orchestrator probes (SPIRE's `health_checks`), and
+//! `/metrics` (Prometheus text) with the workload attestation tier in use.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -56,11 +57,23 @@ pub async fn serve(
 }
 
 fn respond(cfg: &HealthConfig, ready: &ReadyCheck, path: &str) -> Response<Full<Bytes>> {
+    if path == "/metrics" {
+        let mut resp = Response::new(Full::new(Bytes::from(crate::attestation::tier_metric())));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return resp;
+    }
+    let tier = crate::attestation::active_tier().map(|t| t.name());
     let (status, body) = if path == cfg.live_path {
         (StatusCode::OK, serde_json::json!({ "live": true }))
     } else if path == cfg.ready_path {
         match ready() {
-            Ok(()) => (StatusCode::OK, serde_json::json!({ "ready": true })),
+            Ok(()) => (
+                StatusCode::OK,
+                serde_json::json!({ "ready": true, "attestation_tier": tier }),
+            ),
             Err(reason) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 serde_json::json!({ "ready": false, "reason": reason }),

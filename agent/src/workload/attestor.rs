@@ -1,8 +1,10 @@
 //! Workload attestation: turning a caller ([`PeerInfo`]) into selectors.
 //!
-//! Attestors sit behind the [`WorkloadAttestor`] trait so that other kinds (eBPF-recorded
-//! callers, Kubernetes pods) can be added next to the `unix` one. Attestation runs on every RPC:
-//! a cached answer could outlive an `exec` into another binary.
+//! The active attestation tier ([`crate::attestation`]) first establishes who the caller is
+//! (a [`Caller`]: pid, credentials, cgroup, pod); attestors behind the [`WorkloadAttestor`] trait
+//! turn that into selectors: `unix`, and `k8s` from the cgroup path (pod UID, container id; the
+//! Kubernetes attestor will add what the API server knows about that pod). Attestation runs on
+//! every RPC: a cached answer could outlive an `exec` into another binary.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use super::peer::{PeerGone, PeerInfo};
+use crate::attestation::{Attestation, Caller};
 use crate::config::UnixAttestorConfig;
 use crate::selectors::Selector;
 
@@ -33,17 +36,24 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
     /// The plugin name (`unix`, ...), which is also the selector type it emits.
     fn name(&self) -> &'static str;
 
-    /// Attests `peer`. Implementations that read per-process state must call
-    /// [`PeerInfo::verify_unchanged`] after reading it.
+    /// Attests `caller`. Implementations that read per-process state must call
+    /// [`PeerInfo::verify_unchanged`] on `caller.peer` after reading it.
     fn attest<'a>(
         &'a self,
-        peer: &'a PeerInfo,
+        caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>>;
 }
 
-/// All configured attestors, run together.
-#[derive(Clone, Default)]
-pub struct Attestors(Vec<Arc<dyn WorkloadAttestor>>);
+/// All configured attestors, run together on what the attestation tier established.
+#[derive(Clone)]
+pub struct Attestors {
+    list: Vec<Arc<dyn WorkloadAttestor>>,
+    attestation: Arc<Attestation>,
+}
+
+/// `k8s:pod-uid:<uid>` and `k8s:container-id:<id>` from the caller's cgroup path.
+#[derive(Debug, Clone, Default)]
+pub struct PodAttestor;
 
 /// The `unix` attestor.
 #[derive(Debug, Clone, Default)]
@@ -72,18 +82,44 @@ const HASH_CACHE_MAX: usize = 1024;
 // === impl Attestors ===
 
 impl Attestors {
+    /// With the procfs tier.
     pub fn new(attestors: Vec<Arc<dyn WorkloadAttestor>>) -> Self {
-        Self(attestors)
+        Self::with_attestation(attestors, Arc::new(Attestation::procfs()))
+    }
+
+    pub fn with_attestation(
+        attestors: Vec<Arc<dyn WorkloadAttestor>>,
+        attestation: Arc<Attestation>,
+    ) -> Self {
+        Self {
+            list: attestors,
+            attestation,
+        }
+    }
+
+    pub fn attestation(&self) -> &Attestation {
+        &self.attestation
+    }
+
+    /// What the active tier establishes about `peer` (blocking work on the blocking pool).
+    pub async fn caller(&self, peer: &PeerInfo) -> Result<Caller, AttestError> {
+        let attestation = self.attestation.clone();
+        let peer = peer.clone();
+        tokio::task::spawn_blocking(move || attestation.caller(&peer))
+            .await
+            .map_err(|e| AttestError::Failed(format!("attestation task failed: {e}")))?
     }
 
     /// Runs every attestor and unions their selectors. One attestor failing only loses its own
     /// selectors — entries need *all* their selectors, so fewer selectors can only mean fewer
     /// identities — except when the caller is gone, which fails the whole attestation.
     pub async fn attest(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
+        let caller = self.caller(peer).await?;
+        let caller = &caller;
         let results = futures::future::join_all(
-            self.0
+            self.list
                 .iter()
-                .map(|a| async move { (a.name(), a.attest(peer).await) }),
+                .map(|a| async move { (a.name(), a.attest(caller).await) }),
         )
         .await;
         let mut selectors = Vec::new();
@@ -106,8 +142,9 @@ impl Attestors {
 
 impl fmt::Debug for Attestors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|a| a.name()))
+        f.debug_struct("Attestors")
+            .field("tier", &self.attestation.tier())
+            .field("attestors", &self.list.iter().map(|a| a.name()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -123,12 +160,13 @@ impl UnixAttestor {
     }
 
     /// The blocking part: /proc reads, NSS lookups, hashing.
-    fn collect(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
-        let mut out = vec![unix("uid", peer.uid), unix("gid", peer.gid)];
-        if let Some(name) = user_name(peer.uid) {
+    fn collect(&self, caller: &Caller) -> Result<Vec<Selector>, AttestError> {
+        let peer = &caller.peer;
+        let mut out = vec![unix("uid", caller.uid), unix("gid", caller.gid)];
+        if let Some(name) = user_name(caller.uid) {
             out.push(unix("user", name));
         }
-        if let Some(name) = group_name(peer.gid) {
+        if let Some(name) = group_name(caller.gid) {
             out.push(unix("group", name));
         }
         match supplementary_gids(peer.pid) {
@@ -228,15 +266,41 @@ impl WorkloadAttestor for UnixAttestor {
 
     fn attest<'a>(
         &'a self,
-        peer: &'a PeerInfo,
+        caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>> {
         let this = self.clone();
-        let peer = peer.clone();
+        let caller = caller.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.collect(&peer))
+            tokio::task::spawn_blocking(move || this.collect(&caller))
                 .await
                 .map_err(|e| AttestError::Failed(format!("attestation task failed: {e}")))?
         })
+    }
+}
+
+// === impl PodAttestor ===
+
+impl WorkloadAttestor for PodAttestor {
+    fn name(&self) -> &'static str {
+        "k8s"
+    }
+
+    fn attest<'a>(
+        &'a self,
+        caller: &'a Caller,
+    ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>> {
+        let k8s = |value: String| Selector {
+            kind: "k8s".to_string(),
+            value,
+        };
+        let mut out = Vec::new();
+        if let Some(pod) = &caller.pod {
+            out.push(k8s(format!("pod-uid:{}", pod.pod_uid)));
+            if let Some(id) = &pod.container_id {
+                out.push(k8s(format!("container-id:{id}")));
+            }
+        }
+        Box::pin(std::future::ready(Ok(out)))
     }
 }
 
@@ -347,8 +411,10 @@ mod tests {
         let attestor = UnixAttestor::new(UnixAttestorConfig {
             discover_workload_path: true,
             workload_size_limit: 0,
+            ..Default::default()
         });
-        let selectors = attestor.attest(&peer).await.unwrap();
+        let caller = Attestation::procfs().caller(&peer).unwrap();
+        let selectors = attestor.attest(&caller).await.unwrap();
         // SAFETY: geteuid/getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         assert!(has(&selectors, &format!("unix:uid:{uid}")), "{selectors:?}");
@@ -370,7 +436,7 @@ mod tests {
             "{selectors:?}"
         );
         // Second call is served from the hash cache and agrees.
-        let again = attestor.attest(&peer).await.unwrap();
+        let again = attestor.attest(&caller).await.unwrap();
         assert_eq!(selectors, again);
 
         let all = Attestors::new(vec![Arc::new(attestor)]);
@@ -381,8 +447,9 @@ mod tests {
     #[tokio::test]
     async fn path_selectors_only_when_enabled() {
         let (peer, _client, _dir) = own_peer().await;
+        let caller = Attestation::procfs().caller(&peer).unwrap();
         let selectors = UnixAttestor::new(UnixAttestorConfig::default())
-            .attest(&peer)
+            .attest(&caller)
             .await
             .unwrap();
         assert!(!selectors.iter().any(|s| s.value.starts_with("path:")));

@@ -48,6 +48,9 @@ pub struct PeerInfo {
     pub pidfd_source: Option<PidfdSource>,
     /// `/proc/<pid>/stat` start time (clock ticks since boot) read at accept.
     pub start_time: Option<u64>,
+    /// `SO_COOKIE` of the accepted socket: the key of what the eBPF attestation tiers recorded
+    /// about this connection. Unique for the life of the machine.
+    pub cookie: Option<u64>,
 }
 
 /// A Workload API connection with its peer's credentials.
@@ -123,6 +126,7 @@ impl PeerInfo {
             pidfd: pidfd.map(Arc::new),
             pidfd_source: source,
             start_time,
+            cookie: socket_cookie(fd).ok(),
         })
     }
 
@@ -297,7 +301,28 @@ fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
     Ok(cred)
 }
 
-fn peer_pidfd(fd: RawFd) -> io::Result<PidFd> {
+/// `SO_COOKIE`: the socket's kernel-assigned 64-bit id.
+pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// `SO_PEERPIDFD`: a pidfd for the process that connected.
+pub fn peer_pidfd(fd: RawFd) -> io::Result<PidFd> {
     let mut pidfd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` and `len` are valid for writes of the sizes passed.
@@ -379,6 +404,7 @@ mod tests {
             pidfd: Some(Arc::new(fd)),
             pidfd_source: Some(PidfdSource::PidOpen),
             start_time: start,
+            cookie: None,
         };
         assert!(info.verify_unchanged().is_err());
     }

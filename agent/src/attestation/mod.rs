@@ -1,0 +1,410 @@
+//! Where the facts about a Workload API caller come from: the attestation *tier*.
+//!
+//! The best tier has the kernel record the caller when it connects, so that nothing the caller
+//! does afterwards (exit and have its pid reused, exec another binary, hand the fd to another
+//! process) can make the agent describe a different process. Chosen at start-up, best first:
+//!
+//! | tier | how | needs |
+//! | --- | --- | --- |
+//! | `lsm` | BPF LSM `unix_stream_connect` | `bpf` in the active LSMs, BPF privileges |
+//! | `fentry` | fentry `security_unix_stream_connect` | BPF trampolines, BPF privileges |
+//! | `tp_btf` | tp_btf `sock/sk_data_ready`: the first writer, checked against `SO_PEERCRED` | Linux 6.10, BPF privileges |
+//! | `pidfd` | `SO_PEERPIDFD` + `PIDFD_GET_INFO` | Linux 6.13 |
+//! | `procfs` | `SO_PEERCRED` + `/proc/<pid>` with a start-time re-check | - |
+//!
+//! Every tier yields a [`Caller`]; the workload attestors turn it into selectors, and the
+//! caller is re-verified after every `/proc` read they make.
+
+pub mod btf;
+pub mod cgroup;
+pub mod ebpf;
+pub mod pidfd;
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::str::FromStr;
+
+use sigil_ebpf_common::{ConnRecord, FOREIGN_WRITER};
+
+use crate::workload::attestor::AttestError;
+use crate::workload::peer::{PeerGone, PeerInfo, PidfdSource};
+
+pub use self::cgroup::{Cgroup, PodRef};
+
+/// An attestation tier, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Lsm,
+    Fentry,
+    TpBtf,
+    Pidfd,
+    Procfs,
+}
+
+/// `attestation_tier`: a tier, or the best available one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TierRequest {
+    #[default]
+    Auto,
+    Force(Tier),
+}
+
+/// The forced tier cannot run here.
+#[derive(Debug, thiserror::Error)]
+#[error("attestation tier {tier} is not available: {reason}")]
+pub struct TierUnavailable {
+    pub tier: Tier,
+    pub reason: String,
+}
+
+/// The active tier and what it needs at attestation time.
+#[derive(Debug)]
+pub struct Attestation {
+    tier: Tier,
+    recorder: Option<ebpf::Recorder>,
+    /// Better tiers that were tried and why they could not be used.
+    skipped: Vec<(Tier, String)>,
+}
+
+/// What the active tier established about a caller. Handed to every workload attestor.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub tier: Tier,
+    /// The connection as accepted (pid, credentials, pidfd), for re-verification.
+    pub peer: PeerInfo,
+    /// The caller's pid in the agent's pid namespace.
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The caller's cgroup v2: the one the kernel recorded at connect (eBPF), its current one
+    /// through its pidfd (pidfd), or `/proc/<pid>/cgroup` (procfs).
+    pub cgroup: Option<Cgroup>,
+    /// The pod and container the cgroup path names, for `k8s:` selectors and for the Kubernetes
+    /// attestor to look up.
+    pub pod: Option<PodRef>,
+    /// What the eBPF program recorded, with the executable and namespaces.
+    pub record: Option<ConnRecord>,
+}
+
+/// The tier the running agent uses, for health output and metrics (0 = none chosen yet).
+static ACTIVE_TIER: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Records the tier the agent runs with.
+pub fn set_active_tier(tier: Tier) {
+    let index = Tier::ALL.iter().position(|t| *t == tier).unwrap_or(0);
+    ACTIVE_TIER.store(index as u8 + 1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The tier the agent runs with, once chosen.
+pub fn active_tier() -> Option<Tier> {
+    let v = ACTIVE_TIER.load(std::sync::atomic::Ordering::Relaxed);
+    Tier::ALL.get(usize::from(v).checked_sub(1)?).copied()
+}
+
+/// Prometheus text for the active tier: one series per tier, 1 for the active one.
+pub fn tier_metric() -> String {
+    let active = active_tier();
+    let mut out = String::from(
+        "# HELP sigil_agent_workload_attestation_tier Workload attestation tier in use (1 = active).\n\
+         # TYPE sigil_agent_workload_attestation_tier gauge\n",
+    );
+    for t in Tier::ALL {
+        let v = u8::from(active == Some(t));
+        out.push_str(&format!(
+            "sigil_agent_workload_attestation_tier{{tier=\"{t}\"}} {v}\n"
+        ));
+    }
+    out
+}
+
+// === impl Tier ===
+
+impl Tier {
+    pub const ALL: [Tier; 5] = [
+        Tier::Lsm,
+        Tier::Fentry,
+        Tier::TpBtf,
+        Tier::Pidfd,
+        Tier::Procfs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Lsm => "lsm",
+            Tier::Fentry => "fentry",
+            Tier::TpBtf => "tp_btf",
+            Tier::Pidfd => "pidfd",
+            Tier::Procfs => "procfs",
+        }
+    }
+
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Tier::Lsm | Tier::Fentry | Tier::TpBtf)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown attestation tier {s:?} (auto, lsm, fentry, tp_btf, pidfd or procfs)"))
+    }
+}
+
+impl FromStr for TierRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" | "" => Ok(TierRequest::Auto),
+            other => other.parse().map(TierRequest::Force),
+        }
+    }
+}
+
+impl fmt::Display for TierRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TierRequest::Auto => f.write_str("auto"),
+            TierRequest::Force(t) => t.fmt(f),
+        }
+    }
+}
+
+// === impl Attestation ===
+
+impl Attestation {
+    /// Picks the tier for the Workload API socket at `socket` (already bound: the eBPF tiers
+    /// filter on its inode). `Auto` takes the best that works; a forced tier that cannot run is
+    /// an error.
+    pub fn start(request: TierRequest, socket: &Path) -> Result<Self, TierUnavailable> {
+        let candidates: Vec<Tier> = match request {
+            TierRequest::Auto => Tier::ALL.to_vec(),
+            TierRequest::Force(t) => vec![t],
+        };
+        let mut skipped = Vec::new();
+        // Loaded lazily: only the eBPF tiers need it.
+        let mut btf: Option<Result<btf::Btf, String>> = None;
+        for tier in candidates {
+            let result = match tier {
+                Tier::Lsm | Tier::Fentry | Tier::TpBtf => {
+                    let btf = btf.get_or_insert_with(|| {
+                        btf::Btf::from_sys_fs().map_err(|e| e.to_string())
+                    });
+                    Self::probe_ebpf(tier, socket, btf)
+                }
+                Tier::Pidfd => pidfd::probe().map(|()| None),
+                Tier::Procfs => Ok(None),
+            };
+            match result {
+                Ok(recorder) => {
+                    return Ok(Self {
+                        tier,
+                        recorder,
+                        skipped,
+                    });
+                }
+                Err(reason) => {
+                    if request == TierRequest::Force(tier) {
+                        return Err(TierUnavailable { tier, reason });
+                    }
+                    skipped.push((tier, reason));
+                }
+            }
+        }
+        // Unreachable: procfs always works. Fall back to it anyway rather than fail.
+        Ok(Self {
+            tier: Tier::Procfs,
+            recorder: None,
+            skipped,
+        })
+    }
+
+    fn probe_ebpf(
+        tier: Tier,
+        socket: &Path,
+        btf: &Result<btf::Btf, String>,
+    ) -> Result<Option<ebpf::Recorder>, String> {
+        ebpf::privileges()?;
+        if tier == Tier::Lsm {
+            let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+            if !lsms.split(',').any(|l| l.trim() == "bpf") {
+                return Err(format!(
+                    "the BPF LSM is not active (active LSMs: {}; add bpf to the lsm= kernel \
+                     parameter)",
+                    lsms.trim()
+                ));
+            }
+        }
+        let btf = btf.as_ref().map_err(Clone::clone)?;
+        ebpf::Recorder::load(tier, socket, btf).map(Some)
+    }
+
+    /// procfs, without probing (tests, or callers without a socket).
+    pub fn procfs() -> Self {
+        Self {
+            tier: Tier::Procfs,
+            recorder: None,
+            skipped: Vec::new(),
+        }
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Better tiers that could not be used, with the reason.
+    pub fn skipped(&self) -> &[(Tier, String)] {
+        &self.skipped
+    }
+
+    /// Whether a connect-hook tier also tracks writers (fd passing detection).
+    pub fn writer_tracking(&self) -> bool {
+        self.tier == Tier::TpBtf || self.recorder.as_ref().is_some_and(|r| r.writer_tracking)
+    }
+
+    /// Establishes who `peer` is with the active tier. Blocking (reads /proc).
+    pub fn caller(&self, peer: &PeerInfo) -> Result<Caller, AttestError> {
+        let mut caller = Caller {
+            tier: self.tier,
+            peer: peer.clone(),
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            cgroup: None,
+            pod: None,
+            record: None,
+        };
+        if peer.pid <= 0 {
+            return Err(PeerGone("caller's pid is not visible from the agent's pid namespace").into());
+        }
+        let hint = cgroup::proc_path(peer.pid).ok();
+        match (&self.recorder, self.tier) {
+            (Some(recorder), _) => {
+                let record = kernel_record(recorder, peer, self.tier)?;
+                caller.cgroup = Some(cgroup::resolve(record.cgroup_id, hint.as_deref()));
+                check_exe(peer.pid, &record)?;
+                caller.record = Some(record);
+            }
+            (None, Tier::Pidfd) => {
+                let pidfd = match (&peer.pidfd, peer.pidfd_source) {
+                    (Some(fd), Some(PidfdSource::PeerPidfd)) => fd,
+                    _ => {
+                        return Err(AttestError::Failed(
+                            "no SO_PEERPIDFD for this connection".into(),
+                        ));
+                    }
+                };
+                let info = pidfd::get_info(pidfd).map_err(|e| match e {
+                    pidfd::PidfdInfoError::Exited => PeerGone("caller process exited").into(),
+                    other => AttestError::Failed(other.to_string()),
+                })?;
+                if info.tgid as i32 != peer.pid {
+                    return Err(PeerGone("caller's pidfd names another process").into());
+                }
+                // Current credentials: a caller that dropped privileges since connecting is
+                // attested as what it is now.
+                caller.uid = info.euid;
+                caller.gid = info.egid;
+                caller.cgroup = Some(cgroup::resolve(info.cgroupid, hint.as_deref()));
+            }
+            (None, _) => {
+                caller.cgroup = hint.as_deref().map(|path| Cgroup {
+                    id: cgroup::id_of(path).unwrap_or(0),
+                    path: Some(path.to_string()),
+                });
+            }
+        }
+        caller.pod = caller
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.path.as_deref())
+            .and_then(cgroup::parse_kubepods);
+        Ok(caller)
+    }
+}
+
+/// The eBPF record for `peer`'s connection, checked against what the socket says.
+fn kernel_record(
+    recorder: &ebpf::Recorder,
+    peer: &PeerInfo,
+    tier: Tier,
+) -> Result<ConnRecord, AttestError> {
+    let cookie = peer
+        .cookie
+        .ok_or_else(|| AttestError::Failed("no socket cookie for this connection".into()))?;
+    let record = recorder.lookup(cookie).ok_or_else(|| {
+        AttestError::Failed("the kernel recorded no caller for this connection".into())
+    })?;
+    if record.foreign_writer == FOREIGN_WRITER {
+        return Err(PeerGone(
+            "another process wrote on this connection (its fd was passed on or inherited)",
+        )
+        .into());
+    }
+    if record.tgid as i32 != peer.pid {
+        return Err(PeerGone(if tier == Tier::TpBtf {
+            "the first process to write on this connection is not the one that connected"
+        } else {
+            "the recorded caller is not the connecting process"
+        })
+        .into());
+    }
+    // Start time at accept (from /proc) against the kernel's at connect: a pid recycled in
+    // between is a different process.
+    if let Some(ticks) = peer.start_time
+        && record.start_time_ns / ns_per_tick() != ticks
+    {
+        return Err(PeerGone("caller's pid was reused before the connection was accepted").into());
+    }
+    Ok(record)
+}
+
+/// The caller still runs the executable it connected with: an exec since would make /proc
+/// describe another program.
+fn check_exe(pid: i32, record: &ConnRecord) -> Result<(), AttestError> {
+    if record.exe_ino == 0 {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map_err(|_| PeerGone("caller process exited"))?;
+    if meta.ino() != record.exe_ino || ebpf::kernel_dev(meta.dev()) != record.exe_dev {
+        return Err(PeerGone("caller executed another program since it connected").into());
+    }
+    Ok(())
+}
+
+/// Nanoseconds per `/proc/<pid>/stat` clock tick (USER_HZ).
+fn ns_per_tick() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1_000_000_000 / u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_names_round_trip() {
+        for t in Tier::ALL {
+            assert_eq!(t.name().parse::<Tier>().unwrap(), t);
+            assert_eq!(
+                t.name().parse::<TierRequest>().unwrap(),
+                TierRequest::Force(t)
+            );
+        }
+        assert_eq!("auto".parse::<TierRequest>().unwrap(), TierRequest::Auto);
+        assert!("kprobe".parse::<TierRequest>().is_err());
+    }
+}
