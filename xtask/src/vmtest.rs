@@ -39,7 +39,14 @@ const KERNELS: &[Kernel] = &[
         backports: false,
         // Debian's 6.1 is built with CONFIG_BPF_LSM but does not enable it by default.
         lsm: Some("lockdown,capability,landlock,yama,apparmor,bpf"),
-        args: &["-tiers", "lsm,fentry", "-expectAuto", "lsm"],
+        args: &[
+            "-tiers",
+            "lsm,fentry",
+            "-expectAuto",
+            "lsm",
+            "-attempts",
+            "30",
+        ],
     },
     Kernel {
         name: "bookworm-backports 6.12",
@@ -47,7 +54,14 @@ const KERNELS: &[Kernel] = &[
         version: "6.12.95-1~bpo12+1",
         backports: true,
         lsm: None,
-        args: &["-tiers", "tp_btf,fentry", "-expectAuto", "fentry"],
+        args: &[
+            "-tiers",
+            "tp_btf,fentry",
+            "-expectAuto",
+            "fentry",
+            "-attempts",
+            "30",
+        ],
     },
 ];
 
@@ -154,7 +168,8 @@ fn extract(deb: &Path, dir: &Path) -> Result<()> {
 }
 
 fn which(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 fn vmlinuz(k: &Kernel) -> Result<PathBuf> {
@@ -198,12 +213,18 @@ poweroff -f
 
 /// Copies `bin` and the shared libraries `ldd` lists into `root` at their own paths.
 fn stage_binary(bin: &Path, root: &Path) -> Result<()> {
-    let out = Command::new("ldd").arg(bin).output().context("running ldd")?;
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines() {
         let lib = match line.split_once("=>") {
             Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
         };
         let Some(lib) = lib.filter(|p| p.starts_with('/')) else {
             continue;
@@ -235,7 +256,10 @@ fn initramfs(selftest: &Path, args: &[&str], work: &Path) -> Result<PathBuf> {
         .arg(selftest)
         .arg(&bin))?;
     stage_binary(selftest, &root)?;
-    run(Command::new("chmod").arg("0755").arg(root.join("init")).arg(&bin))?;
+    run(Command::new("chmod")
+        .arg("0755")
+        .arg(root.join("init"))
+        .arg(&bin))?;
     let cpio = work.join("initrd.cpio");
     let script = format!(
         "cd '{}' && find . | LC_ALL=C sort | '{}' cpio -o -H newc > '{}'",
@@ -265,7 +289,13 @@ fn boot(k: &Kernel, selftest: &Path) -> Result<(Option<i32>, String)> {
     cmd.args(["-k", "5", &BOOT_TIMEOUT.as_secs().to_string()])
         .arg("qemu-system-x86_64")
         .args(["-accel", "tcg", "-M", "q35", "-m", "1024", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(vmlinuz(k)?)
         .arg("-initrd")
@@ -276,9 +306,13 @@ fn boot(k: &Kernel, selftest: &Path) -> Result<(Option<i32>, String)> {
         .args(["-serial", &serial(&rc)]);
     let status = cmd.status().context("running qemu-system-x86_64")?;
     let output = std::fs::read_to_string(&out).unwrap_or_default();
-    let code = std::fs::read_to_string(&rc)
-        .ok()
-        .and_then(|s| s.chars().filter(char::is_ascii_digit).collect::<String>().parse().ok());
+    let code = std::fs::read_to_string(&rc).ok().and_then(|s| {
+        s.chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    });
     if code.is_none() {
         let log = std::fs::read_to_string(&console).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -294,7 +328,13 @@ pub fn vm_test() -> Result<()> {
     crate::setup::setup()?;
     crate::ebpf::build()?;
     println!("==> building sigil-attest-selftest");
-    run(cargo().args(["build", "-p", "sigil-agent", "--bin", "sigil-attest-selftest"]))?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "sigil-agent",
+        "--bin",
+        "sigil-attest-selftest",
+    ]))?;
     let selftest = target_dir().join("debug/sigil-attest-selftest");
     let mut failed = Vec::new();
     for k in KERNELS {

