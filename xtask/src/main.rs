@@ -21,7 +21,7 @@ Commands:
             Build agent-ebpf (Debian rustc-web + bpf-linker) into target/ebpf/, where the
             agent's build script embeds it
   vm-test   setup, build-ebpf, then boot Debian's stock kernels under qemu and run the
-            attestation self-test on each (LSM and fentry tiers on 6.1, tp_btf on 6.12)
+            attestation self-test on each (LSM and fentry tiers on 6.1, tp_btf and LSM on 6.12)
   build-wasm
             Build envoy-filter-wasm (Debian rustc-web, wasm32-wasip1) into
             target/wasm/sigil_authz_filter.wasm, the Envoy authorization filter

@@ -53,12 +53,14 @@ const KERNELS: &[Kernel] = &[
         package: "linux-image-6.12.95+deb12-amd64",
         version: "6.12.95-1~bpo12+1",
         backports: true,
+        // Debian's 6.12 has bpf in its default LSM list; with tp_btf also present the lsm tier
+        // runs with writer tracking (fd passing while the sender lives).
         lsm: None,
         args: &[
             "-tiers",
-            "tp_btf,fentry",
+            "tp_btf,lsm",
             "-expectAuto",
-            "fentry",
+            "lsm",
             "-attempts",
             "30",
         ],

@@ -105,7 +105,11 @@ impl AsRawFd for PidFd {
 impl PeerInfo {
     /// Reads the peer credentials of an accepted Unix socket.
     pub fn from_socket(sock: &UnixStream) -> io::Result<Self> {
-        let fd = sock.as_raw_fd();
+        Self::from_fd(sock.as_raw_fd())
+    }
+
+    /// [`Self::from_socket`] for any accepted Unix stream socket fd.
+    pub fn from_fd(fd: RawFd) -> io::Result<Self> {
         let cred = peer_cred(fd)?;
         let (pidfd, source) = match peer_pidfd(fd) {
             Ok(p) => (Some(p), Some(PidfdSource::PeerPidfd)),
