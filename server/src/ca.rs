@@ -384,12 +384,12 @@ impl Ca {
                 changed = true;
             }
             let a = &s.active.x509;
-            if now >= a.not_before + life * 5 / 6 {
-                if let Some(next) = s.next.take() {
-                    let old = std::mem::replace(&mut s.active, next);
-                    s.retired.push(old);
-                    changed = true;
-                }
+            if now >= a.not_before + life * 5 / 6
+                && let Some(next) = s.next.take()
+            {
+                let old = std::mem::replace(&mut s.active, next);
+                s.retired.push(old);
+                changed = true;
             }
             let before = s.retired.len();
             s.retired.retain(|g| g.x509.not_after > now);
@@ -638,7 +638,12 @@ mod tests {
         let issuer = |der: &[u8]| {
             let roots = ca.x509_roots();
             roots.iter().position(|r| {
-                sigil_spiffe::x509::verify_svid_chain(&[der.to_vec()], &[r.clone()], start).is_ok()
+                sigil_spiffe::x509::verify_svid_chain(
+                    &[der.to_vec()],
+                    std::slice::from_ref(r),
+                    start,
+                )
+                .is_ok()
             })
         };
         assert_ne!(issuer(&before.chain[0]), issuer(&after.chain[0]));

@@ -221,13 +221,14 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
             }
         });
     }
-    // Validate inputs before dialing, so typos fail fast and clearly.
+    // Commands validate their inputs before dialing, so typos fail with the real reason even
+    // when the server is down.
     let client = || async { connect(&socket).await };
     match cmd {
-        "entry create" => entry_create(&mut client().await?, &p, out).await,
-        "entry update" => entry_update(&mut client().await?, &p, out).await,
-        "entry show" => entry_show(&mut client().await?, &p, out).await,
-        "entry delete" => entry_delete(&mut client().await?, &p, out).await,
+        "entry create" => entry_create(&socket, &p, out).await,
+        "entry update" => entry_update(&socket, &p, out).await,
+        "entry show" => entry_show(&socket, &p, out).await,
+        "entry delete" => entry_delete(&socket, &p, out).await,
         "entry count" => {
             let n = client()
                 .await?
@@ -351,10 +352,10 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
         }
         "bundle delete" => {
             let id = p.required("id")?;
-            if let Some(mode) = p.get("mode") {
-                if mode != "restrict" {
-                    bail!("unsupported -mode {mode:?}: only restrict is supported");
-                }
+            if let Some(mode) = p.get("mode")
+                && mode != "restrict"
+            {
+                bail!("unsupported -mode {mode:?}: only restrict is supported");
             }
             client()
                 .await?
@@ -853,31 +854,33 @@ fn report_batch(results: &[pb::EntryResult], out: Out, verb: &str) -> i32 {
     i32::from(failed)
 }
 
-async fn entry_create(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Result<i32> {
+async fn entry_create(socket: &str, p: &Parsed, out: Out) -> Result<i32> {
     let entries = match p.get("data") {
         Some(path) => entries_from_data(path)?,
         None => vec![entry_from_flags(p, false)?],
     };
-    let res = c
+    let res = connect(socket)
+        .await?
         .batch_create_entry(pb::BatchCreateEntryRequest { entries })
         .await?
         .into_inner();
     Ok(report_batch(&res.results, out, "create"))
 }
 
-async fn entry_update(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Result<i32> {
+async fn entry_update(socket: &str, p: &Parsed, out: Out) -> Result<i32> {
     let entries = match p.get("data") {
         Some(path) => entries_from_data(path)?,
         None => vec![entry_from_flags(p, true)?],
     };
-    let res = c
+    let res = connect(socket)
+        .await?
         .batch_update_entry(pb::BatchUpdateEntryRequest { entries })
         .await?
         .into_inner();
     Ok(report_batch(&res.results, out, "update"))
 }
 
-async fn entry_delete(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Result<i32> {
+async fn entry_delete(socket: &str, p: &Parsed, out: Out) -> Result<i32> {
     let ids = match (p.get("entryID"), p.get("file")) {
         (Some(id), None) => vec![id.to_string()],
         (None, Some(file)) => {
@@ -898,14 +901,17 @@ async fn entry_delete(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Res
         (Some(_), Some(_)) => bail!("use either -entryID or -file, not both"),
         (None, None) => bail!("an entry ID is required (-entryID)"),
     };
-    let res = c
+    let res = connect(socket)
+        .await?
         .batch_delete_entry(pb::BatchDeleteEntryRequest { ids })
         .await?
         .into_inner();
     Ok(report_batch(&res.results, out, "delete"))
 }
 
-async fn entry_show(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Result<i32> {
+async fn entry_show(socket: &str, p: &Parsed, out: Out) -> Result<i32> {
+    let by_selectors = selector_protos(p.all("selector"))?;
+    let mut c = connect(socket).await?;
     let entries = if let Some(id) = p.get("entryID") {
         vec![
             c.get_entry(pb::GetEntryRequest { id: id.into() })
@@ -913,7 +919,6 @@ async fn entry_show(c: &mut AdminClient<Channel>, p: &Parsed, out: Out) -> Resul
                 .into_inner(),
         ]
     } else {
-        let by_selectors = selector_protos(p.all("selector"))?;
         let mut all = Vec::new();
         let mut page_token = String::new();
         loop {

@@ -26,9 +26,9 @@ pub mod sigil {
     }
 }
 
-/// Types shared by the agent and admin APIs.
-pub use sigil::types::v1 as types;
-/// Server <-> agent API.
-pub use sigil::agent::v1 as agent;
 /// Admin API (server Unix socket).
 pub use sigil::admin::v1 as admin;
+/// Server <-> agent API.
+pub use sigil::agent::v1 as agent;
+/// Types shared by the agent and admin APIs.
+pub use sigil::types::v1 as types;

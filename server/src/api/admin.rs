@@ -440,13 +440,13 @@ impl Admin for AdminApi {
             .map_err(|e: sigil_spiffe::IdError| {
                 Status::invalid_argument(format!("invalid spiffe_id: {e}"))
             })?;
-        if let Some(a) = &alias {
-            if !a.is_member_of(self.td()) {
-                return Err(Status::invalid_argument(format!(
-                    "invalid spiffe_id {a}: must belong to trust domain {:?}",
-                    self.td().as_str()
-                )));
-            }
+        if let Some(a) = &alias
+            && !a.is_member_of(self.td())
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid spiffe_id {a}: must belong to trust domain {:?}",
+                self.td().as_str()
+            )));
         }
         let token = uuid::Uuid::new_v4().to_string();
         let expires_at = crate::now_unix() + ttl as i64;
