@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::attestation::{Attestation, TierUnavailable};
 use crate::config::{Config, KeyManager};
 use crate::health::{self, ReadyCheck};
 use crate::manager::cache::BundleRecord;
@@ -18,7 +19,6 @@ use crate::node::storage::{DiskStore, StoreError};
 use crate::node::tls::ServerTrust;
 use crate::node::{AgentSvid, NodeError, ServerEndpoint};
 use crate::svid;
-use crate::attestation::{Attestation, TierUnavailable};
 use crate::workload::attestor::{Attestors, PodAttestor, UnixAttestor, WorkloadAttestor};
 use crate::workload::{self, WorkloadApi, WorkloadError};
 

@@ -804,7 +804,7 @@ fn healthcheck_cmd(args: &[&str]) -> Result<(), CliError> {
             .await
             .map_err(|e| e.to_string())?;
         if shallow {
-            return Ok(());
+            return Ok(None);
         }
         if verbose {
             println!(
@@ -812,19 +812,28 @@ fn healthcheck_cmd(args: &[&str]) -> Result<(), CliError> {
                 c.socket.display()
             );
         }
+        // The agent names its workload attestation tier in a response header.
+        let tier = |md: &tonic::metadata::MetadataMap| {
+            md.get(crate::workload::TIER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let call = async {
-            let mut stream = c
+            let response = c
                 .inner
                 .fetch_x509_bundles(Client::request(X509BundlesRequest {}, None))
-                .await?
-                .into_inner();
-            stream.message().await.map(|_| ())
+                .await?;
+            let t = tier(response.metadata());
+            let mut stream = response.into_inner();
+            stream.message().await.map(|_| t)
         };
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err("timed out waiting for the Workload API".to_string()),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(t)) => Ok(t),
             // The agent answered; it just has nothing for this caller.
-            Ok(Err(s)) if matches!(s.code(), tonic::Code::PermissionDenied) => Ok(()),
+            Ok(Err(s)) if matches!(s.code(), tonic::Code::PermissionDenied) => {
+                Ok(tier(s.metadata()))
+            }
             Ok(Err(s)) => Err(format!(
                 "Workload API returned {:?}: {}",
                 s.code(),
@@ -833,8 +842,11 @@ fn healthcheck_cmd(args: &[&str]) -> Result<(), CliError> {
         }
     });
     match result {
-        Ok(()) => {
+        Ok(tier) => {
             println!("Agent is healthy.");
+            if let Some(tier) = tier {
+                println!("Workload attestation tier: {tier}");
+            }
             Ok(())
         }
         Err(reason) => Err(CliError::Raw(format!("Agent is unhealthy: {reason}"))),

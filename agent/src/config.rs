@@ -491,8 +491,9 @@ impl Raw {
                     }
                     if let Some(v) = data.get("attestation_tier") {
                         let s = as_scalar_string(v, "attestation_tier")?;
-                        cfg.attestation_tier =
-                            s.parse().map_err(|e: String| invalid("attestation_tier", e))?;
+                        cfg.attestation_tier = s
+                            .parse()
+                            .map_err(|e: String| invalid("attestation_tier", e))?;
                     }
                     unix = Some(cfg);
                 }

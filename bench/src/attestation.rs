@@ -23,8 +23,11 @@ pub struct TierCost {
     pub attested_us: f64,
 }
 
+/// Tiers that cannot run here, with the reason.
+pub type Unavailable = Vec<(Tier, String)>;
+
 /// Measures every tier that can run here (others are reported as unavailable).
-pub fn per_connection(n: usize) -> Result<(Vec<TierCost>, Vec<(Tier, String)>)> {
+pub fn per_connection(n: usize) -> Result<(Vec<TierCost>, Unavailable)> {
     let dir = tempfile::tempdir()?;
     let mut costs = Vec::new();
     let mut unavailable = Vec::new();

@@ -8,8 +8,12 @@
 //! 3. SDS push fan-out: time from an SVID rotation until the new certificate has been received on
 //!    every one of 1000 open SDS streams.
 //!
+//! 4. Workload attestation: per-connection cost of each tier (eBPF map lookup, pidfd, procfs)
+//!    next to a bare Unix socket round trip, and FetchX509SVID latency with each tier.
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
+mod attestation;
 mod sds;
 
 use anyhow::{Context, Result, bail};
@@ -87,7 +91,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let lat = rt.block_on(fetch_latency(&bin_dir, if quick { 300 } else { 2000 }))?;
+    let lat = rt.block_on(fetch_latency(&bin_dir, if quick { 300 } else { 2000 }, &[]))?;
     for (clients, p50, p99, n) in &lat {
         let ok = *clients != 100 || *p99 <= 1000.0;
         rows.push((
@@ -117,6 +121,51 @@ fn main() -> Result<()> {
         "sds_fanout_1000".into(),
         serde_json::json!({"all_ms": all_ms, "p50_ms": p50_ms}),
     );
+
+    eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
+    let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
+    for c in &costs {
+        let added = c.attested_us - c.bare_us;
+        rows.push((
+            format!("attestation per connection, tier {}", c.tier),
+            format!(
+                "{:.1} µs (bare UDS round trip {:.1} µs, +{added:.1} µs)",
+                c.attested_us, c.bare_us
+            ),
+            if c.tier.is_ebpf() {
+                format!("target ≤ +20 µs {}", verdict(added <= 20.0))
+            } else {
+                String::new()
+            },
+        ));
+        json.insert(
+            format!("attestation_{}", c.tier),
+            serde_json::json!({"attested_us": c.attested_us, "bare_us": c.bare_us, "added_us": added}),
+        );
+        let lat = rt.block_on(fetch_latency(
+            &bin_dir,
+            if quick { 200 } else { 1000 },
+            &["-attestationTier", c.tier.name()],
+        ))?;
+        if let Some((_, p50, p99, n)) = lat.iter().find(|l| l.0 == 1) {
+            rows.push((
+                format!("FetchX509SVID, 1 client, tier {} ({n} calls)", c.tier),
+                format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
+                String::new(),
+            ));
+            json.insert(
+                format!("fetch_x509svid_tier_{}", c.tier),
+                serde_json::json!({"p50_us": p50, "p99_us": p99, "calls": n}),
+            );
+        }
+    }
+    for (tier, reason) in &unavailable {
+        rows.push((
+            format!("attestation per connection, tier {tier}"),
+            "unavailable here".into(),
+            reason.clone(),
+        ));
+    }
 
     let mut table = String::from("| benchmark | result | target |\n|---|---|---|\n");
     for (a, b, c) in &rows {
@@ -297,6 +346,7 @@ async fn fetch_once(c: &mut SpiffeWorkloadApiClient<tonic::transport::Channel>) 
 async fn fetch_latency(
     bin_dir: &Path,
     calls_per_level: usize,
+    agent_args: &[&str],
 ) -> Result<Vec<(usize, f64, f64, usize)>> {
     let server_bin = bin_dir.join("sigil-server");
     let agent_bin = bin_dir.join("sigil-agent");
@@ -395,6 +445,7 @@ async fn fetch_latency(
             .arg(&api)
             .arg("-trustBundle")
             .arg(&bundle)
+            .args(agent_args)
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -402,10 +453,10 @@ async fn fetch_latency(
     // Wait until the identity is cached.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = client(&api).await {
-            if fetch_once(&mut c).await.is_ok() {
-                break;
-            }
+        if let Ok(mut c) = client(&api).await
+            && fetch_once(&mut c).await.is_ok()
+        {
+            break;
         }
         if Instant::now() > deadline {
             bail!("agent never served the bench identity");

@@ -131,7 +131,9 @@ pub fn parse_kubepods(path: &str) -> Option<PodRef> {
     let mut parts = path.split('/').filter(|p| !p.is_empty());
     // Nothing before "kubepods" counts: a path that merely contains "pod..." elsewhere is not a
     // pod.
-    parts.by_ref().find(|p| *p == "kubepods" || *p == "kubepods.slice")?;
+    parts
+        .by_ref()
+        .find(|p| *p == "kubepods" || *p == "kubepods.slice")?;
     let mut pod_uid = None;
     let mut container_id = None;
     for part in parts {
@@ -212,12 +214,11 @@ mod tests {
         let path = format!("/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{CID}.scope");
         assert_eq!(pod(&path), Some((UID.into(), Some(CID.into()))));
         // The pod slice itself: a pod, no container.
-        let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
+        let path =
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
         assert_eq!(pod(&path), Some((UID.into(), None)));
         // CRI-O's conmon is not a container.
-        let path = format!(
-            "/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{CID}.scope"
-        );
+        let path = format!("/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{CID}.scope");
         assert_eq!(pod(&path), Some((UID.into(), None)));
     }
 
@@ -259,7 +260,10 @@ mod tests {
             eprintln!("skipping: own cgroup {path} not under the cgroup2 mount");
             return;
         };
-        assert_eq!(resolve(id, Some(&path)).path.as_deref(), Some(path.as_str()));
+        assert_eq!(
+            resolve(id, Some(&path)).path.as_deref(),
+            Some(path.as_str())
+        );
         // Without a hint the walk finds it too (then from the cache).
         assert_eq!(resolve(id, None).path.as_deref(), Some(path.as_str()));
         assert_eq!(walk(id).as_deref(), Some(path.as_str()));

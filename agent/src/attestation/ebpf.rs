@@ -74,8 +74,8 @@ impl Recorder {
             "this sigil-agent was built without the eBPF object (build it with `cargo xtask \
              build-ebpf` before building the agent)",
         )?;
-        let meta = std::fs::metadata(socket)
-            .map_err(|e| format!("stat {}: {e}", socket.display()))?;
+        let meta =
+            std::fs::metadata(socket).map_err(|e| format!("stat {}: {e}", socket.display()))?;
         let config = Config {
             socket_ino: meta.ino(),
             socket_dev: kernel_dev(meta.dev()),
@@ -87,8 +87,7 @@ impl Recorder {
             .override_global(CONFIG_GLOBAL, &pod_config, true)
             .load(object)
             .map_err(|e| format!("loading the eBPF object: {}", crate::error_chain(&e)))?;
-        let kernel_btf =
-            aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
         attach(&mut ebpf, tier, &kernel_btf)?;
         let writer_tracking = matches!(tier, Tier::Lsm | Tier::Fentry)
             && attach(&mut ebpf, Tier::TpBtf, &kernel_btf).is_ok();

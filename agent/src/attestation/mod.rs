@@ -157,7 +157,11 @@ impl FromStr for Tier {
         Tier::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown attestation tier {s:?} (auto, lsm, fentry, tp_btf, pidfd or procfs)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown attestation tier {s:?} (auto, lsm, fentry, tp_btf, pidfd or procfs)"
+                )
+            })
     }
 }
 
@@ -198,9 +202,8 @@ impl Attestation {
         for tier in candidates {
             let result = match tier {
                 Tier::Lsm | Tier::Fentry | Tier::TpBtf => {
-                    let btf = btf.get_or_insert_with(|| {
-                        btf::Btf::from_sys_fs().map_err(|e| e.to_string())
-                    });
+                    let btf = btf
+                        .get_or_insert_with(|| btf::Btf::from_sys_fs().map_err(|e| e.to_string()));
                     Self::probe_ebpf(tier, socket, btf)
                 }
                 Tier::Pidfd => pidfd::probe().map(|()| None),
@@ -286,7 +289,9 @@ impl Attestation {
             record: None,
         };
         if peer.pid <= 0 {
-            return Err(PeerGone("caller's pid is not visible from the agent's pid namespace").into());
+            return Err(
+                PeerGone("caller's pid is not visible from the agent's pid namespace").into(),
+            );
         }
         let hint = cgroup::proc_path(peer.pid).ok();
         match (&self.recorder, self.tier) {

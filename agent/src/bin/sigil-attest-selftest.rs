@@ -98,7 +98,10 @@ fn run(args: &[String]) -> Res<()> {
             }
         }
         match rt.block_on(suite(tier, attempts, &dir)) {
-            Ok(()) => println!("tier {tier}: passed ({:.1}s)", start.elapsed().as_secs_f64()),
+            Ok(()) => println!(
+                "tier {tier}: passed ({:.1}s)",
+                start.elapsed().as_secs_f64()
+            ),
             Err(e) => {
                 println!("tier {tier}: FAILED: {e}");
                 failed.push(tier.name());
@@ -158,7 +161,9 @@ async fn suite(tier: Tier, attempts: usize, dir: &Path) -> Res<()> {
     s.kubepods().await?;
     println!("  {tier}: kubepods cgroups ok");
     let reused = s.pid_reuse(attempts).await?;
-    println!("  {tier}: pid reuse: {attempts} attempts ({reused} with the pid really reused), 0 wrong identities");
+    println!(
+        "  {tier}: pid reuse: {attempts} attempts ({reused} with the pid really reused), 0 wrong identities"
+    );
     s.exec_after_connect(attempts).await?;
     println!("  {tier}: exec after connect: {attempts} attempts, 0 wrong identities");
     s.fd_passing(attempts, false).await?;
@@ -218,7 +223,10 @@ impl Suite {
         finish(&mut child);
         let (caller, selectors) = result.map_err(|e| format!("attesting a live child: {e}"))?;
         let pid = child.id() as i32;
-        check(caller.pid == pid, format!("pid {} != child {pid}", caller.pid))?;
+        check(
+            caller.pid == pid,
+            format!("pid {} != child {pid}", caller.pid),
+        )?;
         check(caller.tier == self.tier, "wrong tier in caller".into())?;
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
@@ -238,8 +246,14 @@ impl Suite {
         if self.tier.is_ebpf() {
             let rec = caller.record.ok_or("no kernel record")?;
             let meta = std::fs::metadata(&self.exe).map_err(|e| e.to_string())?;
-            check(rec.exe_ino == meta.ino(), format!("exe inode {} != {}", rec.exe_ino, meta.ino()))?;
-            check(rec.tid != rec.tgid, "the child connected from a thread: tid must differ from tgid".into())?;
+            check(
+                rec.exe_ino == meta.ino(),
+                format!("exe inode {} != {}", rec.exe_ino, meta.ino()),
+            )?;
+            check(
+                rec.tid != rec.tgid,
+                "the child connected from a thread: tid must differ from tgid".into(),
+            )?;
             let mnt = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok();
             let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map_err(|e| e.to_string())?;
             check(
@@ -264,7 +278,11 @@ impl Suite {
         } else {
             mount.to_path_buf()
         };
-        let root = base.join(format!("sigil-selftest-{}-{}", std::process::id(), self.tier));
+        let root = base.join(format!(
+            "sigil-selftest-{}-{}",
+            std::process::id(),
+            self.tier
+        ));
         let systemd = root.join(format!(
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CID_A}.scope",
             POD_UID.replace('-', "_")
@@ -272,9 +290,14 @@ impl Suite {
         let cgroupfs = root.join(format!("kubepods/besteffort/pod{POD_UID}/{CID_B}"));
         let result = async {
             for (dir, cid) in [(&systemd, CID_A), (&cgroupfs, CID_B)] {
-                std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
                 let mut child = self
-                    .child(&["connect", &self.path.display().to_string(), &dir.display().to_string()])
+                    .child(&[
+                        "connect",
+                        &self.path.display().to_string(),
+                        &dir.display().to_string(),
+                    ])
                     .spawn()
                     .map_err(|e| e.to_string())?;
                 let (mut io, peer) = self.accept().await?;
@@ -282,11 +305,17 @@ impl Suite {
                 let result = self.attest(&peer).await;
                 finish(&mut child);
                 let (caller, _) = result.map_err(|e| format!("attesting a pod child: {e}"))?;
-                let pod = caller.pod.ok_or_else(|| format!("no pod for cgroup {:?}", caller.cgroup))?;
+                let pod = caller
+                    .pod
+                    .ok_or_else(|| format!("no pod for cgroup {:?}", caller.cgroup))?;
                 check(pod.pod_uid == POD_UID, format!("pod uid {}", pod.pod_uid))?;
-                check(pod.container_id.as_deref() == Some(cid), format!("container id {:?}", pod.container_id))?;
                 check(
-                    caller.cgroup.as_ref().map(|c| c.id) == std::fs::metadata(dir).ok().map(|m| m.ino()),
+                    pod.container_id.as_deref() == Some(cid),
+                    format!("container id {:?}", pod.container_id),
+                )?;
+                check(
+                    caller.cgroup.as_ref().map(|c| c.id)
+                        == std::fs::metadata(dir).ok().map(|m| m.ino()),
                     "cgroup id is not the pod cgroup's".into(),
                 )?;
             }
@@ -307,7 +336,11 @@ impl Suite {
                 .map_err(|e| e.to_string())?;
             let a_pid = a.id() as i32;
             // Half the time the agent captures the connection before the caller exits.
-            let early = if i % 2 == 0 { Some(self.accept().await?) } else { None };
+            let early = if i % 2 == 0 {
+                Some(self.accept().await?)
+            } else {
+                None
+            };
             let _ = a.wait();
             let mut b = spawn_with_pid(&self.exe, a_pid)?;
             if b.id() as i32 == a_pid {
@@ -344,7 +377,11 @@ impl Suite {
             // Wait for the exec to have happened.
             let pid = a.id();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(&self.exe) {
+            while std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .as_deref()
+                == Some(&self.exe)
+            {
                 if Instant::now() > deadline {
                     finish(&mut a);
                     return Err(format!("attempt {i}: child did not exec"));
@@ -377,7 +414,11 @@ impl Suite {
             with_fd3(&mut b, &s2);
             as_uid(&mut b, ATTACKER_UID);
             let mut b = b.spawn().map_err(|e| e.to_string())?;
-            let mode = if sender_stays { "connect-send-stay" } else { "connect-send" };
+            let mode = if sender_stays {
+                "connect-send-stay"
+            } else {
+                "connect-send"
+            };
             let mut a = self.child(&[mode, &self.path.display().to_string()]);
             with_fd3(&mut a, &s1);
             let mut a = a.spawn().map_err(|e| e.to_string())?;
@@ -427,7 +468,11 @@ fn remove_tree(dir: &Path) {
 /// A program other than this one that blocks for a while.
 fn sleeper() -> (String, Vec<String>) {
     for p in ["/bin/sleep", "/usr/bin/sleep"] {
-        if Path::new(p).exists() && std::fs::canonicalize(p).ok().is_some_and(|c| !c.ends_with("busybox")) {
+        if Path::new(p).exists()
+            && std::fs::canonicalize(p)
+                .ok()
+                .is_some_and(|c| !c.ends_with("busybox"))
+        {
             return (p.into(), vec!["30".into()]);
         }
     }

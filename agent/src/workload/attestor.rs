@@ -144,7 +144,10 @@ impl fmt::Debug for Attestors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attestors")
             .field("tier", &self.attestation.tier())
-            .field("attestors", &self.list.iter().map(|a| a.name()).collect::<Vec<_>>())
+            .field(
+                "attestors",
+                &self.list.iter().map(|a| a.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

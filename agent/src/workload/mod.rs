@@ -66,9 +66,28 @@ pub async fn serve(
     use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     let incoming = ReceiverStream::new(peer::accept_loop(listener));
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            tag_attestation_tier::<tonic::body::Body>,
+        ))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Response header naming the agent's workload attestation tier (`sigil-agent healthcheck`
+/// prints it).
+pub const TIER_HEADER: &str = "sigil-attestation-tier";
+
+fn tag_attestation_tier<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    if let Some(tier) = crate::attestation::active_tier() {
+        resp.headers_mut().insert(
+            TIER_HEADER,
+            tonic::codegen::http::HeaderValue::from_static(tier.name()),
+        );
+    }
+    resp
 }
