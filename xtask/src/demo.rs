@@ -4,7 +4,9 @@
 //! and uid 1002 ("backend"); the agent tells them apart by `unix:uid` selectors. Each gets its
 //! X509-SVID from the agent's Workload API, then backend serves SPIFFE mTLS (rustls) allowing
 //! only frontend's SPIFFE ID: frontend is accepted, a client presenting backend's own SVID is
-//! rejected.
+//! rejected. Then two real Envoys, running as the same two uids, take those identities from the
+//! agent over SDS (Istio's `default` / `ROOTCA`) and do mTLS with each other, and an Envoy with an
+//! identity not on the backend's allow-list is refused.
 
 use crate::setup::is_root;
 use crate::{build_binaries, cargo, run, setup, target_dir};
@@ -54,7 +56,7 @@ impl Drop for Demo {
 }
 
 fn step(n: u32, text: &str) {
-    println!("\n==> [{n}/8] {text}");
+    println!("\n==> [{n}/9] {text}");
 }
 
 fn indent(text: &str) {
@@ -176,7 +178,15 @@ pub fn demo() -> Result<()> {
         "Building sigil-server, sigil-agent and the demo workload (sigil-demo-peer)",
     );
     build_binaries(&[])?;
-    run(cargo().args(["build", "-p", "sigil-e2e", "--bin", "sigil-demo-peer"]))?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "sigil-e2e",
+        "--bin",
+        "sigil-demo-peer",
+        "--bin",
+        "sigil-demo-envoy",
+    ]))?;
 
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -424,8 +434,24 @@ pub fn demo() -> Result<()> {
         bail!("the client with backend's SVID should have been rejected");
     }
 
+    step(
+        9,
+        "Two Envoys as the same uids take their SVIDs over SDS from the agent's socket and do mTLS",
+    );
+    let mut envoys = Command::new(d.bin.join("sigil-demo-envoy"));
+    envoys
+        .arg("-socketPath")
+        .arg(&socket)
+        .arg("-dir")
+        .arg(d.path("envoy"))
+        .args(["-frontend", &frontend, "-backend", &backend])
+        .args(["-frontendUid", &FRONTEND_UID.to_string()])
+        .args(["-backendUid", &BACKEND_UID.to_string()]);
+    run(&mut envoys).context("the Envoy mTLS demo failed")?;
+
     println!(
-        "\nDemo complete: both workloads got SVIDs by uid; mTLS accepted {frontend} and rejected {backend}."
+        "\nDemo complete: both workloads got SVIDs by uid; mTLS accepted {frontend} and rejected {backend}, \
+         with rustls and with two Envoys fed by SDS."
     );
     d.ok = true;
     Ok(())
