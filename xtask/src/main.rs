@@ -16,7 +16,9 @@ Commands:
   test      setup, build sigil-server and sigil-agent, then run every test of the workspace
             (extra arguments go to the test runner)
   demo      setup, build, then run a server, an agent and two workloads (uids 1001, 1002)
-            doing SPIFFE mTLS; needs root
+            doing SPIFFE mTLS, with rustls and with two Envoys fed by SDS; needs root
+  bench     setup, release build, then the benchmarks: a table on stdout and in
+            target/bench/results.md (+ results.json)
   build-ebpf
             Build agent-ebpf (Debian rustc-web + bpf-linker) into target/ebpf/, where the
             agent's build script embeds it
@@ -125,6 +127,33 @@ fn test(args: &[String]) -> Result<()> {
     }
 }
 
+/// Release builds of everything the benchmarks run, then `sigil-bench` (extra arguments, e.g.
+/// `--quick`, go to it).
+fn bench(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    ebpf::build()?;
+    wasm::build()?;
+    println!("==> building release binaries");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "sigil-server",
+        "-p",
+        "sigil-agent",
+        "-p",
+        "sigil-bench",
+    ]))?;
+    let release = target_dir().join("release");
+    run(Command::new(release.join("sigil-bench"))
+        .current_dir(root())
+        .arg("--bin-dir")
+        .arg(&release)
+        .arg("--out")
+        .arg(target_dir().join("bench"))
+        .args(args))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -132,6 +161,7 @@ fn main() -> Result<()> {
         Some("setup") => setup::setup(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo::demo(),
+        Some("bench") => bench(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(drop),
         Some("vm-test") => vmtest::vm_test(),
         Some("build-wasm") => wasm::build().map(drop),
