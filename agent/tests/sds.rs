@@ -491,3 +491,93 @@ async fn delta_and_fetch() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("bogus"));
 }
+
+/// Receives one fd sent with SCM_RIGHTS on `sock`.
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut data = [0u8; 16];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut cmsg = [0u8; 64];
+    // SAFETY: a zeroed msghdr is a valid "empty" value; every pointer set below outlives the
+    // recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.len();
+    // SAFETY: valid socket fd and msghdr as set up above.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled msg_control; CMSG_FIRSTHDR/CMSG_DATA walk it as documented.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null(), "no fd received");
+        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// The caller is the process that connected. If it hands its connection to another process and
+/// exits, the stream it opened ends: nobody else inherits its identity.
+#[tokio::test]
+async fn stream_ends_when_the_connecting_process_exits() {
+    let f = fixture(&my_uid(), SdsConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let handoff = dir.path().join("handoff.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&handoff).unwrap();
+    // A separate process connects to the agent, passes the connection to us, and exits when told.
+    let script = format!(
+        "import socket,sys\n\
+         a=socket.socket(socket.AF_UNIX); a.connect({agent:?})\n\
+         h=socket.socket(socket.AF_UNIX); h.connect({handoff:?})\n\
+         socket.send_fds(h,[b'x'],[a.fileno()])\n\
+         h.recv(1)\n",
+        agent = f.h.socket.display().to_string(),
+        handoff = handoff.display().to_string(),
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .expect("python3");
+    let (conn, _) = listener.accept().unwrap();
+    let fd = recv_fd(&conn);
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true).unwrap();
+    let slot = Arc::new(std::sync::Mutex::new(Some(std_stream)));
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let s = slot.lock().unwrap().take();
+            async move {
+                let s = s.ok_or_else(|| std::io::Error::other("connection already used"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::from_std(s)?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(&["default"], None)).await.unwrap();
+    let mut s = SecretDiscoveryServiceClient::new(channel)
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // While the connecting process lives, the stream serves its identity.
+    assert_eq!(secrets(&next(&mut s).await)[0].name, "default");
+    // Let it exit: the stream must end even though the connection (now ours) stays open.
+    std::io::Write::write_all(&mut &conn, b"x").unwrap();
+    child.wait().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("the stream outlived the process that opened it");
+    assert!(
+        matches!(end, Ok(None) | Err(_)),
+        "expected the stream to end, got {end:?}"
+    );
+    drop(tx);
+}
