@@ -6,6 +6,7 @@
 //! -p sigil-agent`).
 
 mod cli;
+mod ebpf;
 mod envoy_sds;
 mod lifecycle;
 mod python;

@@ -1,0 +1,333 @@
+//! Kernel-recorded workload attestation (issue 4): the attestation tiers on this machine's real
+//! kernel. Needs root (BPF, cgroups, other uids); CI runs as root.
+//!
+//! - The whole attestation suite (facts, kubepods cgroups, and the PID-reuse, exec-after-connect
+//!   and fd-passing attack loops, 1000 attempts each) once per tier this kernel offers, through
+//!   `sigil-attest-selftest`.
+//! - Real agents forced onto each available tier serve workloads in kubepods-like cgroup v2
+//!   directories (systemd and cgroupfs drivers) the SVIDs of their pod and container.
+//! - An agent without BPF privileges falls back, says why, and still serves.
+
+use crate::TD;
+use sigil_e2e::harness::{Agent, CliOutput, Server, TestDir, run, sigil_bin, wait_until};
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const POD_A: &str = "5b0c2f3e-1d4a-4e6b-9c8d-7a6f5e4d3c2b";
+const POD_B: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+const CID_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const CID_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the eBPF attestation tests load BPF programs and create cgroups: they must run as root \
+         (CI does)"
+    );
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The tiers this kernel must offer to a root agent: tp_btf from 6.10, pidfd from 6.13.
+fn expected_tiers() -> Vec<&'static str> {
+    let v = kernel_version();
+    let mut tiers = Vec::new();
+    if v >= (6, 10) {
+        tiers.push("tp_btf");
+    }
+    if v >= (6, 13) {
+        tiers.push("pidfd");
+    }
+    tiers.push("procfs");
+    tiers
+}
+
+#[test]
+fn attestation_suite_and_attack_loops_on_every_available_tier() {
+    require_root();
+    let out = run(
+        {
+            let mut c = Command::new(sigil_bin("sigil-attest-selftest"));
+            c.args(["-tiers", "lsm,fentry,tp_btf,pidfd,procfs"]).args([
+                "-attempts",
+                "1000",
+                "-skipUnavailable",
+            ]);
+            c
+        },
+        Duration::from_secs(1200),
+    );
+    println!("{}", out.stdout);
+    assert!(out.success(), "self-test failed: {out}");
+    for tier in expected_tiers() {
+        assert!(
+            out.stdout.contains(&format!("tier {tier}: passed")),
+            "tier {tier} did not run on this kernel: {out}"
+        );
+    }
+    // On this sandbox kernel trampolines are refused: say so rather than silently pass.
+    for tier in ["lsm", "fentry"] {
+        assert!(
+            out.stdout.contains(&format!("tier {tier}: passed"))
+                || out.stdout.contains(&format!("tier {tier}: unavailable")),
+            "tier {tier}: neither ran nor was reported unavailable: {out}"
+        );
+    }
+    for attack in [
+        "pid reuse: 1000 attempts",
+        "exec after connect: 1000 attempts",
+        "fd passing (sender exits): 1000 attempts",
+    ] {
+        let runs = out.stdout.matches(attack).count();
+        assert!(
+            runs >= expected_tiers().len(),
+            "{attack}: ran {runs} times: {out}"
+        );
+    }
+}
+
+/// A cgroup v2 directory for the test, removed (children first) on drop.
+struct Cgroups {
+    root: PathBuf,
+}
+
+impl Cgroups {
+    fn new(name: &str) -> Self {
+        let mount = cgroup2_mount();
+        let root = mount.join(format!("sigil-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("creating a cgroup");
+        Self { root }
+    }
+
+    fn dir(&self, rel: &str) -> PathBuf {
+        let d = self.root.join(rel);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        d
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        fn rm(d: &Path) {
+            if let Ok(entries) = std::fs::read_dir(d) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rm(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+        rm(&self.root);
+    }
+}
+
+/// The cgroup2 mount (this host is hybrid: /sys/fs/cgroup/unified).
+fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or_default()))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Runs `sigil-demo-peer fetch` inside cgroup `dir`: the SPIFFE IDs it got, or its output.
+fn fetch_in_cgroup(peer: &Path, socket: &Path, dir: &Path) -> Result<Vec<String>, CliOutput> {
+    let procs = CString::new(dir.join("cgroup.procs").display().to_string()).expect("no NUL");
+    let mut c = Command::new(peer);
+    c.arg("fetch").arg("-socketPath").arg(socket);
+    // SAFETY: runs between fork and exec using only open/write/close on data prepared before.
+    unsafe {
+        c.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run(c, Duration::from_secs(20));
+    if out.success() {
+        let mut ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        ids.sort();
+        Ok(ids)
+    } else {
+        Err(out)
+    }
+}
+
+fn wait_for_ids_in(peer: &Path, socket: &Path, dir: &Path, want: &[String]) {
+    wait_until(
+        &format!("{want:?} for a workload in {}", dir.display()),
+        Duration::from_secs(30),
+        || match fetch_in_cgroup(peer, socket, dir) {
+            Ok(ids) if ids == want => Some(()),
+            _ => None,
+        },
+    );
+}
+
+fn start_agent(dir: &TestDir, server: &Server, name: &str, extra: &[&str]) -> (Agent, String) {
+    let node = server.id(&format!("/node/{name}"));
+    let token = server.token(Some(&node));
+    let mut agent = Agent::spawn(dir.path(), name, server, &token, extra);
+    agent.wait_ready();
+    wait_for_tier(|| {
+        agent.proc().assert_running();
+        agent.log()
+    });
+    (agent, node)
+}
+
+/// The tier is chosen after the socket is bound (the eBPF tiers filter on its inode): wait for
+/// the agent to log it. Returns the log.
+fn wait_for_tier(mut log: impl FnMut() -> String) -> String {
+    wait_until(
+        "the agent to log its workload attestation tier",
+        Duration::from_secs(30),
+        || Some(log()).filter(|l| l.contains("workload attestation tier:")),
+    )
+}
+
+#[test]
+fn kubepods_workloads_get_their_pod_svids_on_every_tier() {
+    require_root();
+    let dir = TestDir::new("kubepods");
+    let server = Server::start(dir.path(), TD);
+    let peer = dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
+    let cgroups = Cgroups::new("kubepods");
+    // kubelet's systemd driver with containerd, and its cgroupfs driver with CRI-O naming.
+    let in_a = cgroups.dir(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{CID_A}.scope",
+        POD_A.replace('-', "_")
+    ));
+    let in_b = cgroups.dir(&format!("kubepods/besteffort/pod{POD_B}/crio-{CID_B}"));
+    let outside = cgroups.dir("system.slice/not-a-pod.service");
+
+    for tier in expected_tiers() {
+        let (mut agent, node) = start_agent(
+            &dir,
+            &server,
+            &format!("agent-{tier}"),
+            &["-attestationTier", tier],
+        );
+        let log = agent.log();
+        assert!(
+            log.contains(&format!("workload attestation tier: {tier}")),
+            "agent does not report tier {tier}:\n{log}"
+        );
+        let health = agent.cli(&["healthcheck"]).ok();
+        assert!(
+            health
+                .stdout
+                .contains(&format!("Workload attestation tier: {tier}")),
+            "healthcheck does not show the tier: {health}"
+        );
+        let id_a = server.id(&format!("/{tier}/pod-a"));
+        let id_b = server.id(&format!("/{tier}/pod-b"));
+        let pod_a = format!("k8s:pod-uid:{POD_A}");
+        let ctr_a = format!("k8s:container-id:{CID_A}");
+        let pod_b = format!("k8s:pod-uid:{POD_B}");
+        let ctr_b = format!("k8s:container-id:{CID_B}");
+        server.create_entry(&node, &id_a, &[&pod_a, &ctr_a], &[]);
+        server.create_entry(&node, &id_b, &[&pod_b, &ctr_b], &[]);
+
+        wait_for_ids_in(&peer, &agent.socket, &in_a, std::slice::from_ref(&id_a));
+        wait_for_ids_in(&peer, &agent.socket, &in_b, std::slice::from_ref(&id_b));
+        match fetch_in_cgroup(&peer, &agent.socket, &outside) {
+            Ok(ids) => panic!("tier {tier}: a workload outside the pods got {ids:?}"),
+            Err(out) => assert!(out.stderr.contains("PermissionDenied"), "{out}"),
+        }
+        agent.proc().terminate();
+    }
+}
+
+#[test]
+fn agent_without_bpf_privileges_falls_back_and_serves() {
+    require_root();
+    let dir = TestDir::new("nobpf");
+    let server = Server::start(dir.path(), TD);
+    let node = server.id("/node/nobpf");
+    let token = server.token(Some(&node));
+    // Drop the BPF capabilities from the bounding set: root's exec then gets every capability
+    // but these.
+    let adir = dir.path().join("agent");
+    let public = adir.join("public");
+    std::fs::create_dir_all(&public).expect("agent dir");
+    let bundle = adir.join("bundle.pem");
+    std::fs::write(&bundle, server.bundle_pem()).expect("bundle");
+    let socket = public.join("api.sock");
+    let mut cmd = Command::new(sigil_bin("sigil-agent"));
+    cmd.arg("run")
+        .arg("-dataDir")
+        .arg(adir.join("data"))
+        .args(["-joinToken", &token])
+        .args(["-serverAddress", "127.0.0.1"])
+        .args(["-serverPort", &server.port().to_string()])
+        .arg("-socketPath")
+        .arg(&socket)
+        .args(["-trustDomain", TD])
+        .arg("-trustBundle")
+        .arg(&bundle)
+        .env("NO_COLOR", "1");
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for cap in [21, 38, 39] {
+                // CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut agent =
+        sigil_e2e::harness::Proc::spawn("sigil-agent (no BPF)", cmd, adir.join("agent.log"));
+    wait_until(
+        "the unprivileged agent's socket",
+        Duration::from_secs(30),
+        || {
+            agent.assert_running();
+            std::os::unix::net::UnixStream::connect(&socket).ok()
+        },
+    );
+    let log = wait_for_tier(|| {
+        agent.assert_running();
+        agent.log()
+    });
+    assert!(log.contains("no BPF privileges"), "no reason given:\n{log}");
+    let fallback = if kernel_version() >= (6, 13) {
+        "pidfd"
+    } else {
+        "procfs"
+    };
+    assert!(
+        log.contains(&format!("workload attestation tier: {fallback}")),
+        "expected the {fallback} tier:\n{log}"
+    );
+    let id = server.id("/nobpf/me");
+    server.create_entry(&node, &id, &[&crate::Env::my_uid()], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(sigil_e2e::harness::wait_for_svid(&socket, &id));
+}
