@@ -14,6 +14,25 @@
 //!
 //! Every tier yields a [`Caller`]; the workload attestors turn it into selectors, and the
 //! caller is re-verified after every `/proc` read they make.
+//!
+//! What each tier refuses, so that no caller gets another workload's identity:
+//!
+//! - the caller exited (its pid may belong to someone else by now): eBPF tiers compare the
+//!   recorded start time with the pid's at accept and re-check it after every read; `pidfd`
+//!   gets no credentials for a reaped process; `procfs` re-checks start time and pidfd;
+//! - the caller exec'd another binary after connecting: eBPF tiers compare the recorded
+//!   executable (dev, inode) with `/proc/<pid>/exe`; `pidfd` and `procfs` describe the current
+//!   binary, never the old one;
+//! - another process wrote on the connection (fd passed over `SCM_RIGHTS` or inherited):
+//!   `tp_btf` records that writer (the first writer must be the `SO_PEERCRED` process, later
+//!   ones set `foreign_writer`), and a connect-hook tier runs the same tracker where the kernel
+//!   has the tracepoint (6.10+). A sender that exits is refused by every tier.
+//!
+//! Limits: without writer tracking (lsm/fentry before 6.10, pidfd, procfs), a connecting process
+//! that stays alive can delegate its connection, as with `SO_PEERCRED` (it could as well hand
+//! over its SVID). The tracepoint fires after the data is queued, so a foreign write racing the
+//! agent's read of that very request can be attested once before the flag is set. The recorded
+//! tgid is in the initial pid namespace: the agent must run in the host's (as SPIRE's does).
 
 pub mod btf;
 pub mod cgroup;
