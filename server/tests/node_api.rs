@@ -9,7 +9,7 @@ use sigil_proto::admin as apb;
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_client::NodeClient;
 use sigil_proto::types;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,10 +65,10 @@ async fn start() -> Server {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let roots = loop {
-        if let Ok(mut c) = sigil_server::cli::connect(admin.to_str().unwrap()).await {
-            if let Ok(b) = c.get_bundle(apb::GetBundleRequest {}).await {
-                break b.into_inner().x509_authorities;
-            }
+        if let Ok(mut c) = sigil_server::cli::connect(admin.to_str().unwrap()).await
+            && let Ok(b) = c.get_bundle(apb::GetBundleRequest {}).await
+        {
+            break b.into_inner().x509_authorities;
         }
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -458,6 +458,3 @@ async fn sync_pushes_changes_and_scales_to_100k_entries() {
         assert!(Instant::now() < deadline, "never saw all entries");
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}
