@@ -53,7 +53,7 @@ struct Mesh {
     tcp_port: u16,
     envoy_id: String,
     sleep: Svid,
-    foo: Svid,
+    foo_app: Svid,
     stranger: Svid,
 }
 
@@ -72,7 +72,7 @@ impl Mesh {
         let foo_id = env.register("/ns/foo/sa/app", &[&me], &[]);
         let stranger_id = env.register("/ns/bar/sa/stranger", &[&me], &[]);
         let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-        let [sleep, foo, stranger] = [&sleep_id, &foo_id, &stranger_id]
+        let [sleep, foo_app, stranger] = [&sleep_id, &foo_id, &stranger_id]
             .map(|id| rt.block_on(wait_for_svid(&env.agent.socket, id)));
 
         let wasm = install_wasm(env.dir.path());
@@ -116,7 +116,7 @@ impl Mesh {
             tcp_port,
             envoy_id,
             sleep,
-            foo,
+            foo_app,
             stranger,
         }
     }
@@ -146,7 +146,7 @@ fn http_filter_allows_denies_and_fails_closed() {
     assert_eq!(r.body, "hello\n");
 
     // A DENY policy matched: 403 with Envoy RBAC's body, and the policy named.
-    let r = https_get(m.http_port, m.client(Some(&m.foo)), "/anything").expect("request");
+    let r = https_get(m.http_port, m.client(Some(&m.foo_app)), "/anything").expect("request");
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.body, "RBAC: access denied");
     assert_eq!(r.header(POLICY_HEADER), Some("default/deny-foo"), "{r:?}");
@@ -185,7 +185,7 @@ fn tcp_filter_allows_denies_and_fails_closed() {
     assert_eq!(got, b"ping\n");
 
     for (who, svid) in [
-        ("deny-foo", Some(&m.foo)),
+        ("deny-foo", Some(&m.foo_app)),
         ("stranger", Some(&m.stranger)),
         ("no certificate", None),
     ] {
