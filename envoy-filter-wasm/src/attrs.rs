@@ -23,11 +23,19 @@ fn text(b: Bytes) -> String {
 }
 
 /// The peer as the connection reports it: (`connection.mtls`, first URI SAN).
+///
+/// A URI SAN of the peer certificate implies a TLS connection on which the peer presented a
+/// certificate (what `connection.mtls` says), so `connection.mtls` is only read when there is
+/// no URI SAN (to report why the peer is unauthenticated): one host call per request.
 pub fn peer() -> Result<(bool, Option<String>), HostError> {
-    let san = property(URI_SAN_PEER)?.map(text);
-    // Envoy serializes a bool property as one byte.
-    let mtls = property(MTLS)?.is_some_and(|b| b.first().is_some_and(|&v| v != 0));
-    Ok((mtls, san))
+    match property(URI_SAN_PEER)?.map(text) {
+        Some(san) if !san.is_empty() => Ok((true, Some(san))),
+        _ => {
+            // Envoy serializes a bool property as one byte.
+            let mtls = property(MTLS)?.is_some_and(|b| b.first().is_some_and(|&v| v != 0));
+            Ok((mtls, None))
+        }
+    }
 }
 
 /// Lazily fetched request attributes. `http` is false in the TCP filter (no header map).

@@ -158,6 +158,7 @@ impl RootContext for AuthzRoot {
                     c.engine.policies().len()
                 );
                 self.configured = Some(Rc::new(c));
+                self.set_tick_period(crate::stats::FLUSH_PERIOD);
                 true
             }
             Err(e) => {
@@ -166,6 +167,12 @@ impl RootContext for AuthzRoot {
                 self.configured = None;
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(c) = &self.configured {
+            c.stats.flush();
         }
     }
 

@@ -1,4 +1,8 @@
-//! Decision counters, exported as Envoy stats (Envoy prefixes them with `wasmcustom.`):
+//! Decision counters, exported as Envoy stats (Envoy prefixes them with `wasmcustom.`).
+//! Requests count into memory of the Wasm VM (one per Envoy worker, single-threaded); the
+//! root context adds them to Envoy's counters on a timer ([`FLUSH_PERIOD`]), so the request
+//! path makes no host call for stats.
+//!
 //!
 //! - `sigil_authz.<http|tcp>.allowed`, `.denied`, `.unauthenticated` (denied: no valid peer
 //!   SPIFFE ID), `.default_deny` (denied: no ALLOW policy matched),
@@ -9,6 +13,32 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use sigil_authz::{Action, DecidedBy, Evaluation, PolicyInfo};
+use std::cell::Cell;
+use std::time::Duration;
+
+/// How often counts reach Envoy's stats.
+pub const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+
+/// A counter: Envoy's metric id and the count not yet added to it.
+#[derive(Debug)]
+struct Counter {
+    id: u32,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn bump(&self) {
+        self.pending.set(self.pending.get() + 1);
+    }
+
+    fn flush(&self) {
+        let n = self.pending.take();
+        if n > 0 {
+            // A failed increment loses these counts; it must not affect requests.
+            let _ = hostcalls::increment_metric(self.id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
 
 /// Host refused to define a metric.
 #[derive(Debug)]
@@ -16,14 +46,14 @@ pub struct MetricError(pub String);
 
 #[derive(Debug)]
 pub struct Stats {
-    allowed: u32,
-    denied: u32,
-    unauthenticated: u32,
-    default_deny: u32,
-    dry_run_allowed: u32,
-    dry_run_denied: u32,
+    allowed: Counter,
+    denied: Counter,
+    unauthenticated: Counter,
+    default_deny: Counter,
+    dry_run_allowed: Counter,
+    dry_run_denied: Counter,
     /// One counter per policy, named after its role (see the module docs).
-    per_policy: Vec<u32>,
+    per_policy: Vec<Counter>,
 }
 
 /// Envoy stat name segments: keep `[A-Za-z0-9_-]`, replace the rest (dots included) with `_`.
@@ -49,14 +79,13 @@ pub fn policy_metric_suffix(p: &PolicyInfo) -> &'static str {
     }
 }
 
-fn counter(name: String) -> Result<u32, MetricError> {
-    hostcalls::define_metric(MetricType::Counter, &name)
-        .map_err(|s| MetricError(format!("{name}: {s:?}")))
-}
-
-fn bump(id: u32) {
-    // A failed increment loses one count; it must not change the decision.
-    let _ = hostcalls::increment_metric(id, 1);
+fn counter(name: String) -> Result<Counter, MetricError> {
+    let id = hostcalls::define_metric(MetricType::Counter, &name)
+        .map_err(|s| MetricError(format!("{name}: {s:?}")))?;
+    Ok(Counter {
+        id,
+        pending: Cell::new(0),
+    })
 }
 
 impl Stats {
@@ -83,29 +112,46 @@ impl Stats {
     }
 
     fn bump_policy(&self, i: usize) {
-        if let Some(&id) = self.per_policy.get(i) {
-            bump(id);
+        if let Some(c) = self.per_policy.get(i) {
+            c.bump();
+        }
+    }
+
+    /// Adds the pending counts to Envoy's counters.
+    pub fn flush(&self) {
+        for c in [
+            &self.allowed,
+            &self.denied,
+            &self.unauthenticated,
+            &self.default_deny,
+            &self.dry_run_allowed,
+            &self.dry_run_denied,
+        ]
+        .into_iter()
+        .chain(&self.per_policy)
+        {
+            c.flush();
         }
     }
 
     pub fn record(&self, ev: &Evaluation) {
-        bump(if ev.verdict.allowed {
-            self.allowed
+        if ev.verdict.allowed {
+            self.allowed.bump();
         } else {
-            self.denied
-        });
+            self.denied.bump();
+        }
         match ev.verdict.decided_by {
             DecidedBy::Policy(i) => self.bump_policy(i),
-            DecidedBy::NoAllowPolicyMatched => bump(self.default_deny),
-            DecidedBy::Unauthenticated(_) => bump(self.unauthenticated),
+            DecidedBy::NoAllowPolicyMatched => self.default_deny.bump(),
+            DecidedBy::Unauthenticated(_) => self.unauthenticated.bump(),
             DecidedBy::NoPolicies => {}
         }
         if let Some(dry) = ev.dry_run {
-            bump(if dry.allowed {
-                self.dry_run_allowed
+            if dry.allowed {
+                self.dry_run_allowed.bump();
             } else {
-                self.dry_run_denied
-            });
+                self.dry_run_denied.bump();
+            }
             if let DecidedBy::Policy(i) = dry.decided_by {
                 self.bump_policy(i);
             }

@@ -15,7 +15,7 @@ use sigil_e2e::envoy::{Envoy, bootstrap, envoy_bin, free_port};
 use sigil_e2e::harness::{Proc, chmod, wait_for_svid};
 use sigil_e2e::workload::Svid;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The uid the Envoy runs as: its SDS identity is the entry for this uid.
 const ENVOY_UID: u32 = 2201;
@@ -125,14 +125,33 @@ impl Mesh {
         client_config(svid, &self.sleep.bundle, &self.envoy_id).expect("client TLS config")
     }
 
-    fn stat(&self, name: &str) -> u64 {
-        let stats = self.envoy.admin("/stats").expect("envoy /stats").body;
+    fn stat(&self, name: &str) -> Option<u64> {
+        let stats = self.envoy.admin("/stats").ok()?.body;
         let key = format!("wasmcustom.{name}: ");
         stats
             .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no stat {name} in:\n{stats}"))
+    }
+
+    /// Waits until the counter `name` reads `want` (the filter flushes counts every 250 ms).
+    fn assert_stat(&self, name: &str, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.stat(name);
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stat {name}: {got:?}, want {want}\n{}",
+                self.envoy
+                    .admin("/stats")
+                    .map(|r| r.body)
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -165,15 +184,12 @@ fn http_filter_allows_denies_and_fails_closed() {
     assert_eq!(r.header(POLICY_HEADER), Some("unauthenticated"), "{r:?}");
 
     // Envoy stats count every decision, per policy.
-    assert_eq!(m.stat("sigil_authz.http.allowed"), 1);
-    assert_eq!(m.stat("sigil_authz.http.denied"), 3);
-    assert_eq!(m.stat("sigil_authz.http.unauthenticated"), 1);
-    assert_eq!(m.stat("sigil_authz.http.default_deny"), 1);
-    assert_eq!(
-        m.stat("sigil_authz.http.policy.default.allow-sleep.allow"),
-        1
-    );
-    assert_eq!(m.stat("sigil_authz.http.policy.default.deny-foo.deny"), 1);
+    m.assert_stat("sigil_authz.http.allowed", 1);
+    m.assert_stat("sigil_authz.http.denied", 3);
+    m.assert_stat("sigil_authz.http.unauthenticated", 1);
+    m.assert_stat("sigil_authz.http.default_deny", 1);
+    m.assert_stat("sigil_authz.http.policy.default.allow-sleep.allow", 1);
+    m.assert_stat("sigil_authz.http.policy.default.deny-foo.deny", 1);
 }
 
 #[test]
@@ -192,10 +208,10 @@ fn tcp_filter_allows_denies_and_fails_closed() {
         let r = tls_echo(m.tcp_port, m.client(svid), b"ping\n");
         assert!(r.is_err(), "{who}: denied connection echoed {r:?}");
     }
-    assert_eq!(m.stat("sigil_authz.tcp.allowed"), 1);
-    assert_eq!(m.stat("sigil_authz.tcp.denied"), 3);
-    assert_eq!(m.stat("sigil_authz.tcp.unauthenticated"), 1);
-    assert_eq!(m.stat("sigil_authz.tcp.policy.default.deny-foo.deny"), 1);
+    m.assert_stat("sigil_authz.tcp.allowed", 1);
+    m.assert_stat("sigil_authz.tcp.denied", 3);
+    m.assert_stat("sigil_authz.tcp.unauthenticated", 1);
+    m.assert_stat("sigil_authz.tcp.policy.default.deny-foo.deny", 1);
 }
 
 #[test]

