@@ -654,3 +654,29 @@ fn kubectl_json_pastes_unchanged() {
         ],
     );
 }
+
+#[test]
+fn example_policies_of_the_guide_compile() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../envoy-filter-wasm/examples/policies.json"
+    );
+    let json = std::fs::read(path).expect("envoy-filter-wasm/examples/policies.json");
+    let e = Engine::from_json(&json, Protocol::Http).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(e.policies().len(), 4);
+    // sleep may GET /status/200; the sandbox namespaces are denied; the alias is honoured.
+    let sleep = "spiffe://old.example.org/ns/default/sa/sleep";
+    assert!(
+        e.authorize(&peer(sleep), &mut StaticRequest::get("/status/200"))
+            .verdict
+            .allowed
+    );
+    assert!(
+        !e.authorize(
+            &peer("spiffe://example.org/ns/sandbox-1/sa/x"),
+            &mut StaticRequest::get("/status/200")
+        )
+        .verdict
+        .allowed
+    );
+}

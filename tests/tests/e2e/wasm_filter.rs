@@ -284,3 +284,29 @@ fn invalid_configuration_stops_envoy() {
         }
     }
 }
+
+#[test]
+fn example_envoy_configs_are_valid() {
+    let wasm = sigil_e2e::authz_filter::wasm_artifact();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let examples = sigil_e2e::harness::workspace_root().join("envoy-filter-wasm/examples");
+    for name in ["envoy-http.yaml", "envoy-tcp.yaml"] {
+        let text = std::fs::read_to_string(examples.join(name)).expect("example config");
+        let text = text.replace(
+            "/usr/local/lib/sigil/sigil_authz_filter.wasm",
+            &wasm.display().to_string(),
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(envoy_bin().expect("envoy binary"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&path)
+            .output()
+            .expect("running envoy --mode validate");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{name} is not a valid Envoy config:\n{log}"
+        );
+    }
+}
