@@ -1009,6 +1009,27 @@ health_checks {
     }
 
     #[test]
+    fn attestation_tier() {
+        use crate::attestation::{Tier, TierRequest};
+        let base = "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n";
+        let c = Config::from_hcl(base).unwrap();
+        assert_eq!(c.unix_attestor.unwrap().attestation_tier, TierRequest::Auto);
+        let c = Config::from_hcl(&format!(
+            "{base}plugins {{\n WorkloadAttestor \"unix\" {{\n plugin_data {{\n attestation_tier = \"tp_btf\"\n }}\n }}\n}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.unix_attestor.unwrap().attestation_tier,
+            TierRequest::Force(Tier::TpBtf)
+        );
+        let err = Config::from_hcl(&format!(
+            "{base}plugins {{\n WorkloadAttestor \"unix\" {{\n plugin_data {{\n attestation_tier = \"kprobe\"\n }}\n }}\n}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("attestation_tier"), "{err}");
+    }
+
+    #[test]
     fn unknown_plugin_is_named() {
         let err = Config::from_hcl(
             "plugins {\n NodeAttestor \"k8s_psat\" {\n plugin_data {\n cluster = \"c\"\n }\n }\n}\n",

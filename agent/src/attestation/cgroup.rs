@@ -62,12 +62,13 @@ pub fn id_of(path: &str) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 
-/// Resolves `id` to a path. `hint` (e.g. the process's current `/proc/<pid>/cgroup`) is tried
-/// first and used only if its id matches: the process may have moved since the kernel recorded
-/// the id, and then the recorded id is what counts.
-pub fn resolve(id: u64, hint: Option<&str>) -> Cgroup {
+/// Resolves `id` to a path: from the cache, else `hint` (e.g. the process's current
+/// `/proc/<pid>/cgroup`, computed only then) if its id matches — the process may have moved
+/// since the kernel recorded the id, and then the recorded id is what counts — else by walking
+/// the cgroup tree.
+pub fn resolve(id: u64, hint: impl FnOnce() -> Option<String>) -> Cgroup {
     let path = cached(id)
-        .or_else(|| hint.filter(|h| id_of(h) == Some(id)).map(str::to_string))
+        .or_else(|| hint().filter(|h| id_of(h) == Some(id)))
         .or_else(|| walk(id));
     if let Some(p) = &path {
         remember(id, p);
@@ -261,11 +262,11 @@ mod tests {
             return;
         };
         assert_eq!(
-            resolve(id, Some(&path)).path.as_deref(),
+            resolve(id, || Some(path.clone())).path.as_deref(),
             Some(path.as_str())
         );
         // Without a hint the walk finds it too (then from the cache).
-        assert_eq!(resolve(id, None).path.as_deref(), Some(path.as_str()));
+        assert_eq!(resolve(id, || None).path.as_deref(), Some(path.as_str()));
         assert_eq!(walk(id).as_deref(), Some(path.as_str()));
     }
 }

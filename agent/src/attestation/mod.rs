@@ -312,11 +312,12 @@ impl Attestation {
                 PeerGone("caller's pid is not visible from the agent's pid namespace").into(),
             );
         }
-        let hint = cgroup::proc_path(peer.pid).ok();
+        // The process's current cgroup, read only when a recorded id is not resolved yet.
+        let hint = || cgroup::proc_path(peer.pid).ok();
         match (&self.recorder, self.tier) {
             (Some(recorder), _) => {
                 let record = kernel_record(recorder, peer, self.tier)?;
-                caller.cgroup = Some(cgroup::resolve(record.cgroup_id, hint.as_deref()));
+                caller.cgroup = Some(cgroup::resolve(record.cgroup_id, hint));
                 check_exe(peer.pid, &record)?;
                 caller.record = Some(record);
             }
@@ -340,12 +341,12 @@ impl Attestation {
                 // attested as what it is now.
                 caller.uid = info.euid;
                 caller.gid = info.egid;
-                caller.cgroup = Some(cgroup::resolve(info.cgroupid, hint.as_deref()));
+                caller.cgroup = Some(cgroup::resolve(info.cgroupid, hint));
             }
             (None, _) => {
-                caller.cgroup = hint.as_deref().map(|path| Cgroup {
-                    id: cgroup::id_of(path).unwrap_or(0),
-                    path: Some(path.to_string()),
+                caller.cgroup = hint().map(|path| Cgroup {
+                    id: cgroup::id_of(&path).unwrap_or(0),
+                    path: Some(path),
                 });
             }
         }

@@ -120,7 +120,11 @@ impl PeerInfo {
             },
             Err(_) => (None, None),
         };
-        let start_time = (cred.pid > 0)
+        // A pidfd from SO_PEERPIDFD pins the very process that connected: while it is alive its
+        // pid cannot be reused, so no start time is needed (and /proc is not read on this hot
+        // path). A pidfd opened by pid might already name a successor: pair it with the start
+        // time.
+        let start_time = (cred.pid > 0 && source != Some(PidfdSource::PeerPidfd))
             .then(|| proc_start_time(cred.pid).ok())
             .flatten();
         Ok(Self {
@@ -148,15 +152,21 @@ impl PeerInfo {
         {
             return Err(PeerGone("caller process exited"));
         }
-        match (self.start_time, proc_start_time(self.pid)) {
-            (Some(then), Ok(now)) if then == now => Ok(()),
-            (Some(_), Ok(_)) => Err(PeerGone("caller's pid now belongs to another process")),
-            (Some(_), Err(_)) => Err(PeerGone("caller process exited")),
-            // No start time captured: only a kernel-issued pidfd vouches for the process.
-            (None, _) if self.pidfd_source == Some(PidfdSource::PeerPidfd) => Ok(()),
-            (None, _) => Err(PeerGone(
-                "caller process could not be pinned at connect time",
-            )),
+        let Some(then) = self.start_time else {
+            // No start time captured: only a kernel-issued pidfd (alive, checked above) vouches
+            // for the process.
+            return if self.pidfd_source == Some(PidfdSource::PeerPidfd) && self.pidfd.is_some() {
+                Ok(())
+            } else {
+                Err(PeerGone(
+                    "caller process could not be pinned at connect time",
+                ))
+            };
+        };
+        match proc_start_time(self.pid) {
+            Ok(now) if now == then => Ok(()),
+            Ok(_) => Err(PeerGone("caller's pid now belongs to another process")),
+            Err(_) => Err(PeerGone("caller process exited")),
         }
     }
 }
@@ -388,7 +398,8 @@ mod tests {
         assert_eq!(info.uid, unsafe { libc::geteuid() });
         assert_eq!(info.gid, unsafe { libc::getegid() });
         assert!(info.pidfd.as_ref().unwrap().is_alive());
-        assert!(info.start_time.is_some());
+        // With SO_PEERPIDFD the pidfd pins the process; otherwise the start time does.
+        assert!(info.start_time.is_some() || info.pidfd_source == Some(PidfdSource::PeerPidfd));
         info.verify_unchanged().unwrap();
         drop(client);
     }
