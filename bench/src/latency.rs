@@ -1,15 +1,15 @@
 //! FetchX509SVID latency at a fixed request rate (open loop).
 //!
 //! Each of N clients keeps its own connection to the agent and issues one FetchX509SVID every
-//! `interval`, at a random phase, whether or not the previous one finished late: the latency of
-//! a request is measured from when it was *due*, so a stall shows up in the numbers instead of
-//! silently lowering the load (no coordinated omission). This is the latency a workload sees.
+//! `interval`, at an evenly spread phase, whether or not the previous one finished late: a
+//! request held up by the previous one is measured from when it was *due*, so a stall shows up
+//! in the numbers instead of silently lowering the load (no coordinated omission). This is the latency a workload sees.
 //! The closed-loop variant (every client back to back, as fast as the agent answers) measures
 //! saturation throughput instead; its latency is simply clients ÷ throughput.
 
 use anyhow::Result;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Returns (p50 µs, p99 µs, calls).
 pub async fn open_loop(
@@ -33,12 +33,20 @@ pub async fn open_loop(
             let mut lat = Vec::new();
             let mut due = start + phase;
             let end = start + duration;
+            let mut prev_done = tokio::time::Instant::now();
             while due < end {
                 tokio::time::sleep_until(due).await;
-                let due_std =
-                    Instant::now() - tokio::time::Instant::now().saturating_duration_since(due);
+                // A request held up by this client's previous one counts from when it was due;
+                // otherwise from when it was sent (the timer's own wake-up lag is not the
+                // agent's latency).
+                let from = if prev_done > due {
+                    due
+                } else {
+                    tokio::time::Instant::now()
+                };
                 crate::fetch_once(&mut c).await?;
-                lat.push(due_std.elapsed().as_secs_f64() * 1e6);
+                prev_done = tokio::time::Instant::now();
+                lat.push((prev_done - from).as_secs_f64() * 1e6);
                 due += interval;
             }
             anyhow::Ok(lat)
