@@ -6,6 +6,9 @@
 //!   `sigil-attest-selftest`.
 //! - Real agents forced onto each available tier serve workloads in kubepods-like cgroup v2
 //!   directories (systemd and cgroupfs drivers) the SVIDs of their pod and container.
+//! - Through real agents on each tier, 1000 times: a connection handed over `SCM_RIGHTS` by a
+//!   workload that then exits (half the time with its pid immediately reused by another
+//!   workload) gets no identity, refused by attestation.
 //! - An agent without BPF privileges falls back, says why, and still serves.
 
 use crate::TD;
@@ -330,4 +333,175 @@ fn agent_without_bpf_privileges_falls_back_and_serves() {
     server.create_entry(&node, &id, &[&crate::Env::my_uid()], &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(sigil_e2e::harness::wait_for_svid(&socket, &id));
+}
+
+/// Receives one fd over `via` (SCM_RIGHTS).
+fn recv_fd(via: &std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: all-zero is a valid msghdr; the buffers it points to outlive recvmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at live buffers.
+    let n = unsafe { libc::recvmsg(via.as_raw_fd(), &mut msg, 0) };
+    assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled the control buffer; the header is checked before use.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(
+            !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+            "no fd received"
+        );
+        OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+        ))
+    }
+}
+
+/// FetchX509SVID over an already connected socket: the SPIFFE IDs, or the error.
+async fn fetch_over(stream: std::os::unix::net::UnixStream) -> Result<Vec<String>, String> {
+    use sigil_proto::workload::X509svidRequest;
+    use sigil_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let taken = slot.lock().map(|mut s| s.take()).ok().flatten();
+            async move {
+                let s = taken.ok_or_else(|| std::io::Error::other("connection already used"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::from_std(s)?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let call = async {
+        let mut stream = client
+            .fetch_x509svid(sigil_e2e::workload::request(X509svidRequest {}))
+            .await?
+            .into_inner();
+        stream.message().await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Ok(None)) => Err("stream ended".into()),
+        Ok(Ok(Some(m))) => Ok(m.svids.into_iter().map(|s| s.spiffe_id).collect()),
+    }
+}
+
+/// Through a real agent on each available tier, 1000 times: a workload (uid 1001, which has an
+/// identity) connects and hands the connection to the test process over SCM_RIGHTS, then exits;
+/// every other attempt its pid is immediately given to a process of uid 4242 (which has an
+/// identity too). Whoever then asks over that connection must get neither identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passed_connections_and_reused_pids_get_no_identity_through_the_agent() {
+    require_root();
+    let dir = TestDir::new("attacks");
+    let server = Server::start(dir.path(), TD);
+    let selftest = dir.install_bin(&sigil_bin("sigil-attest-selftest"));
+    let peer = dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
+    for tier in expected_tiers() {
+        let (agent, node) = start_agent(
+            &dir,
+            &server,
+            &format!("agent-{tier}"),
+            &["-attestationTier", tier],
+        );
+        let victim = server.id(&format!("/{tier}/uid-1001"));
+        let reuser = server.id(&format!("/{tier}/uid-4242"));
+        server.create_entry(&node, &victim, &["unix:uid:1001"], &[]);
+        server.create_entry(&node, &reuser, &["unix:uid:4242"], &[]);
+        // Positive control: both really have identities (the entries reached the agent).
+        wait_until(
+            "uids 1001 and 4242 to get their identities",
+            Duration::from_secs(30),
+            || {
+                let has = |uid: u32, want: &str| {
+                    let mut c = Command::new(&peer);
+                    c.arg("fetch")
+                        .arg("-socketPath")
+                        .arg(&agent.socket)
+                        .uid(uid)
+                        .gid(uid)
+                        .current_dir("/");
+                    let out = run(c, Duration::from_secs(20));
+                    out.success() && out.stdout.lines().any(|l| l == want)
+                };
+                (has(1001, &victim) && has(4242, &reuser)).then_some(())
+            },
+        );
+        let mut refused = 0;
+        let mut reasons = std::collections::BTreeSet::new();
+        for i in 0..1000 {
+            let (mine, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+            let theirs: std::os::fd::OwnedFd = theirs.into();
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+            let mut a = Command::new(&selftest);
+            a.args(["child", "connect-send"])
+                .arg(&agent.socket)
+                .uid(1001)
+                .gid(1001)
+                .stdin(std::process::Stdio::null());
+            // SAFETY: dup2 between fork and exec on an fd the parent keeps open until spawn.
+            unsafe {
+                a.pre_exec(move || {
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let mut a = a.spawn().expect("spawning the connecting workload");
+            drop(theirs);
+            let mine: std::os::fd::OwnedFd = mine.into();
+            let conn = recv_fd(&mine);
+            let a_pid = a.id();
+            let _ = a.wait();
+            let mut b = None;
+            if i % 2 == 0 {
+                let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", (a_pid - 1).to_string());
+                let mut c = Command::new(&selftest);
+                c.args(["child", "wait"])
+                    .uid(4242)
+                    .gid(4242)
+                    .stdin(std::process::Stdio::piped());
+                b = Some(c.spawn().expect("spawning the pid reuser"));
+            }
+            let result = fetch_over(std::os::unix::net::UnixStream::from(conn)).await;
+            if let Some(mut b) = b {
+                let _ = b.kill();
+                let _ = b.wait();
+            }
+            match result {
+                Ok(ids) => {
+                    panic!("tier {tier}, attempt {i}: a passed connection got identities {ids:?}")
+                }
+                Err(e) => {
+                    refused += 1;
+                    reasons.insert(e);
+                }
+            }
+        }
+        assert_eq!(refused, 1000);
+        println!("tier {tier}: 1000 passed connections refused, 0 wrong identities: {reasons:?}");
+        // Refused by attestation, not by accident (a broken connection would also fail).
+        assert!(
+            reasons.iter().all(|r| r.contains("attestation failed")),
+            "tier {tier}: unexpected failures: {reasons:?}"
+        );
+    }
 }
