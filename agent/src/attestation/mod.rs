@@ -432,4 +432,31 @@ mod tests {
         assert_eq!("auto".parse::<TierRequest>().unwrap(), TierRequest::Auto);
         assert!("kprobe".parse::<TierRequest>().is_err());
     }
+
+    #[test]
+    fn active_tier_metric() {
+        set_active_tier(Tier::TpBtf);
+        assert_eq!(active_tier(), Some(Tier::TpBtf));
+        let metric = tier_metric();
+        assert!(metric.contains("sigil_agent_workload_attestation_tier{tier=\"tp_btf\"} 1\n"));
+        assert!(metric.contains("sigil_agent_workload_attestation_tier{tier=\"procfs\"} 0\n"));
+        assert!(metric.contains("# TYPE sigil_agent_workload_attestation_tier gauge\n"));
+    }
+
+    #[test]
+    fn procfs_tier_attests_the_test_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let peer = PeerInfo::from_fd(std::os::fd::AsRawFd::as_raw_fd(&server)).unwrap();
+        let caller = Attestation::procfs().caller(&peer).unwrap();
+        assert_eq!(caller.pid as u32, std::process::id());
+        assert_eq!(caller.tier, Tier::Procfs);
+        // Not in a pod.
+        if let Some(path) = caller.cgroup.as_ref().and_then(|c| c.path.as_deref()) {
+            assert!(!path.contains("kubepods") || caller.pod.is_some());
+        }
+    }
 }
