@@ -1,7 +1,6 @@
 //! Envoy attributes for the engine, fetched from the host only when a policy asks for them.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Bytes, MapType};
+use crate::abi;
 use sigil_authz::RequestAttributes;
 
 /// Envoy's property paths (proxy-wasm attribute names).
@@ -10,15 +9,13 @@ const URI_SAN_PEER: &[&str] = &["connection", "uri_san_peer_certificate"];
 const DESTINATION_PORT: &[&str] = &["destination", "port"];
 const SNI: &[&str] = &["connection", "requested_server_name"];
 
-/// A host call failed (not "absent": an error status). The caller fails closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError;
+pub use abi::HostError;
 
-fn property(path: &[&str]) -> Result<Option<Bytes>, HostError> {
-    hostcalls::get_property(path.to_vec()).map_err(|_| HostError)
+fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    abi::get_property(path)
 }
 
-fn text(b: Bytes) -> String {
+fn text(b: Vec<u8>) -> String {
     String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -68,7 +65,7 @@ impl EnvoyAttributes {
         if !self.http {
             return None;
         }
-        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+        match abi::get_request_header(name) {
             Ok(v) => v.map(text),
             Err(_) => {
                 self.failed = true;

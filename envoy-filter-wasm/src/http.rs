@@ -1,72 +1,64 @@
-//! The HTTP filter: decides on the request headers.
+//! The HTTP filter: decides on the request headers (the only HTTP callback exported).
 
+use crate::abi::{self, ACTION_CONTINUE, ACTION_PAUSE};
 use crate::attrs::{self, EnvoyAttributes};
-use crate::root::Configured;
+use crate::root::{Kind, STATE, log};
 use crate::{DENY_BODY, POLICY_HEADER};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 use sigil_authz::{Connection, RequestAttributes};
-use std::rc::Rc;
 
-#[derive(Debug)]
-pub struct AuthzHttp {
-    /// `None` only if Envoy creates a stream for a root that refused its configuration.
-    configured: Option<Rc<Configured>>,
+fn deny(policy: &str) -> u32 {
+    if let Err(e) = abi::send_local_response(
+        403,
+        &[(POLICY_HEADER, policy), ("content-type", "text/plain")],
+        DENY_BODY,
+    ) {
+        log!(Error, "sigil-authz: sending the 403 failed: {e:?}");
+    }
+    ACTION_PAUSE
 }
 
-impl AuthzHttp {
-    pub fn new(configured: Option<Rc<Configured>>) -> Self {
-        Self { configured }
-    }
-
-    fn deny(&self, policy: &str) -> Action {
-        self.send_http_response(
-            403,
-            vec![(POLICY_HEADER, policy), ("content-type", "text/plain")],
-            Some(DENY_BODY),
+/// ABI export: request headers arrived.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_headers(
+    _context_id: u32,
+    _headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    let Some(cfg) = STATE.with_borrow(|s| s.configured(Kind::Http)) else {
+        log!(
+            Error,
+            "sigil-authz: request on an unconfigured HTTP filter: denied"
         );
-        Action::Pause
+        return deny("unconfigured");
+    };
+    let Ok((mtls, san)) = attrs::peer() else {
+        log!(
+            Error,
+            "sigil-authz: cannot read the connection's peer: denied"
+        );
+        return deny("internal-error");
+    };
+    let conn = Connection {
+        mtls,
+        uri_san: san.as_deref(),
+    };
+    let mut req = EnvoyAttributes::http();
+    let ev = cfg.engine.authorize(&conn, &mut req);
+    if req.failed {
+        log!(
+            Error,
+            "sigil-authz: reading request attributes failed: denied"
+        );
+        return deny("internal-error");
     }
-}
-
-impl Context for AuthzHttp {}
-
-impl HttpContext for AuthzHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(cfg) = self.configured.clone() else {
-            log::error!("sigil-authz: request on an unconfigured filter: denied");
-            return self.deny("unconfigured");
-        };
-        let Ok((mtls, san)) = attrs::peer() else {
-            log::error!("sigil-authz: cannot read the connection's peer: denied");
-            return self.deny("internal-error");
-        };
-        let conn = Connection {
-            mtls,
-            uri_san: san.as_deref(),
-        };
-        let mut req = EnvoyAttributes::http();
-        let ev = cfg.engine.authorize(&conn, &mut req);
-        if req.failed {
-            log::error!("sigil-authz: reading request attributes failed: denied");
-            return self.deny("internal-error");
-        }
-        let quiet = ev.verdict.allowed && ev.audited.is_empty() && ev.dry_run.is_none();
-        if quiet {
-            // The hot path: count and go.
-            cfg.stats.record(&ev);
-            return Action::Continue;
-        }
-        let what = || {
-            let mut r = EnvoyAttributes::http();
-            let method = r.method().unwrap_or("-").to_owned();
-            format!("{method} {}", r.path().unwrap_or("-"))
-        };
-        cfg.report(&ev, san.as_deref(), &what);
-        if ev.verdict.allowed {
-            Action::Continue
-        } else {
-            self.deny(&cfg.decided_by(ev.verdict.decided_by))
-        }
+    cfg.report(&ev, san.as_deref(), &|| {
+        let mut r = EnvoyAttributes::http();
+        let method = r.method().unwrap_or("-").to_owned();
+        format!("{method} {}", r.path().unwrap_or("-"))
+    });
+    if ev.verdict.allowed {
+        ACTION_CONTINUE
+    } else {
+        deny(&cfg.decided_by(ev.verdict.decided_by))
     }
 }

@@ -4,11 +4,13 @@
 //! sigil_authz_tcp`, in `envoy.filters.network.wasm`).
 //!
 //! The decisions are made by the pure engine [`sigil_authz::Engine`]; this crate is the glue:
-//! it reads the plugin configuration, the connection's `connection.mtls` and
-//! `connection.uri_san_peer_certificate`, the request headers, answers 403 `RBAC: access
-//! denied` (or closes the TCP connection) on deny, logs AUDIT and dry-run results, and counts
-//! decisions in Envoy stats. See `docs/envoy-filter.md`.
+//! it reads the plugin configuration, the connection's `connection.uri_san_peer_certificate`
+//! (and `connection.mtls`), the request headers, answers 403 `RBAC: access denied` (or closes
+//! the TCP connection) on deny, logs AUDIT and dry-run results, and counts decisions in Envoy
+//! stats. It speaks the proxy-wasm ABI directly ([`abi`]) and exports only the callbacks it
+//! uses, so that an HTTP request costs Envoy one call into the VM. See `docs/envoy-filter.md`.
 
+pub mod abi;
 mod attrs;
 mod http;
 mod root;
@@ -21,16 +23,3 @@ pub use root::{Kind, ROOT_ID_HTTP, ROOT_ID_TCP};
 pub const POLICY_HEADER: &str = "x-sigil-authz-policy";
 /// Envoy's RBAC filter's deny body, so clients cannot tell the two apart.
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
-
-/// Registers the filter with the proxy-wasm runtime (what the module's `_initialize` does).
-pub fn register() {
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::AuthzRoot::default())
-    });
-}
-
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    register();
-}}

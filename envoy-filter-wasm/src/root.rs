@@ -1,12 +1,11 @@
-//! The root context: configuration (refused when invalid), and the per-stream contexts.
+//! Root contexts (one per plugin using this VM): configuration, refused when invalid, and the
+//! shared state of the filter.
 
-use crate::http::AuthzHttp;
+use crate::abi::{self, LogLevel};
 use crate::stats::Stats;
-use crate::tcp::AuthzTcp;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::ContextType;
 use sigil_authz::{DecidedBy, Engine, Evaluation, Protocol};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// `root_id` of the HTTP filter (`envoy.filters.http.wasm`).
@@ -46,7 +45,15 @@ impl Kind {
     }
 }
 
-/// A configured filter: what every stream context shares.
+/// Logs through Envoy (`wasm` logger).
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::abi::log($crate::abi::LogLevel::$level, &format!($($arg)*))
+    };
+}
+pub(crate) use log;
+
+/// A configured plugin: what its requests share.
 #[derive(Debug)]
 pub struct Configured {
     pub engine: Engine,
@@ -55,7 +62,7 @@ pub struct Configured {
 }
 
 impl Configured {
-    /// The response header value naming what decided `ev`.
+    /// The response header value naming what decided.
     pub fn decided_by(&self, by: DecidedBy) -> String {
         match by {
             DecidedBy::Policy(i) => self
@@ -69,61 +76,107 @@ impl Configured {
         }
     }
 
-    /// Counts the decision, and logs denials, AUDIT matches and dry-run results.
+    /// Counts the decision; logs denials, AUDIT matches and dry-run results.
     pub fn report(&self, ev: &Evaluation, peer: Option<&str>, what: &dyn Fn() -> String) {
         self.stats.record(ev);
+        if ev.verdict.allowed && ev.audited.is_empty() && ev.dry_run.is_none() {
+            return;
+        }
         let peer = peer.unwrap_or("-");
+        let enforced = if ev.verdict.allowed { "allow" } else { "deny" };
         if !ev.verdict.allowed {
             let why = match ev.verdict.decided_by {
                 DecidedBy::Unauthenticated(e) => e.to_string(),
                 by => format!("policy {}", self.decided_by(by)),
             };
-            log::debug!("sigil-authz: deny {} from {peer}: {why}", what());
+            log!(Debug, "sigil-authz: deny {} from {peer}: {why}", what());
         }
         for &i in &ev.audited {
             if let Some(p) = self.engine.policies().get(i) {
-                log::info!(
-                    "sigil-authz: AUDIT policy {p} matched {} from {peer} (decision: {})",
-                    what(),
-                    if ev.verdict.allowed { "allow" } else { "deny" }
+                log!(
+                    Info,
+                    "sigil-authz: AUDIT policy {p} matched {} from {peer} (decision: {enforced})",
+                    what()
                 );
             }
         }
         if let Some(dry) = ev.dry_run {
-            log::info!(
-                "sigil-authz: dry-run: would {} {} from {peer} ({}); enforced: {}",
+            log!(
+                Info,
+                "sigil-authz: dry-run: would {} {} from {peer} ({}); enforced: {enforced}",
                 if dry.allowed { "allow" } else { "deny" },
                 what(),
-                self.decided_by(dry.decided_by),
-                if ev.verdict.allowed { "allow" } else { "deny" }
+                self.decided_by(dry.decided_by)
             );
         }
     }
 }
 
-#[derive(Debug, Default)]
-pub struct AuthzRoot {
-    configured: Option<Rc<Configured>>,
+/// One plugin's root context.
+#[derive(Debug)]
+struct Root {
+    context_id: u32,
+    /// Envoy's plugin name: tells plugins sharing this VM apart.
+    plugin_name: String,
+    configured: Rc<Configured>,
 }
 
-fn root_id() -> String {
-    match hostcalls::get_property(vec!["plugin_root_id"]) {
+/// Everything the VM holds (one VM per Envoy worker thread: no concurrency).
+#[derive(Debug, Default)]
+pub struct State {
+    roots: Vec<Root>,
+    /// Per TCP connection: whether it has been decided (and how).
+    pub tcp: HashMap<u32, crate::tcp::Decision>,
+}
+
+thread_local! {
+    pub static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn property_text(name: &str) -> String {
+    match abi::get_property(&[name]) {
         Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
         _ => String::new(),
     }
 }
 
-impl AuthzRoot {
-    fn configure(&self) -> Result<Configured, String> {
-        let envoy_root_id = root_id();
+impl State {
+    /// The configuration for a stream of `kind`: the only such root, or the one named by the
+    /// stream's `plugin_name` when several plugins share this VM.
+    pub fn configured(&self, kind: Kind) -> Option<Rc<Configured>> {
+        let mut of_kind = self.roots.iter().filter(|r| r.configured.kind == kind);
+        let first = of_kind.next()?;
+        if of_kind.next().is_none() {
+            return Some(first.configured.clone());
+        }
+        let name = property_text("plugin_name");
+        self.roots
+            .iter()
+            .find(|r| r.configured.kind == kind && r.plugin_name == name)
+            .map(|r| r.configured.clone())
+    }
+
+    fn configure(&self, context_id: u32, size: usize) -> Result<Root, String> {
+        let envoy_root_id = property_text("plugin_root_id");
+        let plugin_name = property_text("plugin_name");
         let kind = Kind::from_root_id(&envoy_root_id).ok_or_else(|| {
             format!(
                 "root_id {envoy_root_id:?} is not {ROOT_ID_HTTP:?} (envoy.filters.http.wasm) or \
                  {ROOT_ID_TCP:?} (envoy.filters.network.wasm)"
             )
         })?;
-        let json = self
-            .get_plugin_configuration()
+        if self.roots.iter().any(|r| {
+            r.context_id != context_id && r.configured.kind == kind && r.plugin_name == plugin_name
+        }) {
+            return Err(format!(
+                "another {} plugin named {plugin_name:?} shares this VM: give the plugins \
+                 distinct names (or vm_ids)",
+                kind.as_str()
+            ));
+        }
+        let json = abi::plugin_configuration(size)
+            .map_err(|e| format!("reading the plugin configuration: {e:?}"))?
+            .filter(|j| !j.is_empty())
             .ok_or("no plugin configuration (want {\"policies\": [...]})")?;
         let engine = Engine::from_json(&json, kind.protocol()).map_err(|e| e.to_string())?;
         if let Some(id) = engine.root_id()
@@ -136,59 +189,64 @@ impl AuthzRoot {
         let stats = Stats::define(kind.as_str(), engine.policies())
             .map_err(|e| format!("defining stats: {}", e.0))?;
         for w in engine.warnings() {
-            log::warn!("sigil-authz: {w}");
+            log!(Warn, "sigil-authz: {w}");
         }
-        Ok(Configured {
-            engine,
-            kind,
-            stats,
+        Ok(Root {
+            context_id,
+            plugin_name,
+            configured: Rc::new(Configured {
+                engine,
+                kind,
+                stats,
+            }),
         })
     }
 }
 
-impl Context for AuthzRoot {}
+/// ABI export: the VM started.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
 
-impl RootContext for AuthzRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        match self.configure() {
-            Ok(c) => {
-                log::info!(
+/// ABI export: a plugin (root context) is (re)configured. Returning 0 makes Envoy refuse the
+/// plugin: an invalid configuration never runs.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_configure(
+    root_context_id: u32,
+    plugin_configuration_size: usize,
+) -> u32 {
+    STATE.with_borrow_mut(|state| {
+        state.roots.retain(|r| r.context_id != root_context_id);
+        match state.configure(root_context_id, plugin_configuration_size) {
+            Ok(root) => {
+                log!(
+                    Info,
                     "sigil-authz: {} filter configured with {} policies",
-                    c.kind.as_str(),
-                    c.engine.policies().len()
+                    root.configured.kind.as_str(),
+                    root.configured.engine.policies().len()
                 );
-                self.configured = Some(Rc::new(c));
-                self.set_tick_period(crate::stats::FLUSH_PERIOD);
-                true
+                state.roots.push(root);
+                abi::set_tick_period_ms(crate::stats::FLUSH_PERIOD_MS);
+                1
             }
             Err(e) => {
-                // Refuse to start: never allow-all by accident.
-                log::error!("sigil-authz: invalid configuration, refusing to start: {e}");
-                self.configured = None;
-                false
+                abi::log(
+                    LogLevel::Error,
+                    &format!("sigil-authz: invalid configuration, refusing to start: {e}"),
+                );
+                0
             }
         }
-    }
+    })
+}
 
-    fn on_tick(&mut self) {
-        if let Some(c) = &self.configured {
-            c.stats.flush();
+/// ABI export: the root's timer: counts go to Envoy's stats.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    STATE.with_borrow(|state| {
+        if let Some(r) = state.roots.iter().find(|r| r.context_id == root_context_id) {
+            r.configured.stats.flush();
         }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthzHttp::new(self.configured.clone())))
-    }
-
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(AuthzTcp::new(self.configured.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        // Unconfigured (Envoy does not create streams then): HTTP, whose contexts deny.
-        match self.configured.as_ref().map(|c| c.kind) {
-            Some(Kind::Tcp) => Some(ContextType::StreamContext),
-            _ => Some(ContextType::HttpContext),
-        }
-    }
+    });
 }

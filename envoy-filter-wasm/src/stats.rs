@@ -1,6 +1,6 @@
 //! Decision counters, exported as Envoy stats (Envoy prefixes them with `wasmcustom.`).
 //! Requests count into memory of the Wasm VM (one per Envoy worker, single-threaded); the
-//! root context adds them to Envoy's counters on a timer ([`FLUSH_PERIOD`]), so the request
+//! root context adds them to Envoy's counters on a timer ([`FLUSH_PERIOD_MS`]), so the request
 //! path makes no host call for stats.
 //!
 //!
@@ -10,14 +10,12 @@
 //! - `sigil_authz.<http|tcp>.policy.<namespace>.<name>.<allow|deny|audit|dry_run_allow|dry_run_deny>`:
 //!   requests each policy decided (or audited).
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::abi;
 use sigil_authz::{Action, DecidedBy, Evaluation, PolicyInfo};
 use std::cell::Cell;
-use std::time::Duration;
 
 /// How often counts reach Envoy's stats.
-pub const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+pub const FLUSH_PERIOD_MS: u32 = 250;
 
 /// A counter: Envoy's metric id and the count not yet added to it.
 #[derive(Debug)]
@@ -35,7 +33,7 @@ impl Counter {
         let n = self.pending.take();
         if n > 0 {
             // A failed increment loses these counts; it must not affect requests.
-            let _ = hostcalls::increment_metric(self.id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = abi::increment_metric(self.id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }
@@ -80,8 +78,7 @@ pub fn policy_metric_suffix(p: &PolicyInfo) -> &'static str {
 }
 
 fn counter(name: String) -> Result<Counter, MetricError> {
-    let id = hostcalls::define_metric(MetricType::Counter, &name)
-        .map_err(|s| MetricError(format!("{name}: {s:?}")))?;
+    let id = abi::define_counter(&name).map_err(|s| MetricError(format!("{name}: {s:?}")))?;
     Ok(Counter {
         id,
         pending: Cell::new(0),

@@ -1,107 +1,101 @@
 //! The network (L4) filter for plain TCP: decides once per connection, on its first data.
 //!
-//! Envoy calls `on_new_connection` before the TLS handshake is over, so the peer certificate
-//! is not known yet; like Envoy's RBAC network filter, the decision is taken when the first
-//! bytes arrive from the downstream peer (or from upstream, once the handshake is done).
+//! Envoy calls network filters before the TLS handshake is over, so the peer certificate is
+//! not known when the connection opens; like Envoy's RBAC network filter, the decision is taken
+//! when the first bytes arrive from the peer (or from upstream, once the handshake is done).
 //! A denied connection is closed before any of its data is forwarded.
 
+use crate::abi::{self, ACTION_CONTINUE, ACTION_PAUSE};
 use crate::attrs::{self, EnvoyAttributes};
-use crate::root::Configured;
-use proxy_wasm::traits::{Context, StreamContext};
-use proxy_wasm::types::{Action, PeerType};
+use crate::root::{Kind, STATE, log};
 use sigil_authz::Connection;
-use std::rc::Rc;
 
+/// A connection's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Undecided,
+pub enum Decision {
     Allowed,
     Denied,
 }
 
-#[derive(Debug)]
-pub struct AuthzTcp {
-    configured: Option<Rc<Configured>>,
-    state: State,
+/// Decides the current connection; `None` if `require_peer` and the handshake has not produced
+/// a peer yet.
+fn decide(require_peer: bool) -> Option<Decision> {
+    let Some(cfg) = STATE.with_borrow(|s| s.configured(Kind::Tcp)) else {
+        log!(
+            Error,
+            "sigil-authz: connection on an unconfigured TCP filter: closed"
+        );
+        return Some(Decision::Denied);
+    };
+    let Ok((mtls, san)) = attrs::peer() else {
+        log!(
+            Error,
+            "sigil-authz: cannot read the connection's peer: closed"
+        );
+        return Some(Decision::Denied);
+    };
+    if require_peer && san.is_none() {
+        return None;
+    }
+    let conn = Connection {
+        mtls,
+        uri_san: san.as_deref(),
+    };
+    let mut req = EnvoyAttributes::tcp();
+    let ev = cfg.engine.authorize(&conn, &mut req);
+    cfg.report(&ev, san.as_deref(), &|| "connection".to_owned());
+    Some(if ev.verdict.allowed && !req.failed {
+        Decision::Allowed
+    } else {
+        Decision::Denied
+    })
 }
 
-impl AuthzTcp {
-    pub fn new(configured: Option<Rc<Configured>>) -> Self {
-        Self {
-            configured,
-            state: State::Undecided,
-        }
-    }
-
-    /// Decides now; `require_peer`: only if the handshake has produced a peer (upstream data
-    /// may come first).
-    fn decide(&mut self, require_peer: bool) {
-        let Some(cfg) = self.configured.clone() else {
-            log::error!("sigil-authz: connection on an unconfigured filter: closed");
-            self.state = State::Denied;
-            return;
-        };
-        let Ok((mtls, san)) = attrs::peer() else {
-            log::error!("sigil-authz: cannot read the connection's peer: closed");
-            self.state = State::Denied;
-            return;
-        };
-        if require_peer && san.is_none() {
-            return;
-        }
-        let conn = Connection {
-            mtls,
-            uri_san: san.as_deref(),
-        };
-        let mut req = EnvoyAttributes::tcp();
-        let ev = cfg.engine.authorize(&conn, &mut req);
-        let allowed = ev.verdict.allowed && !req.failed;
-        if !(ev.verdict.allowed && ev.audited.is_empty() && ev.dry_run.is_none()) {
-            cfg.report(&ev, san.as_deref(), &|| "connection".to_owned());
-        } else {
-            cfg.stats.record(&ev);
-        }
-        self.state = if allowed {
-            State::Allowed
-        } else {
-            State::Denied
-        };
-    }
-
-    fn act(&self) -> Action {
-        match self.state {
-            State::Allowed => Action::Continue,
-            State::Undecided => Action::Pause,
-            State::Denied => {
-                self.close_downstream();
-                self.close_upstream();
-                Action::Pause
+fn on_data(context_id: u32, from_upstream: bool) -> u32 {
+    let known = STATE.with_borrow(|s| s.tcp.get(&context_id).copied());
+    let decision = match known {
+        Some(d) => d,
+        None => match decide(from_upstream) {
+            Some(d) => {
+                STATE.with_borrow_mut(|s| s.tcp.insert(context_id, d));
+                d
             }
+            // Upstream data before the handshake is done: it cannot reach the peer before it
+            // is; the decision comes with the peer's first bytes.
+            None => return ACTION_CONTINUE,
+        },
+    };
+    match decision {
+        Decision::Allowed => ACTION_CONTINUE,
+        Decision::Denied => {
+            abi::close_connection();
+            ACTION_PAUSE
         }
     }
 }
 
-impl Context for AuthzTcp {}
+/// ABI export: bytes from the peer.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_downstream_data(
+    context_id: u32,
+    _size: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    on_data(context_id, false)
+}
 
-impl StreamContext for AuthzTcp {
-    fn on_downstream_data(&mut self, _size: usize, _end_of_stream: bool) -> Action {
-        if self.state == State::Undecided {
-            self.decide(false);
-        }
-        self.act()
-    }
+/// ABI export: bytes from upstream.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_upstream_data(
+    context_id: u32,
+    _size: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    on_data(context_id, true)
+}
 
-    fn on_upstream_data(&mut self, _size: usize, _end_of_stream: bool) -> Action {
-        if self.state == State::Undecided {
-            self.decide(true);
-            if self.state == State::Undecided {
-                // Handshake not finished: data cannot reach the peer before it is; the
-                // decision comes with the peer's first bytes.
-                return Action::Continue;
-            }
-        }
-        self.act()
-    }
-
-    fn on_downstream_close(&mut self, _peer_type: PeerType) {}
+/// ABI export: the peer's side closed: forget the connection.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_downstream_connection_close(context_id: u32, _peer_type: u32) {
+    STATE.with_borrow_mut(|s| s.tcp.remove(&context_id));
 }
