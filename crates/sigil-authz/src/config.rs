@@ -626,15 +626,15 @@ pub(crate) fn compile(
             }
         }
         warnings.append(&mut ctx.warnings);
-        policies.push(Policy {
-            info: PolicyInfo {
+        policies.push(Policy::new(
+            PolicyInfo {
                 name: p.name.clone(),
                 namespace: p.namespace.clone(),
                 action,
                 dry_run: p.dry_run,
             },
             rules,
-        });
+        ));
     }
     Ok((policies, warnings))
 }

@@ -3,6 +3,7 @@
 use crate::config::{self, ConfigError};
 use crate::matcher::{Glob, PrincipalMatch, ServiceAccountMatch, StrMatch};
 use crate::peer::{PeerError, SpiffeId};
+use std::collections::HashMap;
 use std::fmt;
 
 /// Which Envoy filter the engine serves. Istio compiles the same policy differently for TCP:
@@ -268,10 +269,83 @@ pub(crate) struct Policy {
     pub info: PolicyInfo,
     /// No rules: never matches (an ALLOW policy without rules allows nothing).
     pub rules: Vec<Rule>,
+    index: RuleIndex,
+}
+
+/// Which rules can match a peer: a rule whose every `from` entry requires one of a set of
+/// exact principals can only match a peer with one of those IDs, so it is found by the peer's
+/// ID instead of being tried; the others are always tried. Only candidates are filtered: each
+/// rule is still matched in full.
+#[derive(Debug, Clone, Default)]
+struct RuleIndex {
+    by_principal: HashMap<String, Vec<usize>>,
+    unindexed: Vec<usize>,
+}
+
+impl RuleIndex {
+    /// The exact principals one of which a `from` entry requires, if it has such a check.
+    fn required_principals(checks: &[Check]) -> Option<Vec<&str>> {
+        checks.iter().find_map(|c| {
+            (!c.values.is_empty())
+                .then(|| {
+                    c.values
+                        .iter()
+                        .map(|m| match m {
+                            Matcher::Principal(PrincipalMatch::Exact(e)) => Some(e.as_str()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<&str>>>()
+                })
+                .flatten()
+        })
+    }
+
+    fn new(rules: &[Rule]) -> Self {
+        let mut index = Self::default();
+        for (i, r) in rules.iter().enumerate() {
+            let keys: Option<Vec<Vec<&str>>> = if r.from.is_empty() {
+                None
+            } else {
+                r.from
+                    .iter()
+                    .map(|f| Self::required_principals(f))
+                    .collect()
+            };
+            match keys {
+                Some(keys) => {
+                    for k in keys.into_iter().flatten() {
+                        let list = index.by_principal.entry(k.to_owned()).or_default();
+                        if !list.contains(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+                None => index.unindexed.push(i),
+            }
+        }
+        index
+    }
 }
 
 impl Policy {
+    pub(crate) fn new(info: PolicyInfo, rules: Vec<Rule>) -> Self {
+        let index = RuleIndex::new(&rules);
+        Self { info, rules, index }
+    }
+
     fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        let mut try_rule = |i: &usize| self.rules[*i].matches(peer, req);
+        self.index.unindexed.iter().any(&mut try_rule)
+            || self
+                .index
+                .by_principal
+                .get(peer.as_str())
+                .is_some_and(|c| c.iter().any(&mut try_rule))
+    }
+
+    /// Every rule in order, no index (the reference the index is tested against).
+    #[cfg(test)]
+    fn matches_linear(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
         self.rules.iter().any(|r| r.matches(peer, req))
     }
 }
@@ -420,4 +494,54 @@ fn peer_of<'a>(conn: &Connection<'a>) -> Result<SpiffeId<'a>, PeerError> {
         .filter(|s| !s.is_empty())
         .ok_or(PeerError::NoUriSan)?;
     SpiffeId::parse(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0..4u8).prop_map(|i| format!("td/ns/a/sa/s{i}")),
+            (0..4u8).prop_map(|i| format!("spiffe://td/ns/a/sa/s{i}")),
+            Just("td/ns/a/*".to_owned()),
+            Just("*/sa/s1".to_owned()),
+        ]
+    }
+
+    fn source() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            prop::collection::vec(pattern(), 1..3).prop_map(|p| json!({"principals": p})),
+            prop::collection::vec(pattern(), 1..3)
+                .prop_map(|p| json!({"principals": p, "notPrincipals": ["td/ns/a/sa/s3"]})),
+            prop::collection::vec(pattern(), 1..3).prop_map(|p| json!({"notPrincipals": p})),
+            Just(json!({"namespaces": ["a"]})),
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = serde_json::Value> {
+        prop::option::of(prop::collection::vec(source(), 1..3)).prop_map(|from| match from {
+            Some(f) => {
+                json!({"from": f.into_iter().map(|s| json!({"source": s})).collect::<Vec<_>>()})
+            }
+            None => json!({}),
+        })
+    }
+
+    proptest! {
+        /// The principal index never changes whether a policy matches.
+        #[test]
+        fn index_matches_like_linear(rules in prop::collection::vec(rule(), 0..8), peer in 0..5u8) {
+            let cfg = json!({"trustDomain": "td", "policies": [
+                {"name": "p", "namespace": "n", "spec": {"rules": rules}}]});
+            let e = Engine::from_json(cfg.to_string().as_bytes(), Protocol::Http).unwrap();
+            let uri = format!("spiffe://td/ns/a/sa/s{peer}");
+            let id = SpiffeId::parse(&uri).unwrap();
+            let p = &e.policies[0];
+            let mut req = StaticRequest::get("/");
+            prop_assert_eq!(p.matches(&id, &mut req), p.matches_linear(&id, &mut req));
+        }
+    }
 }
