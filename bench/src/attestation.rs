@@ -15,7 +15,9 @@ use anyhow::{Context, Result};
 use sigil_agent::attestation::{Attestation, Tier, TierRequest};
 use sigil_agent::workload::peer::PeerInfo;
 
-/// One tier's result: mean µs per connection with attestation, and the bare round trip.
+/// One tier's result: median µs per connection with attestation, and the median bare round
+/// trip measured alternately with it (medians: this machine is shared, and a mean would mostly
+/// measure scheduling hiccups).
 #[derive(Debug)]
 pub struct TierCost {
     pub tier: Tier,
@@ -46,15 +48,15 @@ pub fn per_connection(n: usize) -> Result<(Vec<TierCost>, Unavailable)> {
         for _ in 0..50 {
             round(&listener, &path, Some(&attestation))?;
         }
-        let (mut bare, mut attested) = (0.0, 0.0);
+        let (mut bare, mut attested) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
-            bare += round(&listener, &path, None)?;
-            attested += round(&listener, &path, Some(&attestation))?;
+            bare.push(round(&listener, &path, None)?);
+            attested.push(round(&listener, &path, Some(&attestation))?);
         }
         costs.push(TierCost {
             tier,
-            bare_us: bare / n as f64,
-            attested_us: attested / n as f64,
+            bare_us: median(&mut bare),
+            attested_us: median(&mut attested),
         });
     }
     Ok((costs, unavailable))
@@ -89,4 +91,9 @@ fn round(
     server.write_all(b"y")?;
     client.read_exact(&mut b)?;
     Ok(start.elapsed().as_secs_f64() * 1e6)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
