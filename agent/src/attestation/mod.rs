@@ -290,6 +290,12 @@ impl Attestation {
         &self.skipped
     }
 
+    /// What the eBPF program recorded for the server-side socket with cookie `cookie` (eBPF
+    /// tiers only).
+    pub fn recorded(&self, cookie: u64) -> Option<ConnRecord> {
+        self.recorder.as_ref()?.lookup(cookie)
+    }
+
     /// Whether a connect-hook tier also tracks writers (fd passing detection).
     pub fn writer_tracking(&self) -> bool {
         self.tier == Tier::TpBtf || self.recorder.as_ref().is_some_and(|r| r.writer_tracking)

@@ -158,6 +158,10 @@ async fn suite(tier: Tier, attempts: usize, dir: &Path) -> Res<()> {
     };
     s.facts().await?;
     println!("  {tier}: facts ok");
+    if tier.is_ebpf() {
+        s.other_sockets_ignored(dir).await?;
+        println!("  {tier}: connections to other sockets are not recorded");
+    }
     s.kubepods().await?;
     println!("  {tier}: kubepods cgroups ok");
     let reused = s.pid_reuse(attempts).await?;
@@ -267,6 +271,27 @@ impl Suite {
             )?;
         }
         Ok(())
+    }
+
+    /// The kernel filters on the agent's socket: a connection to another socket, in the same
+    /// directory and from the same process, leaves no record.
+    async fn other_sockets_ignored(&self, dir: &Path) -> Res<()> {
+        use tokio::io::AsyncWriteExt;
+        let (other, path) = bind(dir, &format!("other-{}", self.tier))?;
+        let mut client = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        client.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let (mut io, _) = other.accept().await.map_err(|e| e.to_string())?;
+        let peer = PeerInfo::from_socket(&io).map_err(|e| e.to_string())?;
+        Self::read_byte(&mut io).await?;
+        let cookie = peer.cookie.ok_or("no SO_COOKIE")?;
+        match self.attestors.attestation().recorded(cookie) {
+            None => Ok(()),
+            Some(r) => Err(format!(
+                "a connection to another socket was recorded: {r:?}"
+            )),
+        }
     }
 
     async fn kubepods(&self) -> Res<()> {
