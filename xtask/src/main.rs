@@ -27,7 +27,7 @@ Commands:
   build-wasm
             Build envoy-filter-wasm (Debian rustc-web, wasm32-wasip1) into
             target/wasm/sigil_authz_filter.wasm, the Envoy authorization filter
-  lint-wasm fmt --check and clippy -D warnings for envoy-filter-wasm
+  lint-wasm fmt --check, clippy -D warnings and host unit tests of envoy-filter-wasm
   codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
 
 pub fn root() -> PathBuf {

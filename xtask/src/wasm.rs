@@ -146,8 +146,10 @@ pub fn build() -> Result<PathBuf> {
     Ok(out)
 }
 
-/// fmt and clippy for the filter crate (host target: the glue type-checks without wasm std).
+/// fmt, clippy and the unit tests of the filter crate, on the host target (the glue builds
+/// without wasm std; the policy engine's tests are in the workspace, `sigil-authz`).
 pub fn lint() -> Result<()> {
+    let host_target = target_dir().join("envoy-filter-wasm-host");
     let manifest = root().join("envoy-filter-wasm/Cargo.toml");
     println!("==> cargo fmt --check (envoy-filter-wasm)");
     run(crate::cargo()
@@ -158,10 +160,12 @@ pub fn lint() -> Result<()> {
         .args(["clippy", "--locked", "--all-targets", "--manifest-path"])
         .arg(&manifest)
         .args(["--", "-D", "warnings"])
-        .env(
-            "CARGO_TARGET_DIR",
-            target_dir().join("envoy-filter-wasm-host"),
-        ))
+        .env("CARGO_TARGET_DIR", &host_target))?;
+    println!("==> cargo test (envoy-filter-wasm, host target)");
+    run(crate::cargo()
+        .args(["test", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &host_target))
 }
 
 /// The outer `cargo xtask` runs under rustup's stable toolchain; none of its settings may leak
