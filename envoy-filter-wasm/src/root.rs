@@ -165,15 +165,6 @@ impl State {
                  {ROOT_ID_TCP:?} (envoy.filters.network.wasm)"
             )
         })?;
-        if self.roots.iter().any(|r| {
-            r.context_id != context_id && r.configured.kind == kind && r.plugin_name == plugin_name
-        }) {
-            return Err(format!(
-                "another {} plugin named {plugin_name:?} shares this VM: give the plugins \
-                 distinct names (or vm_ids)",
-                kind.as_str()
-            ));
-        }
         let json = abi::plugin_configuration(size)
             .map_err(|e| format!("reading the plugin configuration: {e:?}"))?
             .filter(|j| !j.is_empty())
@@ -220,6 +211,27 @@ pub extern "C" fn proxy_on_configure(
         state.roots.retain(|r| r.context_id != root_context_id);
         match state.configure(root_context_id, plugin_configuration_size) {
             Ok(root) => {
+                // A root with the same kind and plugin name is the previous version of this
+                // plugin (a listener update creates a new root while the old one drains): the
+                // new configuration replaces it. (Two different plugins with one name in one
+                // VM would share the newest configuration: plugin names must be unique.)
+                let before = state.roots.len();
+                state.roots.retain(|r| {
+                    let replaced = r.configured.kind == root.configured.kind
+                        && r.plugin_name == root.plugin_name;
+                    if replaced {
+                        r.configured.stats.flush();
+                    }
+                    !replaced
+                });
+                if state.roots.len() != before {
+                    log!(
+                        Info,
+                        "sigil-authz: plugin {:?} reconfigured: the new configuration replaces \
+                         the previous one",
+                        root.plugin_name
+                    );
+                }
                 log!(
                     Info,
                     "sigil-authz: {} filter configured with {} policies",
