@@ -12,7 +12,7 @@ use sigil_e2e::authz_filter::{
     local_cluster, server_tls, tcp_listener, tls_echo, wasm_http_filter, wasm_network_filter,
 };
 use sigil_e2e::envoy::{Envoy, bootstrap, envoy_bin, free_port};
-use sigil_e2e::harness::{Proc, chmod, wait_for_svid};
+use sigil_e2e::harness::{Proc, chmod, wait_for_svid, wait_until};
 use sigil_e2e::workload::Svid;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -309,4 +309,81 @@ fn example_envoy_configs_are_valid() {
             "{name} is not a valid Envoy config:\n{log}"
         );
     }
+}
+
+/// Writes an LDS file atomically (Envoy watches the file's directory for moves).
+fn write_lds(path: &std::path::Path, version: u32, listener: &Value) {
+    let lds = json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "name": listener["name"],
+            "address": listener["address"],
+            "filter_chains": listener["filter_chains"]
+        }]
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&lds).expect("json")).expect("write lds");
+    chmod(&tmp, 0o644);
+    std::fs::rename(&tmp, path).expect("rename lds");
+}
+
+#[test]
+fn policy_update_through_lds_applies_without_restart() {
+    require_root();
+    let env = Env::start("wasm-lds");
+    let envoy_id = env.register(
+        "/ns/default/sa/backend",
+        &[&format!("unix:uid:{ENVOY_UID}")],
+        &[],
+    );
+    let me = Env::my_uid();
+    let sleep_id = env.register("/ns/default/sa/sleep", &[&me], &[]);
+    let foo_id = env.register("/ns/foo/sa/app", &[&me], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let [sleep, foo] =
+        [&sleep_id, &foo_id].map(|id| rt.block_on(wait_for_svid(&env.agent.socket, id)));
+    let wasm = install_wasm(env.dir.path());
+    let bundle = env.dir.path().join("bundle.pem");
+    std::fs::write(&bundle, env.server.bundle_pem()).expect("writing the bundle");
+    chmod(&bundle, 0o644);
+    let port = free_port();
+    let listener = |allowed: &str| {
+        let cfg = json!({"trustDomain": crate::TD, "policies": [
+            {"name": "allow", "namespace": "default", "spec": {
+                "rules": [{"from": [{"source": {"principals": [allowed]}}]}]}}]});
+        http_listener(
+            "authz_http",
+            port,
+            server_tls(&bundle),
+            vec![wasm_http_filter(&wasm, &cfg)],
+        )
+    };
+    let lds_dir = env.dir.path().join("lds");
+    std::fs::create_dir_all(&lds_dir).expect("lds dir");
+    let lds = lds_dir.join("lds.json");
+    write_lds(&lds, 1, &listener("cluster.local/ns/default/sa/sleep"));
+    let mut boot = bootstrap("authz-lds", &env.agent.socket, vec![], vec![]);
+    boot["dynamic_resources"] = json!({
+        "lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}
+    });
+    let envoy = Envoy::start(env.dir.path(), "envoy", ENVOY_UID, &boot).expect("starting Envoy");
+    let client = |svid: &Svid| client_config(Some(svid), &sleep.bundle, &envoy_id).expect("tls");
+    let status = |svid: &Svid| {
+        https_get(port, client(svid), "/")
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    wait_until("the first policy", Duration::from_secs(20), || {
+        (status(&sleep) == 200).then_some(())
+    });
+    assert_eq!(status(&foo), 403);
+
+    // The new policy allows foo only: Envoy builds a new listener (a new plugin root in the
+    // same VM), which replaces the old configuration.
+    write_lds(&lds, 2, &listener("cluster.local/ns/foo/sa/app"));
+    wait_until("the updated policy", Duration::from_secs(20), || {
+        (status(&foo) == 200).then_some(())
+    });
+    assert_eq!(status(&sleep), 403, "{}", envoy.log());
 }
