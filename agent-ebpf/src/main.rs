@@ -13,6 +13,10 @@
 //!   process `SO_PEERCRED` names. Attached next to a connect hook it also flags connections that
 //!   a second process writes on (`foreign_writer`), which is how an fd passed over `SCM_RIGHTS`
 //!   or inherited across `fork` shows up.
+//! - `lsm/socket_sendmsg` and `fentry/security_socket_sendmsg` do the same writer tracking
+//!   where the tracepoint does not exist (before 6.10), and before the data is queued: every
+//!   write on a client end the connect hook saw (`SIGIL_CLIENTS`) by another process flags the
+//!   connection.
 //!
 //! Rust eBPF has no CO-RE field relocations: kernel structure offsets come from the running
 //! kernel's BTF, read by the agent and patched into the read-only global [`SIGIL_CONFIG`].
@@ -47,6 +51,10 @@ static SIGIL_CONFIG: Config = Config::EMPTY;
 /// having to delete entries.
 #[btf_map]
 static SIGIL_CONNS: LruHashMap<u64, ConnRecord, { MAX_CONNECTIONS as usize }> = LruHashMap::new();
+
+/// Client-end socket cookie -> server-side socket cookie, for the sendmsg writer tracking.
+#[btf_map]
+static SIGIL_CLIENTS: LruHashMap<u64, u64, { MAX_CONNECTIONS as usize }> = LruHashMap::new();
 
 /// Reads a field of the config. Volatile: the value is patched after compilation, so the
 /// compiler must not fold the zero initialiser in.
@@ -154,24 +162,65 @@ fn current_record(hook: u32) -> ConnRecord {
 /// A connect hook: `listener` is the socket being connected to, `newsk` the server-side socket
 /// that `accept(2)` will return.
 #[inline(always)]
-fn on_connect(listener: *const u8, newsk: *mut c_void, hook: u32) {
+fn on_connect(client: *mut c_void, listener: *const u8, newsk: *mut c_void, hook: u32) {
     if !is_agent_socket(listener) {
         return;
     }
-    // SAFETY: `newsk` is the hook's BTF-typed `struct sock *` argument.
+    // SAFETY: `newsk` and `client` are the hook's BTF-typed `struct sock *` arguments.
     let cookie = unsafe { bpf_get_socket_cookie(newsk) };
     let record = current_record(hook);
     let _ = SIGIL_CONNS.insert(cookie, record, BPF_ANY);
+    // Also gives the client end its cookie, which the sendmsg hooks read back.
+    // SAFETY: as above.
+    let client_cookie = unsafe { bpf_get_socket_cookie(client) };
+    let _ = SIGIL_CLIENTS.insert(client_cookie, cookie, BPF_ANY);
+}
+
+/// Flags the connection with server-side cookie `cookie` if the current process is not the
+/// one recorded for it.
+#[inline(always)]
+fn track_writer(cookie: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(record) = SIGIL_CONNS.get_ptr_mut(cookie) {
+        // SAFETY: a pointer to a live map value; racing writers only ever store the same
+        // flag, and it is never cleared.
+        unsafe {
+            if (*record).tgid != tgid {
+                write_volatile(&raw mut (*record).foreign_writer, FOREIGN_WRITER);
+            }
+        }
+    }
+}
+
+/// A write on any socket: if it is the client end of a connection to the agent, track the
+/// writer. Everything is read with probe reads: no BTF pointer walking for the verifier.
+#[inline(always)]
+fn on_sendmsg(socket: *const u8) {
+    let Some(sk) = read::<*const u8>(socket, config!(offsets.socket_sk)) else {
+        return;
+    };
+    if read::<u16>(sk, config!(offsets.sock_family)) != Some(AF_UNIX) {
+        return;
+    }
+    let client_cookie = read::<u64>(sk, config!(offsets.sock_cookie)).unwrap_or(0);
+    if client_cookie == 0 {
+        return;
+    }
+    if let Some(cookie) = SIGIL_CLIENTS.get_ptr(client_cookie) {
+        // SAFETY: a pointer to a live map value.
+        track_writer(unsafe { *cookie });
+    }
 }
 
 /// LSM_HOOK(int, 0, unix_stream_connect, struct sock *sock, struct sock *other, struct sock *newsk)
 #[lsm(hook = "unix_stream_connect")]
 pub fn sigil_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    let sock: *mut c_void = ctx.arg(0);
     let other: *const u8 = ctx.arg(1);
     let newsk: *mut c_void = ctx.arg(2);
     let previous: i32 = ctx.arg(3);
     if previous == 0 {
-        on_connect(other, newsk, HOOK_LSM);
+        on_connect(sock, other, newsk, HOOK_LSM);
     }
     // Observe only: never change another LSM's decision.
     previous
@@ -181,9 +230,26 @@ pub fn sigil_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
 /// arguments, on every Unix stream connect.
 #[fentry(function = "security_unix_stream_connect")]
 pub fn sigil_fentry_unix_stream_connect(ctx: FEntryContext) -> i32 {
+    let sock: *mut c_void = ctx.arg(0);
     let other: *const u8 = ctx.arg(1);
     let newsk: *mut c_void = ctx.arg(2);
-    on_connect(other, newsk, HOOK_FENTRY);
+    on_connect(sock, other, newsk, HOOK_FENTRY);
+    0
+}
+
+/// LSM_HOOK(int, 0, socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+#[lsm(hook = "socket_sendmsg")]
+pub fn sigil_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
+    let socket: *const u8 = ctx.arg(0);
+    let previous: i32 = ctx.arg(3);
+    on_sendmsg(socket);
+    previous
+}
+
+#[fentry(function = "security_socket_sendmsg")]
+pub fn sigil_fentry_socket_sendmsg(ctx: FEntryContext) -> i32 {
+    let socket: *const u8 = ctx.arg(0);
+    on_sendmsg(socket);
     0
 }
 
@@ -201,20 +267,10 @@ pub fn sigil_tp_sk_data_ready(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    match SIGIL_CONNS.get_ptr_mut(cookie) {
-        Some(record) => {
-            // SAFETY: a pointer to a live map value; racing writers only ever store the same
-            // flag, and it is never cleared.
-            unsafe {
-                if (*record).tgid != tgid {
-                    write_volatile(&raw mut (*record).foreign_writer, FOREIGN_WRITER);
-                }
-            }
-        }
-        None => {
-            let _ = SIGIL_CONNS.insert(cookie, current_record(HOOK_TP_BTF), BPF_NOEXIST);
-        }
+    if SIGIL_CONNS.get_ptr(cookie).is_some() {
+        track_writer(cookie);
+    } else {
+        let _ = SIGIL_CONNS.insert(cookie, current_record(HOOK_TP_BTF), BPF_NOEXIST);
     }
     0
 }

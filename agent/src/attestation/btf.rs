@@ -234,6 +234,8 @@ impl Btf {
             upid_size: self.size("upid")?,
             upid_ns: self.offset("upid", "ns")?,
             pid_ns_inum: self.offset("pid_namespace", "ns.inum")?,
+            socket_sk: self.offset("socket", "sk")?,
+            sock_cookie: self.offset("sock", "__sk_common.skc_cookie")?,
         })
     }
 }

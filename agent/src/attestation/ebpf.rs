@@ -26,6 +26,8 @@ const CONFIG_GLOBAL: &str = "SIGIL_CONFIG";
 const PROG_LSM: &str = "sigil_lsm_unix_stream_connect";
 const PROG_FENTRY: &str = "sigil_fentry_unix_stream_connect";
 const PROG_TP_BTF: &str = "sigil_tp_sk_data_ready";
+const PROG_LSM_SENDMSG: &str = "sigil_lsm_socket_sendmsg";
+const PROG_FENTRY_SENDMSG: &str = "sigil_fentry_socket_sendmsg";
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -89,8 +91,15 @@ impl Recorder {
             .map_err(|e| format!("loading the eBPF object: {}", crate::error_chain(&e)))?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
         attach(&mut ebpf, tier, &kernel_btf)?;
-        let writer_tracking = matches!(tier, Tier::Lsm | Tier::Fentry)
-            && attach(&mut ebpf, Tier::TpBtf, &kernel_btf).is_ok();
+        // Writer tracking for the connect hooks (fd passed on or inherited): the sendmsg hook of
+        // the same kind, which runs before the data is queued, else the tracepoint.
+        let writer_tracking = match tier {
+            Tier::Lsm | Tier::Fentry => {
+                attach_sendmsg(&mut ebpf, tier, &kernel_btf).is_ok()
+                    || attach(&mut ebpf, Tier::TpBtf, &kernel_btf).is_ok()
+            }
+            _ => false,
+        };
         let map = ebpf
             .take_map(CONNS_MAP)
             .ok_or("the eBPF object has no connection map")?;
@@ -106,6 +115,37 @@ impl Recorder {
     pub fn lookup(&self, cookie: u64) -> Option<ConnRecord> {
         self.conns.get(&cookie, 0).ok().map(|r| r.0)
     }
+}
+
+fn attach_sendmsg(ebpf: &mut Ebpf, tier: Tier, btf: &aya::Btf) -> Result<(), String> {
+    let fail = |e: &(dyn std::error::Error + 'static)| {
+        let reason = crate::error_chain(e);
+        tracing::debug!(tier = %tier, %reason, "sendmsg writer tracking unavailable");
+        reason
+    };
+    match tier {
+        Tier::Lsm => {
+            let p: &mut Lsm = ebpf
+                .program_mut(PROG_LSM_SENDMSG)
+                .ok_or("no sendmsg program")?
+                .try_into()
+                .map_err(|e| fail(&e))?;
+            p.load("socket_sendmsg", btf).map_err(|e| fail(&e))?;
+            p.attach().map_err(|e| fail(&e))?;
+        }
+        Tier::Fentry => {
+            let p: &mut FEntry = ebpf
+                .program_mut(PROG_FENTRY_SENDMSG)
+                .ok_or("no sendmsg program")?
+                .try_into()
+                .map_err(|e| fail(&e))?;
+            p.load("security_socket_sendmsg", btf)
+                .map_err(|e| fail(&e))?;
+            p.attach().map_err(|e| fail(&e))?;
+        }
+        _ => return Err("no sendmsg hook for this tier".into()),
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, tier: Tier, btf: &aya::Btf) -> Result<(), String> {

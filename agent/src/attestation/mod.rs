@@ -25,13 +25,14 @@
 //!   binary, never the old one;
 //! - another process wrote on the connection (fd passed over `SCM_RIGHTS` or inherited):
 //!   `tp_btf` records that writer (the first writer must be the `SO_PEERCRED` process, later
-//!   ones set `foreign_writer`), and a connect-hook tier runs the same tracker where the kernel
-//!   has the tracepoint (6.10+). A sender that exits is refused by every tier.
+//!   ones set `foreign_writer`); the connect-hook tiers track writers with the matching
+//!   `socket_sendmsg` hook (before the data is queued), or the tracepoint. A sender that exits
+//!   is refused by every tier.
 //!
-//! Limits: without writer tracking (lsm/fentry before 6.10, pidfd, procfs), a connecting process
-//! that stays alive can delegate its connection, as with `SO_PEERCRED` (it could as well hand
-//! over its SVID). The tracepoint fires after the data is queued, so a foreign write racing the
-//! agent's read of that very request can be attested once before the flag is set. The recorded
+//! Limits: without writer tracking (pidfd, procfs), a connecting process that stays alive can
+//! delegate its connection, as with `SO_PEERCRED` (it could as well hand over its SVID). The
+//! tracepoint fires after the data is queued, so with `tp_btf` a foreign write racing the agent's
+//! read of that very request can be attested once before the flag is set. The recorded
 //! tgid is in the initial pid namespace: the agent must run in the host's (as SPIRE's does).
 
 pub mod btf;

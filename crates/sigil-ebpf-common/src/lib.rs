@@ -78,6 +78,10 @@ pub struct Offsets {
     pub upid_size: u32,
     pub upid_ns: u32,
     pub pid_ns_inum: u32,
+    /// `struct socket` -> `sk`, and the cookie cached in `sock_common` (set once the cookie was
+    /// asked for, which the connect hooks do for the client end).
+    pub socket_sk: u32,
+    pub sock_cookie: u32,
 }
 
 /// The program's configuration, a read-only global (`SIGIL_CONFIG`) set by the loader. Zero
@@ -122,11 +126,13 @@ impl Config {
             upid_size: 0,
             upid_ns: 0,
             pid_ns_inum: 0,
+            socket_sk: 0,
+            sock_cookie: 0,
         },
     };
 }
 
 // No padding anywhere: the sizes are the sums of the fields.
 const _: () = assert!(core::mem::size_of::<ConnRecord>() == 4 * 4 + 8 * 3 + 4 * 6);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 4 * 20);
-const _: () = assert!(core::mem::size_of::<Config>() == 8 + 4 + 4 + 4 * 20);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 4 * 22);
+const _: () = assert!(core::mem::size_of::<Config>() == 8 + 4 + 4 + 4 * 22);
