@@ -15,8 +15,7 @@ use sigil_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 use sigil_spiffe::SpiffeId;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::attestor::Attestors;
@@ -118,41 +117,55 @@ impl WorkloadApi {
     /// not re-sent.
     fn stream<T, F>(
         first: T,
-        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
         build: F,
     ) -> ResponseStream<T>
     where
         T: Clone + PartialEq + Send + 'static,
         F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut last = first.clone();
-            if tx.send(Ok(first)).await.is_err() {
-                return;
+        // No task or channel per stream: the first response is ready at once (one less
+        // hand-off on every fetch), and dropping the stream when the client goes away ends it.
+        struct State<T, F> {
+            pending: Option<T>,
+            last: Option<T>,
+            snapshots: watch::Receiver<Arc<Snapshot>>,
+            build: F,
+            done: bool,
+        }
+        let state = State {
+            pending: Some(first),
+            last: None,
+            snapshots,
+            build,
+            done: false,
+        };
+        Box::pin(futures::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            if let Some(first) = st.pending.take() {
+                st.last = Some(first.clone());
+                return Some((Ok(first), st));
             }
             loop {
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    r = snapshots.changed() => if r.is_err() { return; },
+                if st.snapshots.changed().await.is_err() {
+                    return None;
                 }
-                let snap = snapshots.borrow_and_update().clone();
-                match build(&snap) {
-                    Ok(Some(resp)) if resp != last => {
-                        last = resp.clone();
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
+                let snap = st.snapshots.borrow_and_update().clone();
+                match (st.build)(&snap) {
+                    Ok(Some(resp)) if st.last.as_ref() != Some(&resp) => {
+                        st.last = Some(resp.clone());
+                        return Some((Ok(resp), st));
                     }
                     Ok(_) => {}
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        st.done = true;
+                        return Some((Err(status), st));
                     }
                 }
             }
-        });
-        Box::pin(ReceiverStream::new(rx))
+        }))
     }
 }
 

@@ -101,13 +101,13 @@ impl Attestors {
         &self.attestation
     }
 
-    /// What the active tier establishes about `peer` (blocking work on the blocking pool).
+    /// What the active tier establishes about `peer`.
+    ///
+    /// Runs inline: every tier is a handful of syscalls (a map lookup, an ioctl, small procfs
+    /// reads), far cheaper than the two thread hand-offs a trip through the blocking pool costs
+    /// on every Workload API call.
     pub async fn caller(&self, peer: &PeerInfo) -> Result<Caller, AttestError> {
-        let attestation = self.attestation.clone();
-        let peer = peer.clone();
-        tokio::task::spawn_blocking(move || attestation.caller(&peer))
-            .await
-            .map_err(|e| AttestError::Failed(format!("attestation task failed: {e}")))?
+        self.attestation.caller(peer)
     }
 
     /// Runs every attestor and unions their selectors. One attestor failing only loses its own
@@ -271,6 +271,12 @@ impl WorkloadAttestor for UnixAttestor {
         &'a self,
         caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>> {
+        // Only hashing a workload binary (discover_workload_path, on a cache miss) can take
+        // long; everything else is a few small procfs/NSS reads, cheaper inline than a hop to
+        // the blocking pool and back.
+        if !self.config.discover_workload_path {
+            return Box::pin(std::future::ready(self.collect(caller)));
+        }
         let this = self.clone();
         let caller = caller.clone();
         Box::pin(async move {
