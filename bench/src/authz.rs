@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Throughput is measured with 16 connections (saturation), p99 latency with one connection
-//! (one request at a time), CPU time of the server Envoy per request alongside; three rounds,
+//! (one request at a time), CPU time of the server Envoy per request alongside; seven rounds,
 //! medians. wrk cannot present a client certificate, so a client-side Envoy (as a sidecar would) holds
 //! the caller's SVID; the server Envoy runs alone on its core, so its per-request cost is what
 //! the load generator saturates. Certificates are SPIFFE X509-SVIDs with a URI SAN only (no DNS
@@ -36,7 +36,8 @@ const RULES: usize = 50;
 pub struct Measure {
     pub name: &'static str,
     pub rps: f64,
-    /// p99 latency with one connection (unloaded).
+    /// p50 and p99 latency with one connection (unloaded).
+    pub p50_us: f64,
     pub p99_us: f64,
     /// CPU time of the server Envoy per request at saturation (user + system), µs.
     pub server_cpu_us: f64,
@@ -329,16 +330,10 @@ fn start_envoy(
     }
 }
 
-/// Parses wrk's `Requests/sec:` and the 99% line of `--latency` (µs).
-fn parse_wrk(out: &str) -> Result<(f64, f64)> {
-    let rps = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
-    let p99 = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
+/// A latency line of wrk's `--latency` distribution (`99%    1.52ms`), in µs.
+fn percentile(out: &str, label: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
         .map(str::trim)
         .and_then(|v| {
             let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
@@ -350,14 +345,24 @@ fn parse_wrk(out: &str) -> Result<(f64, f64)> {
                 _ => return None,
             })
         })
-        .with_context(|| format!("no 99% latency in wrk output:\n{out}"))?;
+}
+
+/// Parses wrk's `Requests/sec:` and the 50% and 99% lines of `--latency` (µs).
+fn parse_wrk(out: &str) -> Result<(f64, f64, f64)> {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
+    let p50 = percentile(out, "50%").with_context(|| format!("no 50% latency in:\n{out}"))?;
+    let p99 = percentile(out, "99%").with_context(|| format!("no 99% latency in:\n{out}"))?;
     if out.contains("Non-2xx or 3xx responses") {
         bail!("wrk saw error responses:\n{out}");
     }
-    Ok((rps, p99))
+    Ok((rps, p50, p99))
 }
 
-fn wrk(port: u16, secs: u32, conns: u32, cpu: Option<usize>) -> Result<(f64, f64)> {
+fn wrk(port: u16, secs: u32, conns: u32, cpu: Option<usize>) -> Result<(f64, f64, f64)> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t1",
@@ -467,23 +472,24 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
     // Throughput: 16 connections saturate the server Envoy. Latency: one connection, one
     // request at a time, so that p99 is the request's own cost and not queueing (at
     // saturation, any throughput difference shows up as queueing delay).
-    let (secs, rounds, conns) = if quick { (2, 1, 16) } else { (5, 3, 16) };
+    // Many short rounds, variants interleaved: each sees the same background load.
+    let (secs, rounds, conns) = if quick { (2, 1, 16) } else { (2, 7, 16) };
     // Warm-up: connection pools, TLS sessions, V8's JIT.
     for &port in &entry_ports {
         wrk(port, 1, conns, client_cpu)?;
     }
-    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
-        vec![(vec![], vec![], vec![]); variants.len()];
+    let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); variants.len()];
     let server_pid = server.child.id();
     for _ in 0..rounds {
         for (i, &port) in entry_ports.iter().enumerate() {
             let cpu0 = cpu_seconds(server_pid)?;
-            let (rps, _) = wrk(port, secs, conns, client_cpu)?;
+            let (rps, _, _) = wrk(port, secs, conns, client_cpu)?;
             let cpu = cpu_seconds(server_pid)? - cpu0;
-            let (_, p99) = wrk(port, secs, 1, client_cpu)?;
-            samples[i].0.push(rps);
-            samples[i].1.push(p99);
-            samples[i].2.push(cpu * 1e6 / (rps * f64::from(secs)));
+            let (_, p50, p99) = wrk(port, secs, 1, client_cpu)?;
+            samples[i][0].push(rps);
+            samples[i][1].push(p50);
+            samples[i][2].push(p99);
+            samples[i][3].push(cpu * 1e6 / (rps * f64::from(secs)));
         }
     }
     // The filters did decide: every request was allowed by the 50th rule.
@@ -500,9 +506,10 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
     Ok(variants
         .iter()
         .zip(samples)
-        .map(|((name, _), (rps, p99, cpu))| Measure {
+        .map(|((name, _), [rps, p50, p99, cpu])| Measure {
             name,
             rps: median(rps),
+            p50_us: median(p50),
             p99_us: median(p99),
             server_cpu_us: median(cpu),
         })
@@ -517,8 +524,9 @@ mod tests {
     fn parses_wrk_output() {
         let out = "  Latency Distribution\n     50%  610.00us\n     99%    1.52ms\n  \
                    100 requests in 1.00s\nRequests/sec:  12345.67\nTransfer/sec: 1MB\n";
-        let (rps, p99) = parse_wrk(out).unwrap();
+        let (rps, p50, p99) = parse_wrk(out).unwrap();
         assert!((rps - 12345.67).abs() < 1e-6);
+        assert!((p50 - 610.0).abs() < 1e-6);
         assert!((p99 - 1520.0).abs() < 1e-6);
     }
 }
@@ -568,8 +576,9 @@ pub fn report(
         rows.push((
             format!("Envoy mTLS, {}", v.name),
             format!(
-                "{:.0} req/s ({ratio:.2}×), p99 {:.0} µs at 1 conn ({dp99:+.0} µs), server CPU {:.1} µs/req",
-                v.rps, v.p99_us, v.server_cpu_us
+                "{:.0} req/s ({ratio:.2}×); 1 conn: p50 {:.0} µs, p99 {:.0} µs ({dp99:+.0} µs); \
+                 server CPU {:.1} µs/req",
+                v.rps, v.p50_us, v.p99_us, v.server_cpu_us
             ),
             target,
         ));
@@ -579,7 +588,7 @@ pub fn report(
         Value::Array(
             m.iter()
                 .map(|v| {
-                    json!({"variant": v.name, "rps": v.rps, "p99_us": v.p99_us,
+                    json!({"variant": v.name, "rps": v.rps, "p50_us": v.p50_us, "p99_us": v.p99_us,
                            "server_cpu_us_per_request": v.server_cpu_us})
                 })
                 .collect(),
