@@ -334,6 +334,7 @@ impl Policy {
     }
 
     fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
+        // Indexing: the index holds positions in `self.rules`, built from it and never changed.
         let mut try_rule = |i: &usize| self.rules[*i].matches(peer, req);
         self.index.unindexed.iter().any(&mut try_rule)
             || self
@@ -440,6 +441,7 @@ impl Engine {
         let verdict = self.decide(&self.deny, &self.allow, &peer, req);
         let dry_run = (!self.dry_deny.is_empty() || !self.dry_allow.is_empty())
             .then(|| self.decide(&self.dry_deny, &self.dry_allow, &peer, req));
+        // `audit` holds positions in `self.policies` (see `decide`).
         let audited = self
             .audit
             .iter()
@@ -453,6 +455,8 @@ impl Engine {
         }
     }
 
+    /// `deny` and `allow` hold positions in `self.policies` (built from it in `compile`,
+    /// never changed), so indexing cannot fail.
     fn decide(
         &self,
         deny: &[usize],
