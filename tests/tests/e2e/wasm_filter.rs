@@ -28,15 +28,17 @@ fn require_root() {
     );
 }
 
-/// The policies of these tests, in the plugin's JSON: `sleep` (namespace default) is allowed,
-/// anything from namespace `foo` is denied by `deny-foo`, everyone else matches no ALLOW.
-fn filter_config() -> Value {
+/// The policies of these tests, in the plugin's JSON: `sleep` (namespace default) is allowed
+/// on the listener's `port` (ports are strings, as in Istio), anything from namespace `foo` is
+/// denied by `deny-foo`, everyone else matches no ALLOW.
+fn filter_config(port: u16) -> Value {
     json!({
         "trustDomain": crate::TD,
         "policies": [
             {"name": "allow-sleep", "namespace": "default", "spec": {
                 "action": "ALLOW",
-                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}]}]
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}],
+                           "to": [{"operation": {"ports": [port.to_string()]}}]}]
             }},
             {"name": "deny-foo", "namespace": "default", "spec": {
                 "action": "DENY",
@@ -87,13 +89,13 @@ impl Mesh {
                 "authz_http",
                 http_port,
                 server_tls(&bundle),
-                vec![wasm_http_filter(&wasm, &filter_config())],
+                vec![wasm_http_filter(&wasm, &filter_config(http_port))],
             ),
             tcp_listener(
                 "authz_tcp",
                 tcp_port,
                 server_tls(&bundle),
-                vec![wasm_network_filter(&wasm, &filter_config())],
+                vec![wasm_network_filter(&wasm, &filter_config(tcp_port))],
                 "echo",
             ),
         ];
