@@ -95,6 +95,63 @@ fn matches_selectors(entry: &Entry, want: &BTreeSet<Selector>, mode: &str) -> bo
     }
 }
 
+/// One batch call: per-entry results in request order, and the entries that passed parsing
+/// (with their positions) on their way to the datastore.
+struct Batch<'a> {
+    entries: &'a [types::Entry],
+    results: Vec<Option<pb::EntryResult>>,
+    valid: Vec<Entry>,
+    positions: Vec<usize>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(entries: &'a [types::Entry]) -> Self {
+        Self {
+            entries,
+            results: vec![None; entries.len()],
+            valid: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+
+    fn refuse(&mut self, i: usize, code: Code, message: String) {
+        let p = &self.entries[i];
+        self.results[i] = Some(pb::EntryResult {
+            status: Some(entry_status(code, message)),
+            entry: Some(p.clone()),
+            id: p.id.clone(),
+        });
+    }
+
+    fn accept(&mut self, i: usize, e: Entry) {
+        self.valid.push(e);
+        self.positions.push(i);
+    }
+
+    /// Files the datastore's per-entry outcomes (in the order of `valid`) and builds the
+    /// response.
+    fn finish(mut self, stored: Vec<Result<Entry, StoreError>>) -> pb::BatchEntryResponse {
+        for (pos, res) in std::mem::take(&mut self.positions).into_iter().zip(stored) {
+            match res {
+                Ok(e) => {
+                    self.results[pos] = Some(pb::EntryResult {
+                        status: Some(entry_status(Code::Ok, "OK".into())),
+                        id: e.id.clone(),
+                        entry: Some(e.to_proto()),
+                    })
+                }
+                Err(err) => {
+                    let (code, msg) = store_status(&err);
+                    self.refuse(pos, code, msg);
+                }
+            }
+        }
+        pb::BatchEntryResponse {
+            results: self.results.into_iter().flatten().collect(),
+        }
+    }
+}
+
 // === impl AdminApi ===
 
 impl AdminApi {
@@ -118,56 +175,26 @@ impl Admin for AdminApi {
             )));
         }
         // Parse everything first; only valid entries reach the datastore.
-        let mut results: Vec<Option<pb::EntryResult>> = vec![None; entries.len()];
-        let mut valid = Vec::new();
-        let mut positions = Vec::new();
+        let mut batch = Batch::new(&entries);
         for (i, p) in entries.iter().enumerate() {
             match Entry::from_proto(p, self.td()) {
-                Ok(e) => {
-                    if !e.id.is_empty() && self.shared.ds.get_entry(&e.id).is_some() {
-                        results[i] = Some(pb::EntryResult {
-                            status: Some(entry_status(
-                                Code::AlreadyExists,
-                                format!("entry id {:?} already exists", e.id),
-                            )),
-                            entry: Some(p.clone()),
-                            id: e.id,
-                        });
-                        continue;
-                    }
-                    valid.push(e);
-                    positions.push(i);
+                Ok(e) if !e.id.is_empty() && self.shared.ds.get_entry(&e.id).is_some() => {
+                    batch.refuse(
+                        i,
+                        Code::AlreadyExists,
+                        format!("entry id {:?} already exists", e.id),
+                    );
                 }
-                Err(err) => {
-                    results[i] = Some(pb::EntryResult {
-                        status: Some(entry_status(Code::InvalidArgument, err.to_string())),
-                        entry: Some(p.clone()),
-                        id: p.id.clone(),
-                    })
-                }
+                Ok(e) => batch.accept(i, e),
+                Err(err) => batch.refuse(i, Code::InvalidArgument, err.to_string()),
             }
         }
-        let created = self.shared.ds.create_entries(valid).await;
-        for (pos, res) in positions.into_iter().zip(created) {
-            results[pos] = Some(match res {
-                Ok(e) => pb::EntryResult {
-                    status: Some(entry_status(Code::Ok, "OK".into())),
-                    id: e.id.clone(),
-                    entry: Some(e.to_proto()),
-                },
-                Err(err) => {
-                    let (code, msg) = store_status(&err);
-                    pb::EntryResult {
-                        status: Some(entry_status(code, msg)),
-                        entry: Some(entries[pos].clone()),
-                        id: entries[pos].id.clone(),
-                    }
-                }
-            });
-        }
-        Ok(Response::new(pb::BatchEntryResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        let stored = self
+            .shared
+            .ds
+            .create_entries(std::mem::take(&mut batch.valid))
+            .await;
+        Ok(Response::new(batch.finish(stored)))
     }
 
     async fn batch_update_entry(
@@ -176,56 +203,27 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::BatchEntryResponse>, Status> {
         authorize(&req)?;
         let entries = req.into_inner().entries;
-        let mut results: Vec<Option<pb::EntryResult>> = vec![None; entries.len()];
-        let mut valid = Vec::new();
-        let mut positions = Vec::new();
+        let mut batch = Batch::new(&entries);
         for (i, p) in entries.iter().enumerate() {
             if p.id.is_empty() {
-                results[i] = Some(pb::EntryResult {
-                    status: Some(entry_status(
-                        Code::InvalidArgument,
-                        "invalid id: the entry id is required for an update".into(),
-                    )),
-                    entry: Some(p.clone()),
-                    id: String::new(),
-                });
+                batch.refuse(
+                    i,
+                    Code::InvalidArgument,
+                    "invalid id: the entry id is required for an update".into(),
+                );
                 continue;
             }
             match Entry::from_proto(p, self.td()) {
-                Ok(e) => {
-                    valid.push(e);
-                    positions.push(i);
-                }
-                Err(err) => {
-                    results[i] = Some(pb::EntryResult {
-                        status: Some(entry_status(Code::InvalidArgument, err.to_string())),
-                        entry: Some(p.clone()),
-                        id: p.id.clone(),
-                    })
-                }
+                Ok(e) => batch.accept(i, e),
+                Err(err) => batch.refuse(i, Code::InvalidArgument, err.to_string()),
             }
         }
-        let updated = self.shared.ds.update_entries(valid).await;
-        for (pos, res) in positions.into_iter().zip(updated) {
-            results[pos] = Some(match res {
-                Ok(e) => pb::EntryResult {
-                    status: Some(entry_status(Code::Ok, "OK".into())),
-                    id: e.id.clone(),
-                    entry: Some(e.to_proto()),
-                },
-                Err(err) => {
-                    let (code, msg) = store_status(&err);
-                    pb::EntryResult {
-                        status: Some(entry_status(code, msg)),
-                        entry: Some(entries[pos].clone()),
-                        id: entries[pos].id.clone(),
-                    }
-                }
-            });
-        }
-        Ok(Response::new(pb::BatchEntryResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        let stored = self
+            .shared
+            .ds
+            .update_entries(std::mem::take(&mut batch.valid))
+            .await;
+        Ok(Response::new(batch.finish(stored)))
     }
 
     async fn batch_delete_entry(
