@@ -129,6 +129,16 @@ impl SdsApi {
 
     /// The newest snapshot once the caller's SVIDs are there (or after the wait), and a receiver
     /// that has seen it.
+    /// Every secret this stream's caller may have in `snap`.
+    fn available(
+        &self,
+        snap: &Snapshot,
+        selectors: &SelectorSet,
+        validation: Validation,
+    ) -> Result<BTreeMap<String, Secret>, Status> {
+        secrets::available(snap, selectors, &self.cfg, validation)
+    }
+
     async fn wait_ready(&self, selectors: &SelectorSet) -> watch::Receiver<Arc<Snapshot>> {
         let mut rx = self.handle.snapshot.clone();
         let deadline = tokio::time::Instant::now() + IDENTITY_WAIT;
@@ -350,7 +360,7 @@ impl SdsApi {
         };
         let mut snapshots = self.wait_ready(&state.selectors).await;
         let snap = snapshots.borrow_and_update().clone();
-        let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+        let available = self.available(&snap, &state.selectors, state.validation)?;
         let resources = secrets::select(&available, &state.names)?;
         tracing::debug!(pid = peer.pid, names = ?state.names, "SDS stream opened");
         if tx.send(Ok(state.response(resources))).await.is_err() {
@@ -382,7 +392,7 @@ impl SdsApi {
                     }
                     state.names = req.resource_names;
                     let snap = snapshots.borrow().clone();
-                    let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
                     let resources = secrets::select(&available, &state.names)?;
                     if tx.send(Ok(state.response(resources))).await.is_err() {
                         return Ok(());
@@ -393,7 +403,7 @@ impl SdsApi {
                         return Err(Status::unavailable("agent is shutting down"));
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
                     let resources = secrets::select(&available, &state.names)?;
                     if state.sent.as_ref() == Some(&resources) {
                         continue;
@@ -440,7 +450,7 @@ impl SdsApi {
         };
         let mut snapshots = self.wait_ready(&state.selectors).await;
         let snap = snapshots.borrow_and_update().clone();
-        let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+        let available = self.available(&snap, &state.selectors, state.validation)?;
         if let Some(resp) = state.diff(&available)?
             && tx.send(Ok(resp)).await.is_err()
         {
@@ -480,7 +490,7 @@ impl SdsApi {
                         continue; // a plain ACK
                     }
                     let snap = snapshots.borrow().clone();
-                    let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
                     if let Some(resp) = state.diff(&available)?
                         && tx.send(Ok(resp)).await.is_err()
                     {
@@ -492,7 +502,7 @@ impl SdsApi {
                         return Err(Status::unavailable("agent is shutting down"));
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    let available = secrets::available(&snap, &state.selectors, &self.cfg, state.validation)?;
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
                     if let Some(resp) = state.diff(&available)?
                         && tx.send(Ok(resp)).await.is_err()
                     {
