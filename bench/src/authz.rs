@@ -10,13 +10,19 @@
 //! ```
 //!
 //! Throughput is measured with 16 connections, p50/p99 latency with one connection (one
-//! request at a time), and the server Envoy's CPU time per request alongside; seven rounds,
-//! variants interleaved, medians. wrk cannot present a client certificate, so a client-side
-//! Envoy (as a sidecar would) holds the caller's SVID. The client side (wrk and that Envoy)
-//! shares one core and costs more per request than the server, so throughput reflects the
-//! server's added latency as much as its CPU; the server's CPU time per request is the direct
-//! measure of what each filter costs. Processes run at nice -10 when allowed, so that builds
-//! running alongside weigh less. Certificates are SPIFFE X509-SVIDs with a URI SAN only (no DNS
+//! request at a time), and the server Envoy's CPU time per request alongside; 15 rounds of one
+//! second per variant and measure, the variants' order rotating from round to round.
+//! Throughput ratios are paired: each variant against the no-filter run of the same round,
+//! then the median over rounds (background load on this shared 2-core VM swings the absolute
+//! numbers by ±15 % from one minute to the next). wrk cannot present a client certificate, so
+//! a client-side Envoy (as a sidecar would) holds the caller's SVID. The client side (wrk and
+//! that Envoy) shares one core and costs more per request than the server, so throughput
+//! reflects the server's added latency as much as its CPU; the server's CPU time per request is
+//! the direct measure of what each filter costs. A fourth variant, a Wasm module that lets
+//! everything through without a single host call ([`noop_module`]), shows what Envoy's Wasm
+//! machinery costs any filter before it does anything. Processes run at nice -10 when allowed,
+//! so that builds running alongside weigh less. Certificates are SPIFFE X509-SVIDs with a URI
+//! SAN only (no DNS
 //! SAN, empty subject). The policy has 50 rules, one principal each; the caller matches the last.
 
 use anyhow::{Context, Result, bail};
@@ -37,8 +43,15 @@ const RULES: usize = 50;
 /// One variant's measurement.
 #[derive(Debug, Clone)]
 pub struct Measure {
-    pub name: &'static str,
+    pub name: String,
     pub rps: f64,
+    /// Median over rounds of this variant's requests/s ÷ the no-filter variant's in the same
+    /// round (paired: both saw the same background load).
+    pub rps_ratio: f64,
+    /// This variant's median p99 − the no-filter variant's, µs. (Not paired: a p99 of one
+    /// second at one connection is dominated by scheduling noise that changes from second to
+    /// second, which a difference of medians averages out better than a median of differences.)
+    pub dp99_us: f64,
     /// p50 and p99 latency with one connection (unloaded).
     pub p50_us: f64,
     pub p99_us: f64,
@@ -99,6 +112,71 @@ fn wasm_filter(wasm: &Path) -> Value {
             }
         }
     })
+}
+
+/// A proxy-wasm module that lets every request through and makes no host call: what any Wasm
+/// HTTP filter costs in this Envoy before it does anything (the floor under Sigil's filter).
+/// Encoded by hand (WebAssembly binary format 1): exports `memory`, the ABI version marker,
+/// `proxy_on_memory_allocate` (never called: no host call returns data), `proxy_on_vm_start`
+/// and `proxy_on_configure` (return 1: accepted) and `proxy_on_request_headers` (returns 0:
+/// continue).
+fn noop_module() -> Vec<u8> {
+    const I32: u8 = 0x7f;
+    const FUNC: u8 = 0x60;
+    fn section(out: &mut Vec<u8>, id: u8, body: &[u8]) {
+        out.push(id);
+        // Every section here is far shorter than 128 bytes: a one-byte LEB128 length.
+        assert!(body.len() < 128);
+        out.push(body.len() as u8);
+        out.extend_from_slice(body);
+    }
+    fn name(out: &mut Vec<u8>, n: &str) {
+        out.push(n.len() as u8);
+        out.extend_from_slice(n.as_bytes());
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // Types: 0 () -> (); 1 (i32) -> i32; 2 (i32 i32) -> i32; 3 (i32 i32 i32) -> i32.
+    section(
+        &mut m,
+        1,
+        &[
+            4, FUNC, 0, 0, FUNC, 1, I32, 1, I32, FUNC, 2, I32, I32, 1, I32, FUNC, 3, I32, I32, I32,
+            1, I32,
+        ],
+    );
+    // Functions 0..=3 of types 0..=3.
+    section(&mut m, 3, &[4, 0, 1, 2, 3]);
+    // One memory, one page minimum.
+    section(&mut m, 5, &[1, 0, 1]);
+    let mut exports = vec![6];
+    for (n, kind, index) in [
+        ("memory", 2, 0),
+        ("proxy_abi_version_0_2_1", 0, 0),
+        ("proxy_on_memory_allocate", 0, 1),
+        ("proxy_on_vm_start", 0, 2),
+        ("proxy_on_configure", 0, 2),
+        ("proxy_on_request_headers", 0, 3),
+    ] {
+        name(&mut exports, n);
+        exports.extend_from_slice(&[kind, index]);
+    }
+    m.push(7);
+    // The export section is longer than 127 bytes: a two-byte LEB128 length.
+    let len = exports.len();
+    assert!(len < 1 << 14);
+    m.extend_from_slice(&[(len & 0x7f) as u8 | 0x80, (len >> 7) as u8]);
+    m.extend_from_slice(&exports);
+    // Bodies (no locals): nothing; i32.const 1024; i32.const 1; i32.const 0.
+    const END: u8 = 0x0b;
+    const CONST: u8 = 0x41;
+    section(
+        &mut m,
+        10,
+        &[
+            4, 2, 0, END, 5, 0, CONST, 0x80, 0x08, END, 4, 0, CONST, 1, END, 4, 0, CONST, 0, END,
+        ],
+    );
+    m
 }
 
 struct Certs {
@@ -390,17 +468,22 @@ fn wrk(port: u16, secs: u32, conns: u32, cpu: Option<usize>) -> Result<(f64, f64
     parse_wrk(&text)
 }
 
-/// User + system CPU time of a process, in seconds (from /proc/PID/stat).
+/// CPU time of a process (all its threads), in seconds: the scheduler's nanosecond count
+/// (`/proc/PID/task/*/schedstat`, first field), not the 10 ms ticks of `/proc/PID/stat`.
+/// Threads that exit between two readings are not counted; Envoy's do not.
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesized command: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).context("utime")?;
-    let sticks: f64 = f.get(12).and_then(|v| v.parse().ok()).context("stime")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks + sticks) / hz)
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("bad schedstat")?;
+    }
+    Ok(ns as f64 / 1e9)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -428,11 +511,33 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
         (None, None)
     };
 
-    let variants: [(&'static str, Vec<Value>); 3] = [
-        ("no filter", vec![]),
-        ("Envoy RBAC filter (50 rules)", vec![rbac_filter()]),
-        ("Sigil Wasm filter (50 rules)", vec![wasm_filter(wasm)]),
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, noop_module())?;
+    let mut variants: Vec<(String, Vec<Value>)> = vec![
+        ("no filter".into(), vec![]),
+        ("Envoy RBAC filter (50 rules)".into(), vec![rbac_filter()]),
+        (
+            "Wasm module doing nothing (Envoy's floor)".into(),
+            vec![wasm_filter(&noop)],
+        ),
+        (
+            "Sigil Wasm filter (50 rules)".into(),
+            vec![wasm_filter(wasm)],
+        ),
     ];
+    // SIGIL_BENCH_EXTRA=name=/path/a.wasm,...: more Wasm modules measured alongside, for
+    // experiments.
+    if let Ok(extra) = std::env::var("SIGIL_BENCH_EXTRA") {
+        for item in extra.split(',').filter(|s| !s.is_empty()) {
+            let (name, path) = item
+                .split_once('=')
+                .context("SIGIL_BENCH_EXTRA: want name=/path/to.wasm,...")?;
+            variants.push((
+                format!("experiment: {name}"),
+                vec![wasm_filter(Path::new(path))],
+            ));
+        }
+    }
     let mut server_listeners = Vec::new();
     let mut client_listeners = Vec::new();
     let mut clusters = Vec::new();
@@ -472,19 +577,23 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
         }
     }
 
-    // Throughput: 16 connections saturate the server Envoy. Latency: one connection, one
-    // request at a time, so that p99 is the request's own cost and not queueing (at
-    // saturation, any throughput difference shows up as queueing delay).
-    // Many short rounds, variants interleaved: each sees the same background load.
-    let (secs, rounds, conns) = if quick { (2, 1, 16) } else { (2, 7, 16) };
+    // Throughput: 16 connections. Latency: one connection, one request at a time, so that p99
+    // is the request's own cost and not queueing (at saturation, any throughput difference
+    // shows up as queueing delay). Many short rounds; within a round every variant runs once,
+    // in an order that rotates from round to round, and each variant is compared with the
+    // no-filter run of the same round: background load that comes and goes (builds, the VM's
+    // neighbours) then weighs on both sides of each comparison.
+    let (secs, rounds, conns) = if quick { (1, 2, 16) } else { (1, 15, 16) };
     // Warm-up: connection pools, TLS sessions, V8's JIT.
     for &port in &entry_ports {
         wrk(port, 1, conns, client_cpu)?;
     }
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); variants.len()];
     let server_pid = server.child.id();
-    for _ in 0..rounds {
-        for (i, &port) in entry_ports.iter().enumerate() {
+    for round in 0..rounds {
+        for k in 0..entry_ports.len() {
+            let i = (k + round) % entry_ports.len();
+            let port = entry_ports[i];
             let cpu0 = cpu_seconds(server_pid)?;
             let (rps, _, _) = wrk(port, secs, conns, client_cpu)?;
             let cpu = cpu_seconds(server_pid)? - cpu0;
@@ -506,11 +615,14 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
     if (wasm_allowed == 0 && !experiment) || rbac_allowed == 0 {
         bail!("the filters decided nothing (wasm {wasm_allowed}, rbac {rbac_allowed})");
     }
+    let base = samples[0].clone();
     Ok(variants
-        .iter()
+        .into_iter()
         .zip(samples)
         .map(|((name, _), [rps, p50, p99, cpu])| Measure {
             name,
+            rps_ratio: median(rps.iter().zip(&base[0]).map(|(v, b)| v / b).collect()),
+            dp99_us: median(p99.clone()) - median(base[2].clone()),
             rps: median(rps),
             p50_us: median(p50),
             p99_us: median(p99),
@@ -564,17 +676,16 @@ pub fn report(
     let target = bin_dir.parent().context("bin dir has no parent")?;
     let (envoy, wasm) = locate(target)?;
     let m = run(&envoy, &wasm, quick)?;
-    let base = &m[0];
     for (i, v) in m.iter().enumerate() {
-        let ratio = v.rps / base.rps;
-        let dp99 = v.p99_us - base.p99_us;
+        let (ratio, dp99) = (v.rps_ratio, v.dp99_us);
         let target = match i {
             0 => String::new(),
-            1 => "(reference)".to_owned(),
-            _ => format!(
+            1 | 2 => "(reference)".to_owned(),
+            3 => format!(
                 "≥ 0.95× and p99 ≤ +50 µs {}",
                 super::verdict(ratio >= 0.95 && dp99 <= 50.0)
             ),
+            _ => "(experiment)".to_owned(),
         };
         rows.push((
             format!("Envoy mTLS, {}", v.name),
@@ -591,7 +702,8 @@ pub fn report(
         Value::Array(
             m.iter()
                 .map(|v| {
-                    json!({"variant": v.name, "rps": v.rps, "p50_us": v.p50_us, "p99_us": v.p99_us,
+                    json!({"variant": v.name, "rps": v.rps, "rps_ratio": v.rps_ratio,
+                           "p50_us": v.p50_us, "p99_us": v.p99_us, "p99_delta_us": v.dp99_us,
                            "server_cpu_us_per_request": v.server_cpu_us})
                 })
                 .collect(),
