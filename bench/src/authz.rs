@@ -24,8 +24,7 @@
 //! everything through without a single host call ([`noop_module`]), shows what Envoy's Wasm
 //! machinery costs any filter before it does anything. Processes run at nice -10 when allowed,
 //! so that builds running alongside weigh less. Certificates are SPIFFE X509-SVIDs with a URI
-//! SAN only (no DNS
-//! SAN, empty subject). The policy has 50 rules, one principal each; the caller matches the last.
+//! SAN only (no DNS SAN, empty subject). The policy has 50 rules, one principal each; the caller matches the last.
 
 use anyhow::{Context, Result, bail};
 use rcgen::{
@@ -674,6 +673,33 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-encoded module is well formed: the magic and version, then sections whose
+    /// LEB128 lengths end exactly at the end, in the order the format requires.
+    #[test]
+    fn noop_module_is_well_formed() {
+        let m = noop_module();
+        assert_eq!(&m[..8], b"\0asm\x01\0\0\0");
+        let mut at = 8;
+        let mut ids = Vec::new();
+        while at < m.len() {
+            ids.push(m[at]);
+            at += 1;
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let b = m[at];
+                at += 1;
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            at += len;
+        }
+        assert_eq!(at, m.len());
+        assert_eq!(ids, [1, 3, 5, 7, 10]);
+    }
 
     #[test]
     fn parses_wrk_output() {

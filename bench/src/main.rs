@@ -195,7 +195,9 @@ fn main() -> Result<()> {
         ));
     }
 
-    eprintln!("== authorization inside Envoy (wrk): no filter, Envoy RBAC, Sigil's Wasm filter");
+    eprintln!(
+        "== authorization inside Envoy (wrk): no filter, Envoy RBAC, a do-nothing Wasm module, Sigil's Wasm filter"
+    );
     authz::report(&bin_dir, quick, &mut rows, &mut json)?;
 
     let mut table = String::from("| benchmark | result | target |\n|---|---|---|\n");
