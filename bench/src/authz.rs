@@ -49,6 +49,11 @@ pub struct Measure {
     /// Median over rounds of this variant's requests/s ÷ the no-filter variant's in the same
     /// round (paired: both saw the same background load).
     pub rps_ratio: f64,
+    /// Interquartile range of those per-round ratios: how far one round is from the next.
+    pub rps_ratio_iqr: (f64, f64),
+    /// The same paired ratio against the do-nothing Wasm module instead of no filter (what
+    /// the module itself adds to Envoy's Wasm machinery), with the p99 and CPU differences.
+    pub vs_floor: Option<VsFloor>,
     /// This variant's median p99 − the no-filter variant's, µs. (Not paired: a p99 of one
     /// second at one connection is dominated by scheduling noise that changes from second to
     /// second, which a difference of medians averages out better than a median of differences.)
@@ -59,6 +64,17 @@ pub struct Measure {
     /// CPU time of the server Envoy per request at saturation (user + system), µs.
     pub server_cpu_us: f64,
 }
+
+/// A variant compared with Envoy's Wasm floor (the do-nothing module) round by round.
+#[derive(Debug, Clone, Copy)]
+pub struct VsFloor {
+    pub rps_ratio: f64,
+    pub dp99_us: f64,
+    pub dcpu_us: f64,
+}
+
+/// Index of the do-nothing Wasm module among the variants.
+const FLOOR: usize = 2;
 
 fn principal(i: usize) -> String {
     format!("{TD}/ns/default/sa/client-{i:02}")
@@ -514,9 +530,21 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: Vec<f64>) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The `q` quantile (nearest rank) of a non-empty sample.
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    // Rounds × q is within 0..len: the index cannot leave the sample.
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+/// Paired per-round ratios of `rps` over `base`.
+fn ratios(rps: &[f64], base: &[f64]) -> Vec<f64> {
+    rps.iter().zip(base).map(|(v, b)| v / b).collect()
 }
 
 fn counter(admin: u16, name: &str) -> Option<u64> {
@@ -655,12 +683,23 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
         bail!("the filters decided nothing (wasm {wasm_allowed}, rbac {rbac_allowed})");
     }
     let base = samples[0].clone();
+    let floor = samples[FLOOR].clone();
     Ok(variants
         .into_iter()
         .zip(samples)
-        .map(|((name, _), [rps, p50, p99, cpu])| Measure {
+        .enumerate()
+        .map(|(i, ((name, _), [rps, p50, p99, cpu]))| Measure {
             name,
-            rps_ratio: median(rps.iter().zip(&base[0]).map(|(v, b)| v / b).collect()),
+            rps_ratio: median(ratios(&rps, &base[0])),
+            rps_ratio_iqr: (
+                quantile(ratios(&rps, &base[0]), 0.25),
+                quantile(ratios(&rps, &base[0]), 0.75),
+            ),
+            vs_floor: (i > FLOOR).then(|| VsFloor {
+                rps_ratio: median(ratios(&rps, &floor[0])),
+                dp99_us: median(p99.clone()) - median(floor[2].clone()),
+                dcpu_us: median(cpu.clone()) - median(floor[3].clone()),
+            }),
             dp99_us: median(p99.clone()) - median(base[2].clone()),
             rps: median(rps),
             p50_us: median(p50),
@@ -673,6 +712,37 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy the Wasm filter gets lets the caller through, by the last of its 50 rules.
+    #[test]
+    fn policy_allows_the_caller_by_its_last_rule() {
+        let engine = sigil_authz::Engine::from_json(
+            wasm_policy().to_string().as_bytes(),
+            sigil_authz::Protocol::Http,
+        )
+        .unwrap();
+        let san = format!("spiffe://{}", principal(RULES - 1));
+        let other = format!("spiffe://{TD}/ns/default/sa/someone-else");
+        let decide = |san: &str| {
+            let conn = sigil_authz::Connection {
+                mtls: true,
+                uri_san: Some(san),
+            };
+            engine
+                .authorize(&conn, &mut sigil_authz::StaticRequest::get("/"))
+                .verdict
+        };
+        assert!(decide(&san).allowed);
+        assert!(!decide(&other).allowed);
+    }
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0, 5.0], 0.5), 3.0);
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0, 5.0], 0.25), 2.0);
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0, 5.0], 0.75), 4.0);
+        assert_eq!(quantile(vec![7.0], 0.25), 7.0);
+    }
 
     /// The hand-encoded module is well formed: the magic and version, then sections whose
     /// LEB128 lengths end exactly at the end, in the order the format requires.
@@ -753,29 +823,77 @@ pub fn report(
             ),
             _ => "(experiment)".to_owned(),
         };
+        let (q1, q3) = v.rps_ratio_iqr;
         rows.push((
             format!("Envoy mTLS, {}", v.name),
             format!(
-                "{:.0} req/s ({ratio:.2}×); 1 conn: p50 {:.0} µs, p99 {:.0} µs ({dp99:+.0} µs); \
-                 server CPU {:.1} µs/req",
+                "{:.0} req/s ({ratio:.2}×, rounds {q1:.2}–{q3:.2}); 1 conn: p50 {:.0} µs, \
+                 p99 {:.0} µs ({dp99:+.0} µs); server CPU {:.1} µs/req",
                 v.rps, v.p50_us, v.p99_us, v.server_cpu_us
             ),
             target,
         ));
+        if let Some(f) = v.vs_floor {
+            rows.push((
+                format!("… {} over Envoy's Wasm floor", v.name),
+                format!(
+                    "{:.2}× the do-nothing module's throughput; p99 {:+.0} µs; server CPU \
+                     {:+.1} µs/req",
+                    f.rps_ratio, f.dp99_us, f.dcpu_us
+                ),
+                "(what the module's own work costs)".to_owned(),
+            ));
+        }
     }
+    let ns = decision_ns();
+    rows.push((
+        "Sigil policy engine, one decision on the 50-rule policy (native)".to_owned(),
+        format!("{ns:.0} ns"),
+        "(reported)".to_owned(),
+    ));
     json.insert(
         "envoy_authz".into(),
         Value::Array(
             m.iter()
                 .map(|v| {
                     json!({"variant": v.name, "rps": v.rps, "rps_ratio": v.rps_ratio,
+                           "rps_ratio_iqr": [v.rps_ratio_iqr.0, v.rps_ratio_iqr.1],
                            "p50_us": v.p50_us, "p99_us": v.p99_us, "p99_delta_us": v.dp99_us,
-                           "server_cpu_us_per_request": v.server_cpu_us})
+                           "server_cpu_us_per_request": v.server_cpu_us,
+                           "vs_floor": v.vs_floor.map(|f| json!({"rps_ratio": f.rps_ratio,
+                               "p99_delta_us": f.dp99_us, "server_cpu_delta_us": f.dcpu_us}))})
                 })
                 .collect(),
         ),
     );
+    json.insert("authz_decision_ns".into(), json!(ns));
     Ok(())
+}
+
+/// The benchmark's policy decided natively for the caller (the last rule's principal): what
+/// the engine costs per request before V8 (which runs it roughly 1.5–3× slower) and Envoy's
+/// host calls.
+pub fn decision_ns() -> f64 {
+    let engine = sigil_authz::Engine::from_json(
+        wasm_policy().to_string().as_bytes(),
+        sigil_authz::Protocol::Http,
+    )
+    // The policy is built by this file and compiles (checked by a unit test below).
+    .expect("the benchmark's policy compiles");
+    let san = format!("spiffe://{}", principal(RULES - 1));
+    // The policy asks for nothing but the peer: the request's attributes are never read.
+    let mut req = sigil_authz::StaticRequest::get("/");
+    let n = 1_000_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        let conn = sigil_authz::Connection {
+            mtls: true,
+            uri_san: Some(std::hint::black_box(san.as_str())),
+        };
+        let ev = engine.authorize(&conn, &mut req);
+        std::hint::black_box(ev.verdict.allowed);
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(n)
 }
 
 #[cfg(test)]
