@@ -61,6 +61,11 @@ struct Mesh {
 
 impl Mesh {
     fn start(name: &str) -> Self {
+        Self::start_with(name, filter_config)
+    }
+
+    /// A mesh whose filters get `config(listener port)`.
+    fn start_with(name: &str, config: fn(u16) -> Value) -> Self {
         require_root();
         let env = Env::start(name);
         let envoy_id = env.register(
@@ -89,13 +94,13 @@ impl Mesh {
                 "authz_http",
                 http_port,
                 server_tls(&bundle),
-                vec![wasm_http_filter(&wasm, &filter_config(http_port))],
+                vec![wasm_http_filter(&wasm, &config(http_port))],
             ),
             tcp_listener(
                 "authz_tcp",
                 tcp_port,
                 server_tls(&bundle),
-                vec![wasm_network_filter(&wasm, &filter_config(tcp_port))],
+                vec![wasm_network_filter(&wasm, &config(tcp_port))],
                 "echo",
             ),
         ];
@@ -134,6 +139,22 @@ impl Mesh {
             .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Waits until Envoy's log has a line containing every one of `parts`.
+    fn assert_logged(&self, parts: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.envoy.log();
+            if log.lines().any(|l| parts.iter().all(|p| l.contains(p))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with all of {parts:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until the counter `name` reads `want` (the filter flushes counts every 250 ms).
@@ -192,6 +213,79 @@ fn http_filter_allows_denies_and_fails_closed() {
     m.assert_stat("sigil_authz.http.default_deny", 1);
     m.assert_stat("sigil_authz.http.policy.default.allow-sleep.allow", 1);
     m.assert_stat("sigil_authz.http.policy.default.deny-foo.deny", 1);
+}
+
+/// [`filter_config`] plus an AUDIT policy on namespace `foo` and a dry-run DENY of `sleep`:
+/// neither may change a decision.
+fn audited_config(port: u16) -> Value {
+    let mut cfg = filter_config(port);
+    let policies = cfg["policies"]
+        .as_array_mut()
+        .expect("filter_config has a policies array");
+    policies.push(
+        json!({"name": "audit-foo", "namespace": "default", "spec": {
+            "action": "AUDIT",
+            "rules": [{"from": [{"source": {"namespaces": ["foo"]}}]}]
+        }}),
+    );
+    policies.push(
+        json!({"name": "dry-deny-sleep", "namespace": "default", "dryRun": true,
+        "spec": {
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}]}]
+        }}),
+    );
+    cfg
+}
+
+#[test]
+fn audit_and_dry_run_log_without_enforcing() {
+    let m = Mesh::start_with("wasm-audit", audited_config);
+    let sleep = format!("spiffe://{}/ns/default/sa/sleep", crate::TD);
+    let foo = format!("spiffe://{}/ns/foo/sa/app", crate::TD);
+
+    // The dry-run DENY matches sleep: logged and counted, and sleep is still allowed.
+    let r = https_get(m.http_port, m.client(Some(&m.sleep)), "/anything")
+        .unwrap_or_else(|e| panic!("allowed request failed: {e:#}\n{}", m.envoy.log()));
+    assert_eq!(r.status, 200, "{r:?}\n{}", m.envoy.log());
+    m.assert_logged(&[
+        "dry-run: would deny GET /anything",
+        &sleep,
+        "default/dry-deny-sleep",
+        "enforced: allow",
+    ]);
+    m.assert_stat("sigil_authz.http.dry_run_denied", 1);
+    m.assert_stat(
+        "sigil_authz.http.policy.default.dry-deny-sleep.dry_run_deny",
+        1,
+    );
+
+    // AUDIT matches foo: logged and counted; the DENY policy still decides.
+    let r = https_get(m.http_port, m.client(Some(&m.foo_app)), "/x").expect("request");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.header(POLICY_HEADER), Some("default/deny-foo"), "{r:?}");
+    m.assert_logged(&[
+        "AUDIT policy default/audit-foo matched GET /x",
+        &foo,
+        "decision: deny",
+    ]);
+    m.assert_stat("sigil_authz.http.policy.default.audit-foo.audit", 1);
+    // The dry-run policies' verdict on foo (no dry-run policy matched it): allow.
+    m.assert_stat("sigil_authz.http.dry_run_allowed", 1);
+    m.assert_stat("sigil_authz.http.allowed", 1);
+    m.assert_stat("sigil_authz.http.denied", 1);
+
+    // The same through the TCP filter: audited and dry-run, never enforced.
+    let got = tls_echo(m.tcp_port, m.client(Some(&m.sleep)), b"ping\n")
+        .unwrap_or_else(|e| panic!("allowed connection failed: {e:#}\n{}", m.envoy.log()));
+    assert_eq!(got, b"ping\n");
+    m.assert_stat("sigil_authz.tcp.dry_run_denied", 1);
+    m.assert_stat(
+        "sigil_authz.tcp.policy.default.dry-deny-sleep.dry_run_deny",
+        1,
+    );
+    assert!(tls_echo(m.tcp_port, m.client(Some(&m.foo_app)), b"ping\n").is_err());
+    m.assert_stat("sigil_authz.tcp.policy.default.audit-foo.audit", 1);
 }
 
 #[test]
