@@ -20,9 +20,10 @@
 //! a client-side Envoy (as a sidecar would) holds the caller's SVID. The client side (wrk and
 //! that Envoy) shares one core and costs more per request than the server, so throughput
 //! reflects the server's added latency as much as its CPU; the server's CPU time per request is
-//! the direct measure of what each filter costs. A fourth variant, a Wasm module that lets
-//! everything through without a single host call ([`noop_module`]), shows what Envoy's Wasm
-//! machinery costs any filter before it does anything. Processes run at nice -10 when allowed,
+//! the direct measure of what each filter costs. Two hand-encoded Wasm modules are reference
+//! rows ([`reference_module`]): one lets everything through without a single host call (what
+//! Envoy's Wasm machinery costs any filter before it does anything), the other only reads the
+//! peer's URI SAN (the least a filter deciding on the peer's SPIFFE ID must do). Processes run at nice -10 when allowed,
 //! so that builds running alongside weigh less. Certificates are SPIFFE X509-SVIDs with a URI
 //! SAN only (no DNS SAN, empty subject). The policy has 50 rules, one principal each; the caller matches the last.
 
@@ -75,6 +76,8 @@ pub struct VsFloor {
 
 /// Index of the do-nothing Wasm module among the variants.
 const FLOOR: usize = 2;
+/// Index of Sigil's filter among the variants (after the peer-read reference).
+const SIGIL: usize = 4;
 
 fn principal(i: usize) -> String {
     format!("{TD}/ns/default/sa/client-{i:02}")
@@ -131,68 +134,121 @@ fn wasm_filter(wasm: &Path) -> Value {
     })
 }
 
-/// A proxy-wasm module that lets every request through and makes no host call: what any Wasm
-/// HTTP filter costs in this Envoy before it does anything (the floor under Sigil's filter).
-/// Encoded by hand (WebAssembly binary format 1): exports `memory`, the ABI version marker,
-/// `proxy_on_memory_allocate` (never called: no host call returns data), `proxy_on_vm_start`
-/// and `proxy_on_configure` (return 1: accepted) and `proxy_on_request_headers` (returns 0:
-/// continue).
-fn noop_module() -> Vec<u8> {
+/// What a hand-encoded reference module does on request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reference {
+    /// Nothing, no host call: what any Wasm HTTP filter costs in this Envoy before it does
+    /// anything (the floor under Sigil's filter).
+    Floor,
+    /// Only reads `connection.uri_san_peer_certificate` (one host call, its value ignored):
+    /// the least any filter deciding on the peer's SPIFFE ID must do.
+    PeerRead,
+}
+
+/// The property path the [`Reference::PeerRead`] module reads, as the ABI serializes it.
+const PEER_PATH: &[u8] = b"connection\0uri_san_peer_certificate";
+/// Where that path sits in the module's memory.
+const PEER_PATH_AT: u8 = 16;
+
+/// A proxy-wasm module that lets every request through, encoded by hand (WebAssembly binary
+/// format 1). Exports `memory`, the ABI version marker, `proxy_on_memory_allocate` (a fixed
+/// buffer at 1024: the host writes a returned value there, which nobody reads),
+/// `proxy_on_vm_start` and `proxy_on_configure` (return 1: accepted) and
+/// `proxy_on_request_headers` (returns 0: continue, after the host call of `what`).
+fn reference_module(what: Reference) -> Vec<u8> {
     const I32: u8 = 0x7f;
     const FUNC: u8 = 0x60;
+    const END: u8 = 0x0b;
+    const CONST: u8 = 0x41;
+    const CALL: u8 = 0x10;
+    const DROP: u8 = 0x1a;
     fn section(out: &mut Vec<u8>, id: u8, body: &[u8]) {
         out.push(id);
-        // Every section here is far shorter than 128 bytes: a one-byte LEB128 length.
-        assert!(body.len() < 128);
-        out.push(body.len() as u8);
+        // Every section here is shorter than 2^14 bytes: a LEB128 length of one or two bytes.
+        let len = body.len();
+        assert!(len < 1 << 14);
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            out.extend_from_slice(&[(len & 0x7f) as u8 | 0x80, (len >> 7) as u8]);
+        }
         out.extend_from_slice(body);
     }
     fn name(out: &mut Vec<u8>, n: &str) {
         out.push(n.len() as u8);
         out.extend_from_slice(n.as_bytes());
     }
+    let read = what == Reference::PeerRead;
     let mut m = b"\0asm\x01\0\0\0".to_vec();
-    // Types: 0 () -> (); 1 (i32) -> i32; 2 (i32 i32) -> i32; 3 (i32 i32 i32) -> i32.
+    // Types: 0 () -> (); 1 (i32) -> i32; 2 (i32 i32) -> i32; 3 (i32 i32 i32) -> i32;
+    // 4 (i32 i32 i32 i32) -> i32 (proxy_get_property).
     section(
         &mut m,
         1,
         &[
-            4, FUNC, 0, 0, FUNC, 1, I32, 1, I32, FUNC, 2, I32, I32, 1, I32, FUNC, 3, I32, I32, I32,
-            1, I32,
+            5, FUNC, 0, 0, FUNC, 1, I32, 1, I32, FUNC, 2, I32, I32, 1, I32, FUNC, 3, I32, I32, I32,
+            1, I32, FUNC, 4, I32, I32, I32, I32, 1, I32,
         ],
     );
-    // Functions 0..=3 of types 0..=3.
+    // Imported functions come first in the index space.
+    let first = if read {
+        let mut imports = vec![1];
+        name(&mut imports, "env");
+        name(&mut imports, "proxy_get_property");
+        imports.extend_from_slice(&[0, 4]);
+        section(&mut m, 2, &imports);
+        1
+    } else {
+        0
+    };
+    // Functions first..first+4 of types 0..=3.
     section(&mut m, 3, &[4, 0, 1, 2, 3]);
     // One memory, one page minimum.
     section(&mut m, 5, &[1, 0, 1]);
     let mut exports = vec![6];
     for (n, kind, index) in [
         ("memory", 2, 0),
-        ("proxy_abi_version_0_2_1", 0, 0),
-        ("proxy_on_memory_allocate", 0, 1),
-        ("proxy_on_vm_start", 0, 2),
-        ("proxy_on_configure", 0, 2),
-        ("proxy_on_request_headers", 0, 3),
+        ("proxy_abi_version_0_2_1", 0, first),
+        ("proxy_on_memory_allocate", 0, first + 1),
+        ("proxy_on_vm_start", 0, first + 2),
+        ("proxy_on_configure", 0, first + 2),
+        ("proxy_on_request_headers", 0, first + 3),
     ] {
         name(&mut exports, n);
         exports.extend_from_slice(&[kind, index]);
     }
-    m.push(7);
-    // The export section is longer than 127 bytes: a two-byte LEB128 length.
-    let len = exports.len();
-    assert!(len < 1 << 14);
-    m.extend_from_slice(&[(len & 0x7f) as u8 | 0x80, (len >> 7) as u8]);
-    m.extend_from_slice(&exports);
-    // Bodies (no locals): nothing; i32.const 1024; i32.const 1; i32.const 0.
-    const END: u8 = 0x0b;
-    const CONST: u8 = 0x41;
-    section(
-        &mut m,
-        10,
-        &[
-            4, 2, 0, END, 5, 0, CONST, 0x80, 0x08, END, 4, 0, CONST, 1, END, 4, 0, CONST, 0, END,
-        ],
-    );
+    section(&mut m, 7, &exports);
+    // Bodies (no locals): nothing; i32.const 1024; i32.const 1; [proxy_get_property(path,
+    // len, &ptr at 0, &size at 4), dropped;] i32.const 0.
+    let mut on_headers = vec![0];
+    if read {
+        on_headers.extend_from_slice(&[
+            CONST,
+            PEER_PATH_AT,
+            CONST,
+            PEER_PATH.len() as u8,
+            CONST,
+            0,
+            CONST,
+            4,
+            CALL,
+            0,
+            DROP,
+        ]);
+    }
+    on_headers.extend_from_slice(&[CONST, 0, END]);
+    let mut code = vec![
+        4, 2, 0, END, 5, 0, CONST, 0x80, 0x08, END, 4, 0, CONST, 1, END,
+    ];
+    code.push(on_headers.len() as u8);
+    code.extend_from_slice(&on_headers);
+    section(&mut m, 10, &code);
+    if read {
+        // The path, at PEER_PATH_AT (an active segment of memory 0).
+        let mut data = vec![1, 0, CONST, PEER_PATH_AT, END, PEER_PATH.len() as u8];
+        data.extend_from_slice(PEER_PATH);
+        section(&mut m, 11, &data);
+    }
     m
 }
 
@@ -568,7 +624,9 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
     };
 
     let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, noop_module())?;
+    std::fs::write(&noop, reference_module(Reference::Floor))?;
+    let peer_read = dir.path().join("peer-read.wasm");
+    std::fs::write(&peer_read, reference_module(Reference::PeerRead))?;
     let mut variants: Vec<(String, Vec<Value>)> = vec![
         ("no filter".into(), vec![]),
         ("Envoy RBAC filter (50 rules)".into(), vec![rbac_filter()]),
@@ -577,10 +635,19 @@ pub fn run(envoy: &Path, wasm: &Path, quick: bool) -> Result<Vec<Measure>> {
             vec![wasm_filter(&noop)],
         ),
         (
+            "Wasm module reading only the peer's URI SAN".into(),
+            vec![wasm_filter(&peer_read)],
+        ),
+        (
             "Sigil Wasm filter (50 rules)".into(),
             vec![wasm_filter(wasm)],
         ),
     ];
+    debug_assert_eq!(
+        variants[FLOOR].0,
+        "Wasm module doing nothing (Envoy's floor)"
+    );
+    debug_assert_eq!(variants[SIGIL].0, "Sigil Wasm filter (50 rules)");
     // SIGIL_BENCH_EXTRA=name=/path/a.wasm,...: more Wasm modules measured alongside, for
     // experiments.
     if let Ok(extra) = std::env::var("SIGIL_BENCH_EXTRA") {
@@ -747,8 +814,29 @@ mod tests {
     /// The hand-encoded module is well formed: the magic and version, then sections whose
     /// LEB128 lengths end exactly at the end, in the order the format requires.
     #[test]
-    fn noop_module_is_well_formed() {
-        let m = noop_module();
+    fn reference_modules_are_well_formed() {
+        for (what, want) in [
+            (Reference::Floor, &[1, 3, 5, 7, 10][..]),
+            (Reference::PeerRead, &[1, 2, 3, 5, 7, 10, 11][..]),
+        ] {
+            let m = reference_module(what);
+            assert_eq!(section_ids(&m), want, "{what:?}");
+        }
+        let m = reference_module(Reference::PeerRead);
+        let at = m
+            .windows(PEER_PATH.len())
+            .position(|w| w == PEER_PATH)
+            .expect("the path is in the data section");
+        assert_eq!(
+            at + PEER_PATH.len(),
+            m.len(),
+            "the data segment ends the module"
+        );
+    }
+
+    /// The section ids of a module whose magic and version are right and whose sections'
+    /// LEB128 lengths end exactly at its end.
+    fn section_ids(m: &[u8]) -> Vec<u8> {
         assert_eq!(&m[..8], b"\0asm\x01\0\0\0");
         let mut at = 8;
         let mut ids = Vec::new();
@@ -768,7 +856,7 @@ mod tests {
             at += len;
         }
         assert_eq!(at, m.len());
-        assert_eq!(ids, [1, 3, 5, 7, 10]);
+        ids
     }
 
     #[test]
@@ -816,11 +904,11 @@ pub fn report(
         let (ratio, dp99) = (v.rps_ratio, v.dp99_us);
         let target = match i {
             0 => String::new(),
-            1 | 2 => "(reference)".to_owned(),
-            3 => format!(
+            SIGIL => format!(
                 "≥ 0.95× and p99 ≤ +50 µs {}",
                 super::verdict(ratio >= 0.95 && dp99 <= 50.0)
             ),
+            i if i < SIGIL => "(reference)".to_owned(),
             _ => "(experiment)".to_owned(),
         };
         let (q1, q3) = v.rps_ratio_iqr;
