@@ -18,8 +18,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     "rust-web-src",
 ];
-/// The rustup name of Debian's toolchain (`rustup toolchain link debian-web /usr`).
-pub const TOOLCHAIN: &str = "debian-web";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The libLLVM rustc-web links against; bpf-linker must use the same one.
 const LIBLLVM: &str = "/usr/lib/x86_64-linux-gnu/libLLVM.so.22.1";
@@ -31,30 +29,8 @@ pub fn object_path() -> PathBuf {
 
 /// Installs what `build-ebpf` needs; every step is skipped when already done.
 pub fn ensure_toolchain() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !crate::setup::dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        println!("    Debian rustc-web toolchain: present");
-    } else {
-        crate::setup::apt_install(&missing)?;
-    }
-
-    let linked = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .context("running rustup (the workspace needs rustup's stable toolchain)")?;
-    if String::from_utf8_lossy(&linked.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN))
-    {
-        println!("    rustup toolchain {TOOLCHAIN}: linked");
-    } else {
-        println!("    rustup toolchain link {TOOLCHAIN} /usr");
-        run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))?;
-    }
+    crate::debian::ensure_packages(APT_PACKAGES, "Debian rustc-web toolchain")?;
+    crate::debian::ensure_linked()?;
 
     if bpf_linker_version().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
         println!("    bpf-linker {BPF_LINKER_VERSION}: present");
@@ -78,7 +54,7 @@ pub fn ensure_toolchain() -> Result<()> {
         .arg(BPF_LINKER_VERSION)
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", &prefix);
-    clean_cargo_env(&mut install);
+    crate::debian::clean_env(&mut install);
     run(&mut install)?;
     match bpf_linker_version() {
         Some(v) if v.contains(BPF_LINKER_VERSION) => Ok(()),
@@ -111,35 +87,13 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
-/// The outer `cargo xtask` runs under rustup's stable toolchain; none of its settings may leak
-/// into a build with another toolchain.
-fn clean_cargo_env(cmd: &mut Command) {
-    for k in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_PKG_NAME",
-    ] {
-        cmd.env_remove(k);
-    }
-}
-
 /// `cargo xtask build-ebpf`: builds agent-ebpf and copies the object to [`object_path`] when it
 /// changed (an unchanged object must not make cargo rebuild the agent).
 pub fn build() -> Result<PathBuf> {
     println!("==> building agent-ebpf (Debian rustc-web, bpf-linker)");
     let dir = root().join("agent-ebpf");
     let build_dir = target_dir().join("agent-ebpf");
-    let mut cmd = Command::new("cargo");
-    cmd.arg(format!("+{TOOLCHAIN}"));
-    clean_cargo_env(&mut cmd);
+    let mut cmd = crate::debian::cargo();
     // From agent-ebpf/ so that its .cargo/config.toml (target, --btf, RUSTC_BOOTSTRAP) applies.
     cmd.current_dir(&dir)
         .args(["build", "--release", "--locked"])

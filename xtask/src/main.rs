@@ -3,6 +3,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod debian;
 mod demo;
 mod ebpf;
 mod setup;

