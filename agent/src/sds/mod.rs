@@ -259,6 +259,33 @@ fn log_nack(detail: &envoy_types::pb::google::rpc::Status, version: &str, pid: i
     );
 }
 
+/// The caller as the socket's accept path recorded it.
+fn caller<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::unavailable("could not identify the caller"))
+}
+
+/// Runs one xDS stream (`run`, given the sending half) on its own task; an error it returns
+/// ends the stream with that status.
+fn spawn_stream<T, F, Fut>(run: F) -> SdsStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
+    let errors = tx.clone();
+    let stream = run(tx);
+    tokio::spawn(async move {
+        if let Err(status) = stream.await {
+            let _ = errors.send(Err(status)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl SecretDiscoveryService for SdsApi {
     type StreamSecretsStream = SdsStream<DiscoveryResponse>;
@@ -268,53 +295,31 @@ impl SecretDiscoveryService for SdsApi {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::unavailable("could not identify the caller"))?;
+        let peer = caller(&req)?;
         let mut inbound = req.into_inner();
         let api = self.clone();
-        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(4);
-        tokio::spawn(async move {
-            let result = api.run_sotw(&peer, &mut inbound, &tx).await;
-            if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(spawn_stream(move |tx| async move {
+            api.run_sotw(&peer, &mut inbound, &tx).await
+        })))
     }
 
     async fn delta_secrets(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::unavailable("could not identify the caller"))?;
+        let peer = caller(&req)?;
         let mut inbound = req.into_inner();
         let api = self.clone();
-        let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(4);
-        tokio::spawn(async move {
-            let result = api.run_delta(&peer, &mut inbound, &tx).await;
-            if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(spawn_stream(move |tx| async move {
+            api.run_delta(&peer, &mut inbound, &tx).await
+        })))
     }
 
     async fn fetch_secrets(
         &self,
         req: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::unavailable("could not identify the caller"))?;
+        let peer = caller(&req)?;
         let req = req.into_inner();
         check_type(&req.type_url)?;
         let selectors = self.attest(&peer).await?;
