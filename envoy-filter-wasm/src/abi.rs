@@ -112,12 +112,13 @@ pub fn log(level: LogLevel, message: &str) {
     }
 }
 
-/// A property by path (`["connection", "uri_san_peer_certificate"]`).
-pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
-    let serialized = path.join("\0");
+/// A property by its path as the ABI serializes it: the segments joined by NUL
+/// (`"connection\0uri_san_peer_certificate"`), written so as a constant to spare the request
+/// path an allocation.
+pub fn get_property(path: &str) -> Result<Option<Vec<u8>>, HostError> {
     returned(|data, size| {
-        // SAFETY: input pointer/length of a live buffer; output pointers to locals.
-        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), data, size) }
+        // SAFETY: input pointer/length of a live str; output pointers to locals.
+        unsafe { proxy_get_property(path.as_ptr(), path.len(), data, size) }
     })
 }
 

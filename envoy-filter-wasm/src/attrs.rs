@@ -3,15 +3,15 @@
 use crate::abi;
 use sigil_authz::RequestAttributes;
 
-/// Envoy's property paths (proxy-wasm attribute names).
-const MTLS: &[&str] = &["connection", "mtls"];
-const URI_SAN_PEER: &[&str] = &["connection", "uri_san_peer_certificate"];
-const DESTINATION_PORT: &[&str] = &["destination", "port"];
-const SNI: &[&str] = &["connection", "requested_server_name"];
+/// Envoy's property paths (proxy-wasm attribute names), serialized (segments joined by NUL).
+const MTLS: &str = "connection\0mtls";
+const URI_SAN_PEER: &str = "connection\0uri_san_peer_certificate";
+const DESTINATION_PORT: &str = "destination\0port";
+const SNI: &str = "connection\0requested_server_name";
 
 pub use abi::HostError;
 
-fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+fn property(path: &str) -> Result<Option<Vec<u8>>, HostError> {
     abi::get_property(path)
 }
 
@@ -74,7 +74,7 @@ impl EnvoyAttributes {
         }
     }
 
-    fn prop_text(&mut self, path: &[&str]) -> Option<String> {
+    fn prop_text(&mut self, path: &str) -> Option<String> {
         match property(path) {
             Ok(v) => v.map(text),
             Err(_) => {

@@ -134,7 +134,7 @@ thread_local! {
 }
 
 fn property_text(name: &str) -> String {
-    match abi::get_property(&[name]) {
+    match abi::get_property(name) {
         Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
         _ => String::new(),
     }

@@ -3,6 +3,8 @@
 use crate::config::{self, ConfigError};
 use crate::matcher::{Glob, PrincipalMatch, ServiceAccountMatch, StrMatch};
 use crate::peer::{PeerError, SpiffeId};
+use crate::recent::Recent;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -203,6 +205,19 @@ pub(crate) enum Matcher {
 }
 
 impl Matcher {
+    /// Whether the matcher reads the request (anything but the peer's identity).
+    fn reads_request(&self) -> bool {
+        match self {
+            Self::Principal(_) | Self::Namespace(_) | Self::ServiceAccount(_) => false,
+            Self::Method(_)
+            | Self::Path(_)
+            | Self::Host(_)
+            | Self::Port(_)
+            | Self::Header(..)
+            | Self::Sni(_) => true,
+        }
+    }
+
     fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
         match self {
             Self::Principal(m) => m.matches(peer.as_str()),
@@ -237,6 +252,13 @@ pub(crate) struct Check {
 }
 
 impl Check {
+    fn reads_request(&self) -> bool {
+        self.values
+            .iter()
+            .chain(&self.not_values)
+            .any(Matcher::reads_request)
+    }
+
     fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
         (self.values.is_empty() || self.values.iter().any(|m| m.matches(peer, req)))
             && !self.not_values.iter().any(|m| m.matches(peer, req))
@@ -257,6 +279,15 @@ pub(crate) struct Rule {
 }
 
 impl Rule {
+    fn reads_request(&self) -> bool {
+        self.from
+            .iter()
+            .chain(&self.to)
+            .flatten()
+            .chain(&self.when)
+            .any(Check::reads_request)
+    }
+
     fn matches(&self, peer: &SpiffeId<'_>, req: &mut dyn RequestAttributes) -> bool {
         (self.from.is_empty() || self.from.iter().any(|f| all(f, peer, req)))
             && (self.to.is_empty() || self.to.iter().any(|t| all(t, peer, req)))
@@ -363,6 +394,10 @@ pub struct Engine {
     dry_allow: Vec<usize>,
     pub(crate) warnings: Vec<String>,
     pub(crate) root_id: Option<String>,
+    /// No policy reads the request: a decision depends on the peer alone.
+    peer_only: bool,
+    /// The last decisions, when `peer_only` (see [`crate::recent`]).
+    recent: RefCell<Recent>,
 }
 
 impl Engine {
@@ -384,7 +419,13 @@ impl Engine {
                 .map(|(n, _)| n)
                 .collect()
         };
+        let peer_only = !policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(Rule::reads_request);
         Ok(Self {
+            peer_only,
+            recent: RefCell::default(),
             deny: pick(Action::Deny, false),
             allow: pick(Action::Allow, false),
             // Istio has no dry-run AUDIT: an AUDIT policy only ever reports.
@@ -419,11 +460,37 @@ impl Engine {
         self.root_id.as_deref()
     }
 
+    /// Whether no policy reads anything of the request, so that a decision depends on the
+    /// peer alone (and [`Engine::authorize`] remembers it).
+    pub fn is_peer_only(&self) -> bool {
+        self.peer_only
+    }
+
     /// Decides a request, as Istio does: a peer without a valid SPIFFE ID is denied; then a
     /// matching DENY policy denies; then, if there are ALLOW policies, one of them must match;
     /// with no ALLOW policy the request is allowed. AUDIT policies and dry-run policies are
     /// evaluated and reported alongside, never enforced.
+    ///
+    /// When no policy reads the request, the last few peers' decisions are remembered and
+    /// answered again without evaluating (see [`crate::recent`]); the answer is the same as
+    /// [`Engine::evaluate`]'s.
     pub fn authorize(&self, conn: &Connection<'_>, req: &mut dyn RequestAttributes) -> Evaluation {
+        let (true, true, Some(san)) = (self.peer_only, conn.mtls, conn.uri_san) else {
+            return self.evaluate(conn, req);
+        };
+        // The engine is not shared between threads (RefCell: not Sync), and nothing below
+        // re-enters it, so the borrows cannot overlap.
+        if let Some(ev) = self.recent.borrow().get(san) {
+            return ev.clone();
+        }
+        let ev = self.evaluate(conn, req);
+        self.recent.borrow_mut().remember(san, &ev);
+        ev
+    }
+
+    /// Decides a request by evaluating every policy (what [`Engine::authorize`] does when it
+    /// does not remember the peer).
+    pub fn evaluate(&self, conn: &Connection<'_>, req: &mut dyn RequestAttributes) -> Evaluation {
         let peer = match peer_of(conn) {
             Ok(p) => p,
             Err(e) => {
@@ -532,6 +599,140 @@ mod tests {
             }
             None => json!({}),
         })
+    }
+
+    fn compile(policies: serde_json::Value, protocol: Protocol) -> Engine {
+        let cfg = json!({"trustDomain": "td", "policies": policies});
+        Engine::from_json(cfg.to_string().as_bytes(), protocol).unwrap()
+    }
+
+    fn policy(action: &str, rule: serde_json::Value) -> serde_json::Value {
+        json!({"name": "p", "namespace": "n", "spec": {"action": action, "rules": [rule]}})
+    }
+
+    /// Only policies on the peer alone make the engine remember decisions; anything read from
+    /// the request, in any policy (AUDIT and dry-run included), turns it off.
+    #[test]
+    fn peer_only_is_exactly_the_policies_on_the_peer() {
+        let from = json!({"source": {"principals": ["td/ns/a/sa/s1"], "notNamespaces": ["b"]}});
+        let peer_only = [
+            json!([]),
+            json!([policy("ALLOW", json!({"from": [from]}))]),
+            json!([policy(
+                "DENY",
+                json!({"from": [from],
+                "when": [{"key": "source.principal", "values": ["td/ns/a/*"]},
+                         {"key": "source.namespace", "notValues": ["c"]}]})
+            )]),
+        ];
+        for p in peer_only {
+            assert!(compile(p.clone(), Protocol::Http).is_peer_only(), "{p}");
+        }
+        let reads_request = [
+            json!({"to": [{"operation": {"paths": ["/x"]}}]}),
+            json!({"to": [{"operation": {"notMethods": ["GET"]}}]}),
+            json!({"to": [{"operation": {"hosts": ["a.example"]}}]}),
+            json!({"to": [{"operation": {"ports": ["8080"]}}]}),
+            json!({"from": [from], "when": [{"key": "request.headers[x-a]", "values": ["1"]}]}),
+        ];
+        for rule in reads_request {
+            for action in ["ALLOW", "DENY", "AUDIT"] {
+                let e = compile(json!([policy(action, rule.clone())]), Protocol::Http);
+                assert!(!e.is_peer_only(), "{action} {rule}");
+            }
+            let mut dry = policy("ALLOW", rule.clone());
+            dry["dryRun"] = json!(true);
+            let e = compile(
+                json!([dry, {"name": "q", "namespace": "n", "spec": {"rules": [{"from": [from]}]}}]),
+                Protocol::Http,
+            );
+            assert!(!e.is_peer_only(), "dry-run {rule}");
+        }
+    }
+
+    /// With a policy that reads the request, the same peer gets a decision per request.
+    #[test]
+    fn decisions_that_read_the_request_are_not_remembered() {
+        let e = compile(
+            json!([policy(
+                "ALLOW",
+                json!({
+                    "from": [{"source": {"principals": ["td/ns/a/sa/s1"]}}],
+                    "to": [{"operation": {"paths": ["/ok"]}}]
+                })
+            )]),
+            Protocol::Http,
+        );
+        let conn = Connection {
+            mtls: true,
+            uri_san: Some("spiffe://td/ns/a/sa/s1"),
+        };
+        for (path, allowed) in [("/ok", true), ("/no", false), ("/ok", true), ("/no", false)] {
+            let ev = e.authorize(&conn, &mut StaticRequest::get(path));
+            assert_eq!(ev.verdict.allowed, allowed, "{path}");
+        }
+    }
+
+    /// A remembered peer is answered without evaluating: its request is not even read.
+    #[test]
+    fn remembered_peers_are_answered_from_memory() {
+        struct Unreadable;
+        impl RequestAttributes for Unreadable {
+            fn method(&mut self) -> Option<&str> {
+                unreachable!("a remembered decision reads no request")
+            }
+            fn path(&mut self) -> Option<&str> {
+                unreachable!()
+            }
+            fn host(&mut self) -> Option<&str> {
+                unreachable!()
+            }
+            fn header(&mut self, _: &str) -> Option<&str> {
+                unreachable!()
+            }
+            fn destination_port(&mut self) -> Option<u32> {
+                unreachable!()
+            }
+            fn sni(&mut self) -> Option<&str> {
+                unreachable!()
+            }
+        }
+        let e = compile(
+            json!([policy(
+                "ALLOW",
+                json!({"from": [{"source": {"principals": ["td/ns/a/sa/s1"]}}]})
+            )]),
+            Protocol::Http,
+        );
+        assert!(e.is_peer_only());
+        let s1 = Connection {
+            mtls: true,
+            uri_san: Some("spiffe://td/ns/a/sa/s1"),
+        };
+        let first = e.authorize(&s1, &mut StaticRequest::get("/"));
+        assert!(first.verdict.allowed);
+        assert!(e.recent.borrow().get("spiffe://td/ns/a/sa/s1").is_some());
+        assert_eq!(e.authorize(&s1, &mut Unreadable), first);
+        // Not a peer the engine has seen: evaluated (and denied).
+        let s2 = Connection {
+            mtls: true,
+            uri_san: Some("spiffe://td/ns/a/sa/s2"),
+        };
+        assert!(
+            !e.authorize(&s2, &mut StaticRequest::get("/"))
+                .verdict
+                .allowed
+        );
+        // Not mutual TLS: never answered from memory, whatever the URI SAN.
+        let plain = Connection {
+            mtls: false,
+            uri_san: s1.uri_san,
+        };
+        assert!(
+            !e.authorize(&plain, &mut StaticRequest::get("/"))
+                .verdict
+                .allowed
+        );
     }
 
     proptest! {

@@ -40,6 +40,7 @@ mod config;
 mod engine;
 mod matcher;
 mod peer;
+mod recent;
 
 pub use config::{Config, ConfigError};
 pub use engine::{

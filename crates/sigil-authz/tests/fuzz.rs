@@ -265,6 +265,94 @@ proptest! {
     }
 }
 
+/// Peers whose IDs have the same length and differ in one namespace or service account
+/// letter: a memory that confused them would answer for the wrong peer.
+const LOOKALIKE_PEERS: [&str; 4] = [
+    "spiffe://td.example/ns/a/sa/x",
+    "spiffe://td.example/ns/a/sa/y",
+    "spiffe://td.example/ns/b/sa/x",
+    "spiffe://td.example/ns/b/sa/y",
+];
+
+/// Policies on [`LOOKALIKE_PEERS`] only (sources, no operation or condition): every decision
+/// is one a memory of peers may answer.
+fn lookalike_policies() -> impl Strategy<Value = Value> {
+    let ns = prop_oneof![Just("a"), Just("b")];
+    let sa = prop_oneof![Just("x"), Just("y")];
+    let principal = (ns.clone(), sa.clone(), 0..3u8).prop_map(|(n, s, form)| match form {
+        0 => format!("td.example/ns/{n}/sa/{s}"),
+        1 => format!("*/sa/{s}"),
+        _ => format!("td.example/ns/{n}/*"),
+    });
+    let source = prop_oneof![
+        prop::collection::vec(principal.clone(), 1..3).prop_map(|p| json!({"principals": p})),
+        prop::collection::vec(principal, 1..3).prop_map(|p| json!({"notPrincipals": p})),
+        ns.prop_map(|n| json!({"namespaces": [n]})),
+    ];
+    let rule = prop::collection::vec(source, 1..3).prop_map(|sources| {
+        json!({"from": sources.into_iter().map(|s| json!({"source": s})).collect::<Vec<_>>()})
+    });
+    let policy = (
+        prop_oneof![Just("ALLOW"), Just("DENY"), Just("AUDIT")],
+        prop::collection::vec(rule, 1..3),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(action, rules, dry_run)| {
+            let dry_run = dry_run && action != "AUDIT";
+            json!({"namespace": "ns", "dryRun": dry_run,
+                   "spec": {"action": action, "rules": rules}})
+        });
+    prop::collection::vec(policy, 1..4).prop_map(|mut policies| {
+        for (i, p) in policies.iter_mut().enumerate() {
+            p["name"] = json!(format!("p{i}"));
+        }
+        json!({"trustDomain": "td.example", "policies": policies})
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The same with peers a memory could confuse, on policies whose decisions it remembers.
+    #[test]
+    fn remembered_decisions_tell_lookalike_peers_apart(
+        cfg in lookalike_policies(),
+        reqs in prop::collection::vec(0..LOOKALIKE_PEERS.len(), 1..24),
+    ) {
+        let engine = Engine::from_json(cfg.to_string().as_bytes(), Protocol::Http)
+            .map_err(|e| TestCaseError::fail(format!("{e}: {cfg}")))?;
+        prop_assert!(engine.is_peer_only());
+        for i in reqs {
+            let conn = Connection { mtls: true, uri_san: Some(LOOKALIKE_PEERS[i]) };
+            let req = StaticRequest::get("/");
+            let remembered = engine.authorize(&conn, &mut req.clone());
+            let evaluated = engine.evaluate(&conn, &mut req.clone());
+            prop_assert_eq!(remembered, evaluated, "peer {}", LOOKALIKE_PEERS[i]);
+        }
+    }
+
+    /// A remembered decision is the decision: over a run of requests from a few peers,
+    /// `authorize` (which remembers peers when no policy reads the request) always answers
+    /// what evaluating every policy answers.
+    #[test]
+    fn remembered_decisions_equal_evaluated_ones(
+        cfg in config_like(),
+        p in protocol(),
+        peers in prop::collection::vec(san(), 1..4),
+        reqs in prop::collection::vec((0..4usize, any::<bool>(), request()), 1..24),
+    ) {
+        let Ok(engine) = Engine::from_json(cfg.to_string().as_bytes(), p) else {
+            return Ok(());
+        };
+        for (i, mtls, req) in reqs {
+            let conn = Connection { mtls, uri_san: peers[i % peers.len()].as_deref() };
+            let remembered = engine.authorize(&conn, &mut req.clone());
+            let evaluated = engine.evaluate(&conn, &mut req.clone());
+            prop_assert_eq!(remembered, evaluated, "peer {:?}", conn.uri_san);
+        }
+    }
+}
+
 /// Just enough of the SPIFFE ID grammar for the check above: true for what is certainly not a
 /// SPIFFE ID (the engine has its own, complete parser).
 fn certainly_not_a_spiffe_id(s: &str) -> bool {
@@ -291,5 +379,33 @@ fn generated_configurations_often_compile() {
     assert!(
         with_policies >= 50,
         "only {with_policies}/1000 compiled with policies"
+    );
+}
+
+/// And the remembering property needs configurations whose decisions depend on the peer
+/// alone (the only ones whose decisions are remembered), as well as others.
+#[test]
+fn generated_configurations_are_often_peer_only() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = config_like();
+    let (mut peer_only, mut reads_request) = (0, 0);
+    for _ in 0..1000 {
+        // Invariant: these strategies never reject a value, so new_tree cannot fail.
+        let cfg = strategy.new_tree(&mut runner).unwrap().current();
+        if let Ok(e) = Engine::from_json(cfg.to_string().as_bytes(), Protocol::Http)
+            && !e.policies().is_empty()
+        {
+            if e.is_peer_only() {
+                peer_only += 1;
+            } else {
+                reads_request += 1;
+            }
+        }
+    }
+    assert!(
+        peer_only >= 20 && reads_request >= 20,
+        "{peer_only} peer-only and {reads_request} request-reading configurations of 1000"
     );
 }
