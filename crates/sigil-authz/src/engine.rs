@@ -382,7 +382,9 @@ impl Policy {
     }
 }
 
-/// The compiled configuration of one filter instance.
+/// The compiled configuration of one filter instance. It remembers recent decisions
+/// ([`crate::recent`]) behind a `RefCell`, so it is not `Sync`: each Envoy worker's Wasm VM
+/// (single-threaded) compiles its own.
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub(crate) policies: Vec<Policy>,
