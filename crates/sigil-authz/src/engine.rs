@@ -383,7 +383,7 @@ impl Policy {
 }
 
 /// The compiled configuration of one filter instance. It remembers recent decisions
-/// ([`crate::recent`]) behind a `RefCell`, so it is not `Sync`: each Envoy worker's Wasm VM
+/// (module `recent`) behind a `RefCell`, so it is not `Sync`: each Envoy worker's Wasm VM
 /// (single-threaded) compiles its own.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -474,7 +474,7 @@ impl Engine {
     /// evaluated and reported alongside, never enforced.
     ///
     /// When no policy reads the request, the last few peers' decisions are remembered and
-    /// answered again without evaluating (see [`crate::recent`]); the answer is the same as
+    /// answered again without evaluating (module `recent`); the answer is the same as
     /// [`Engine::evaluate`]'s.
     pub fn authorize(&self, conn: &Connection<'_>, req: &mut dyn RequestAttributes) -> Evaluation {
         let (true, true, Some(san)) = (self.peer_only, conn.mtls, conn.uri_san) else {
