@@ -249,23 +249,38 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         if digits == 0 {
             return Err(format!("invalid duration {s:?}"));
         }
-        let num: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
+        let number = &rest[..digits];
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let unit_ms: f64 = match &rest[..unit_len] {
-            "ms" => 1.0,
-            "s" => 1_000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            "d" => 86_400_000.0,
+        let unit_ms: u128 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
         };
         rest = &rest[unit_len..];
-        total_ms += (num * unit_ms) as u128;
+        let too_large = || format!("duration {s:?} is too large");
+        // Whole numbers exactly; fractions ("1.5h") through f64, whose 53 bits are plenty
+        // for a fraction of a unit.
+        let ms = match number.parse::<u128>() {
+            Ok(n) => n.checked_mul(unit_ms).ok_or_else(too_large)?,
+            Err(_) => {
+                let f: f64 = number
+                    .parse()
+                    .map_err(|_| format!("invalid duration {s:?}"))?;
+                let ms = f * unit_ms as f64;
+                if !(ms.is_finite() && ms < u64::MAX as f64 * 1000.0) {
+                    return Err(too_large());
+                }
+                // In range (checked above) and non-negative (no sign is accepted).
+                ms as u128
+            }
+        };
+        total_ms = total_ms.checked_add(ms).ok_or_else(too_large)?;
     }
     u64::try_from(total_ms / 1000).map_err(|_| format!("duration {s:?} is too large"))
 }
