@@ -480,13 +480,18 @@ impl Engine {
         let (true, true, Some(san)) = (self.peer_only, conn.mtls, conn.uri_san) else {
             return self.evaluate(conn, req);
         };
-        // The engine is not shared between threads (RefCell: not Sync), and nothing below
-        // re-enters it, so the borrows cannot overlap.
-        if let Some(ev) = self.recent.borrow().get(san) {
+        // The engine is not shared between threads (RefCell: not Sync) and nothing below
+        // re-enters it, so the borrows never overlap; were one refused all the same, the
+        // request would simply be evaluated (a panic would abort the Wasm VM).
+        if let Ok(recent) = self.recent.try_borrow()
+            && let Some(ev) = recent.get(san)
+        {
             return ev.clone();
         }
         let ev = self.evaluate(conn, req);
-        self.recent.borrow_mut().remember(san, &ev);
+        if let Ok(mut recent) = self.recent.try_borrow_mut() {
+            recent.remember(san, &ev);
+        }
         ev
     }
 
