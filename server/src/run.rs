@@ -182,7 +182,10 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         .add_service(sigil_proto::agent::node_server::NodeServer::new(NodeApi {
             shared: shared.clone(),
         }))
-        .serve_with_incoming_shutdown(crate::tls::incoming(tcp, acceptor), stop(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            crate::tls::incoming(tcp, acceptor, crate::tls::MAX_CONCURRENT_HANDSHAKES),
+            stop(stop_rx.clone()),
+        );
     let admin = tonic::transport::Server::builder()
         .add_service(sigil_proto::admin::admin_server::AdminServer::new(
             AdminApi {

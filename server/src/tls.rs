@@ -4,13 +4,11 @@
 //! every other RPC requires the verified identity (see `api::node`).
 
 use crate::ca::Ca;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sigil_spiffe::SpiffeId;
+use sigil_tls::{Authorizer, Roots, SvidVerifier};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -20,10 +18,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// The server's own rotating TLS identity.
 #[derive(Debug)]
@@ -91,95 +85,20 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Verifies agent SVIDs against the CA's current roots (they change on rotation, so they are
-/// read per handshake rather than baked into a webpki verifier).
-#[derive(Debug)]
-struct AgentVerifier {
-    ca: Arc<Ca>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ClientCertVerifier for AgentVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.to_vec()];
-        chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        let id = sigil_spiffe::x509::verify_svid_chain(
-            &chain,
-            &self.ca.x509_roots(),
-            now.as_secs() as i64,
-        )
-        .map_err(|e| rustls::Error::General(format!("agent SVID rejected: {e}")))?;
-        if !id.is_member_of(self.ca.trust_domain()) {
-            return Err(rustls::Error::General(format!(
-                "agent SVID {id} is not in trust domain {}",
-                self.ca.trust_domain().as_str()
-            )));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Builds the acceptor for the agent API.
 pub fn acceptor(ca: Arc<Ca>, identity: Arc<ServerIdentity>) -> Result<TlsAcceptor, rustls::Error> {
-    let provider = provider();
-    let verifier = Arc::new(AgentVerifier {
-        ca,
-        provider: provider.clone(),
-    });
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    // Agents' SVIDs are verified against the CA's current roots, read per handshake because
+    // they change on rotation. Client certificates are optional: AttestAgent runs before an
+    // agent has one (every other call requires the verified identity, see `api::node`).
+    let td = ca.trust_domain().clone();
+    let verifier = SvidVerifier::new(
+        Roots::dynamic(move || ca.x509_roots()),
+        Authorizer::MemberOf(td),
+    )
+    .client_auth_optional();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(sigil_tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(Resolver(identity)));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
@@ -245,15 +164,29 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// TLS handshakes in progress at once, by default. Each costs a task, buffers and (for a
+/// client certificate) a chain verification; past this many, new connections wait in the
+/// kernel's accept queue instead of growing memory and CPU without bound.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// How long a client may take to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile client
-/// cannot stall others), yielding connections with their peer identity.
+/// cannot stall others), at most `max_handshakes` at a time, yielding connections with their
+/// peer identity.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    max_handshakes: usize,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
     tokio::spawn(async move {
         loop {
+            // Invariant: the semaphore is never closed, so acquiring only waits.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, addr) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -266,9 +199,9 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                let tls = match handshake {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         tracing::debug!(%addr, error = %e, "TLS handshake failed");

@@ -2,9 +2,7 @@
 //! mTLS-only calls, authorization of CSRs, eviction/ban, and a 100k-entry sync.
 
 use rcgen::{CertificateParams, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use sigil_proto::admin as apb;
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_client::NodeClient;
@@ -82,74 +80,17 @@ async fn start() -> Server {
     }
 }
 
-/// Verifies the server's SVID properly: chain to the bundle and the server's SPIFFE ID.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Vec<Vec<u8>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.to_vec()];
-        chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        let id = sigil_spiffe::x509::verify_svid_chain(&chain, &self.roots, now.as_secs() as i64)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        if id.to_string() != format!("spiffe://{TD}/spire/server") {
-            return Err(rustls::Error::General(format!("unexpected server ID {id}")));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 async fn node_client(s: &Server, client_cert: Option<(Vec<u8>, &KeyPair)>) -> NodeClient<Channel> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+    // The server's SVID, verified properly: chain to the bundle and the server's SPIFFE ID.
+    let verifier = sigil_tls::SvidVerifier::new(
+        sigil_tls::Roots::fixed(s.roots.clone()),
+        sigil_tls::Authorizer::Id(format!("spiffe://{TD}/spire/server").parse().unwrap()),
+    );
+    let b = rustls::ClientConfig::builder_with_provider(sigil_tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
-            roots: s.roots.clone(),
-            provider,
-        }));
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut cfg = match client_cert {
         Some((cert, key)) => b
             .with_client_auth_cert(

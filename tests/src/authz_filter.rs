@@ -3,7 +3,6 @@
 //! and TLS clients that present an X509-SVID (or none).
 
 use crate::envoy::{HttpResponse, sds_secret};
-use crate::mtls::SpiffeVerifier;
 use crate::workload::Svid;
 use anyhow::{Context, Result, bail};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -192,10 +191,10 @@ pub fn client_config(
     bundle: &[Vec<u8>],
     server_id: &str,
 ) -> Result<rustls::ClientConfig> {
-    let verifier = Arc::new(SpiffeVerifier::new(
+    let verifier = Arc::new(crate::mtls::verifier(
         bundle.to_vec(),
-        vec![server_id.to_owned()],
-    ));
+        &[server_id.to_owned()],
+    )?);
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -8,7 +8,7 @@
 //! - [`workload`]: a minimal Workload API client over the agent's Unix socket (generated
 //!   `sigil_proto::workload` stubs, no SPIFFE library), used where the tests need raw gRPC control.
 //! - [`mtls`]: rustls configs whose verifiers check the peer's X509-SVID chain with
-//!   `sigil_spiffe::x509::verify_svid_chain` and authorize its SPIFFE ID against an allow-list.
+//!   Sigil's shared verifier (`sigil_tls`) and authorize its SPIFFE ID against an allow-list.
 
 pub mod authz_filter;
 pub mod envoy;

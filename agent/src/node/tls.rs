@@ -1,4 +1,5 @@
-//! TLS to the server: SPIFFE authentication instead of Web PKI.
+//! TLS to the server: SPIFFE authentication instead of Web PKI (the shared `sigil_tls`
+//! verifier: webpki path validation with the SPIFFE rules on top).
 //!
 //! The server is identified by its SPIFFE ID (`spiffe://<td>/spire/server`) in an X509-SVID
 //! chaining to the trust bundle, not by a DNS name: agents reach it by IP, service name or load
@@ -13,11 +14,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
 use sigil_spiffe::SpiffeId;
+use sigil_tls::{Authorizer, Roots, SvidVerifier};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -42,12 +43,6 @@ pub enum ServerTrust {
 pub struct ClientIdentity {
     pub chain: Vec<Vec<u8>>,
     pub key: PrivateKeyDer,
-}
-
-/// rustls verifier implementing [`ServerTrust`].
-pub struct SpiffeServerVerifier {
-    trust: ServerTrust,
-    provider: Arc<CryptoProvider>,
 }
 
 /// A tower service (`Uri` → connection) doing TCP + TLS for tonic's `connect_with_connector`.
@@ -86,7 +81,7 @@ impl fmt::Debug for ClientIdentity {
 
 /// The crypto provider every agent TLS config uses (ring, per the workspace features).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    sigil_tls::provider()
 }
 
 /// A client config for talking to the server.
@@ -94,12 +89,13 @@ pub fn client_config(
     trust: ServerTrust,
     identity: Option<&ClientIdentity>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
-        trust,
-        provider: provider.clone(),
+    let verifier = Arc::new(match trust {
+        ServerTrust::Bundle { roots, server_id } => {
+            SvidVerifier::new(Roots::Static(roots), Authorizer::Id(server_id))
+        }
+        ServerTrust::InsecureBootstrap => SvidVerifier::insecure_bootstrap(),
     });
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -112,83 +108,6 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-// === impl SpiffeServerVerifier ===
-
-impl fmt::Debug for SpiffeServerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeServerVerifier")
-            .field("trust", &self.trust)
-            .finish()
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ServerTrust::Bundle { roots, server_id } = &self.trust else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|c| c.as_ref().to_vec())
-            .collect();
-        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let id = crate::svid::verify_chain(&chain, roots, now).map_err(|e| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(io::Error::other(format!("server certificate: {e}"))),
-            )))
-        })?;
-        if &id != server_id {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(io::Error::other(
-                    format!("server presented SPIFFE ID {id}, expected {server_id}"),
-                )))),
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 // === impl TlsConnector ===
