@@ -35,7 +35,11 @@ pub enum StoreError {
 pub struct AgentRecord {
     pub spiffe_id: SpiffeId,
     pub attestation_type: String,
+    /// Serial (hex) of the agent SVID the agent presents now.
     pub serial: String,
+    /// Serial of a renewed SVID the agent has not presented yet (empty if none): see
+    /// [`DataStore::activate_agent_serial`].
+    pub new_serial: String,
     pub expires_at: i64,
     pub banned: bool,
     pub created_at: i64,
@@ -211,6 +215,12 @@ impl DataStore {
 
     fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connection pool; every later call fails. For shutdown (and tests of how
+    /// failures reach callers).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Checks the database answers (for `/ready`).
@@ -421,13 +431,14 @@ impl DataStore {
     pub async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
         sqlx::query(
-            "INSERT INTO agents (spiffe_id, attestation_type, serial, expires_at, banned, created_at, last_seen) \
-             VALUES (?,?,?,?,?,?,?) ON CONFLICT(spiffe_id) DO UPDATE SET serial=excluded.serial, \
-             expires_at=excluded.expires_at, last_seen=excluded.last_seen",
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, created_at, last_seen) \
+             VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(spiffe_id) DO UPDATE SET serial=excluded.serial, \
+             new_serial=excluded.new_serial, expires_at=excluded.expires_at, last_seen=excluded.last_seen",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
         .bind(&a.serial)
+        .bind(&a.new_serial)
         .bind(a.expires_at)
         .bind(a.banned as i64)
         .bind(a.created_at)
@@ -445,11 +456,31 @@ impl DataStore {
                 .map_err(|e| StoreError::Corrupt(format!("agent id: {e}")))?,
             attestation_type: r.try_get("attestation_type")?,
             serial: r.try_get("serial")?,
+            new_serial: r.try_get("new_serial")?,
             expires_at: r.try_get("expires_at")?,
             banned: r.try_get::<i64, _>("banned")? != 0,
             created_at: r.try_get("created_at")?,
             last_seen: r.try_get("last_seen")?,
         })
+    }
+
+    /// The agent presented its renewed SVID: it becomes the only one accepted. Conditional on
+    /// `new_serial` still being the pending one, so a concurrent renewal is not overwritten.
+    pub async fn activate_agent_serial(
+        &self,
+        id: &SpiffeId,
+        new_serial: &str,
+    ) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query(
+            "UPDATE agents SET serial = new_serial, new_serial = '' \
+             WHERE spiffe_id = ? AND new_serial = ? AND new_serial != ''",
+        )
+        .bind(id.as_str())
+        .bind(new_serial)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {

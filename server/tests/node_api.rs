@@ -399,3 +399,54 @@ async fn sync_pushes_changes_and_scales_to_100k_entries() {
         assert!(Instant::now() < deadline, "never saw all entries");
     }
 }
+
+/// An agent SVID replaced by renewal stops authenticating once the agent has used its new
+/// one; until then it still works (the renewal's answer may have been lost).
+#[tokio::test]
+async fn renewed_agent_svid_replaces_the_old_one() {
+    let s = start().await;
+    let tok = token(&s, "").await;
+    let key = KeyPair::generate().unwrap();
+    let old = attest(&s, &tok, &key).await.unwrap().svid.unwrap();
+    let mut with_old = node_client(&s, Some((old.cert_chain[0].clone(), &key))).await;
+    let new_key = KeyPair::generate().unwrap();
+    let new = with_old
+        .renew_agent(pb::RenewAgentRequest { csr: csr(&new_key) })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid
+        .unwrap();
+    let jwt = |entry_id: &str| pb::SignJwtSvidRequest {
+        entry_id: entry_id.into(),
+        audience: vec!["aud".into()],
+    };
+    // Not used yet: the old SVID still authenticates (a fresh connection each time, so the
+    // server sees the certificate anew).
+    let mut c = node_client(&s, Some((old.cert_chain[0].clone(), &key))).await;
+    let e = c.sign_jwt_svid(jwt("none")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(e.message().contains("not authorized"), "{}", e.message());
+
+    // The agent uses its new SVID: from now on only that one works.
+    let mut c = node_client(&s, Some((new.cert_chain[0].clone(), &new_key))).await;
+    let e = c.sign_jwt_svid(jwt("none")).await.unwrap_err();
+    assert!(e.message().contains("not authorized"), "{}", e.message());
+    let mut c = node_client(&s, Some((old.cert_chain[0].clone(), &key))).await;
+    let e = c
+        .renew_agent(pb::RenewAgentRequest { csr: csr(&key) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(
+        e.message()
+            .contains("SVID does not match expected serial number"),
+        "{}",
+        e.message()
+    );
+    // The new one keeps working, across restarts of its connection.
+    let mut c = node_client(&s, Some((new.cert_chain[0].clone(), &new_key))).await;
+    c.renew_agent(pb::RenewAgentRequest { csr: csr(&new_key) })
+        .await
+        .unwrap();
+}

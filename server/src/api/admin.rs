@@ -30,7 +30,7 @@ fn store_status(e: &StoreError) -> (Code, String) {
     match e {
         StoreError::NotFound(_) => (Code::NotFound, e.to_string()),
         StoreError::AlreadyExists => (Code::AlreadyExists, e.to_string()),
-        _ => (Code::Internal, e.to_string()),
+        _ => super::internal_status("writing to the datastore", e),
     }
 }
 
@@ -365,7 +365,7 @@ impl Admin for AdminApi {
             .ds
             .list_federated_bundles()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("listing federated bundles", &e))?;
         Ok(Response::new(pb::ListFederatedBundlesResponse {
             bundles: bundles.iter().map(bundle_to_proto).collect(),
         }))
@@ -396,7 +396,7 @@ impl Admin for AdminApi {
             .ds
             .set_federated_bundle(&bundle)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("storing the federated bundle", &e))?;
         Ok(Response::new(bundle_to_proto(&bundle)))
     }
 
@@ -411,7 +411,7 @@ impl Admin for AdminApi {
             .ds
             .delete_federated_bundle(&td)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::internal("deleting the federated bundle", &e))?
         {
             return Err(Status::not_found(format!(
                 "no federated bundle for trust domain {:?}",
@@ -452,7 +452,7 @@ impl Admin for AdminApi {
             .ds
             .create_join_token(&token, expires_at)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("storing the join token", &e))?;
         if let Some(alias) = alias {
             // As spire-server does: an entry mapping the alias onto this agent.
             let agent_id = format!("{}/spire/agent/join_token/{token}", self.td().id());
@@ -468,9 +468,9 @@ impl Admin for AdminApi {
                 },
                 self.td(),
             )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("building the alias entry", &e))?;
             if let Some(Err(err)) = self.shared.ds.create_entries(vec![e]).await.pop() {
-                return Err(Status::internal(format!("creating the alias entry: {err}")));
+                return Err(super::internal("creating the alias entry", &err));
             }
         }
         Ok(Response::new(pb::JoinToken {
@@ -489,7 +489,7 @@ impl Admin for AdminApi {
             .ds
             .list_agents()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("listing agents", &e))?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(agent_proto).collect(),
         }))
@@ -506,7 +506,7 @@ impl Admin for AdminApi {
             .ds
             .get_agent(&id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::internal("reading the agent record", &e))?
             .ok_or_else(|| Status::not_found(format!("agent {id} not found")))?;
         Ok(Response::new(agent_proto(&a)))
     }
@@ -522,7 +522,7 @@ impl Admin for AdminApi {
             .ds
             .evict_agent(&id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::internal("evicting the agent", &e))?
         {
             return Err(Status::not_found(format!("agent {id} not found")));
         }
@@ -541,7 +541,7 @@ impl Admin for AdminApi {
             .ds
             .ban_agent(&id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::internal("banning the agent", &e))?
         {
             return Err(Status::not_found(format!("agent {id} not found")));
         }

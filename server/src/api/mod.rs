@@ -23,3 +23,116 @@ pub(crate) fn entry_status(code: tonic::Code, message: String) -> sigil_proto::t
         message,
     }
 }
+
+/// An internal failure (datastore, I/O, signing): the caller gets a generic message carrying an
+/// error id, the server log gets the detail under the same id. Database and file-system error
+/// text describes the server's internals (paths, SQL, schema) and is nobody else's business.
+pub(crate) fn internal(context: &str, err: &dyn std::fmt::Display) -> tonic::Status {
+    let (code, message) = internal_status(context, err);
+    tonic::Status::new(code, message)
+}
+
+/// [`internal`] as a (code, message) pair, for per-item statuses in batch responses.
+pub(crate) fn internal_status(context: &str, err: &dyn std::fmt::Display) -> (tonic::Code, String) {
+    let id = error_id();
+    tracing::error!(error_id = %id, error = %err, "{context}");
+    (
+        tonic::Code::Internal,
+        format!("internal error while {context} (error id {id}; details in the server log)"),
+    )
+}
+
+/// A short random id tying a caller's error to its log line.
+fn error_id() -> String {
+    let mut s = uuid::Uuid::new_v4().simple().to_string();
+    s.truncate(12);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::CaConfig;
+    use crate::config::{KeyManager, Overrides};
+    use crate::tls::PeerIdentity;
+    use sigil_proto::agent::node_server::Node;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log lines, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A datastore failure reaches the caller as a generic message with an error id; the detail
+    /// (sqlx's text) is only in the log, under the same id.
+    #[tokio::test]
+    async fn internal_errors_are_logged_not_returned() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n trust_domain = \"example.org\"\n data_dir = \"{}\"\n}}\n",
+            dir.path().display()
+        );
+        let cfg = crate::config::ServerConfig::from_hcl(&text, &Overrides::default()).unwrap();
+        let ds = DataStore::open(&dir.path().join("ds.sqlite3"))
+            .await
+            .unwrap();
+        let ca = Ca::load_or_create(CaConfig {
+            trust_domain: cfg.trust_domain.clone(),
+            ca_ttl: cfg.ca_ttl,
+            subject: cfg.ca_subject.clone(),
+            key_type: cfg.ca_key_type,
+            key_manager: KeyManager::Memory,
+            jwt_issuer: None,
+        })
+        .unwrap();
+        let api = node::NodeApi {
+            shared: Shared {
+                cfg: Arc::new(cfg),
+                ca: Arc::new(ca),
+                ds: ds.clone(),
+            },
+        };
+        ds.close().await;
+
+        let mut req = tonic::Request::new(sigil_proto::agent::RenewAgentRequest { csr: vec![] });
+        req.extensions_mut().insert(PeerIdentity {
+            spiffe_id: Some("spiffe://example.org/spire/agent/x".parse().unwrap()),
+            serial_hex: Some("1".into()),
+            remote_addr: None,
+        });
+        let status = api.renew_agent(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        let msg = status.message();
+        assert!(!msg.contains("pool"), "internals leaked: {msg}");
+        let id = msg
+            .split("error id ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .unwrap_or_else(|| panic!("no error id in {msg:?}"));
+        assert_eq!(id.len(), 12, "{msg}");
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("error id {id} not logged: {log}"));
+        assert!(line.contains("pool"), "detail not logged: {line}");
+    }
+}

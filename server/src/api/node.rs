@@ -50,8 +50,12 @@ pub(crate) fn bundle_to_proto(b: &sigil_spiffe::bundle::Bundle) -> types::Bundle
 // === impl NodeApi ===
 
 impl NodeApi {
-    /// The caller's agent ID, checked against the agent records.
-    async fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+    /// The caller's agent ID, checked against the agent records: the agent must be attested,
+    /// not banned, and present the agent SVID it was last issued. A renewed SVID becomes the
+    /// only one accepted the first time the agent presents it; until then the previous one
+    /// keeps working, so a renewal whose answer was lost does not lock the agent out (SPIRE's
+    /// rule).
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
         let peer = req
             .extensions()
             .get::<PeerIdentity>()
@@ -60,19 +64,35 @@ impl NodeApi {
             .spiffe_id
             .clone()
             .ok_or_else(|| Status::unauthenticated("an agent SVID is required for this call"))?;
-        let rec = self
+        let mut rec = self
             .shared
             .ds
             .get_agent(&id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| super::internal("reading the agent record", &e))?
             .ok_or_else(|| {
                 Status::permission_denied(format!("agent {id} is not attested (evicted?)"))
             })?;
         if rec.banned {
             return Err(Status::permission_denied(format!("agent {id} is banned")));
         }
-        Ok(id)
+        let presented = peer.serial_hex.as_deref().unwrap_or_default();
+        if same_serial(presented, &rec.serial) {
+            return Ok(rec);
+        }
+        if same_serial(presented, &rec.new_serial) {
+            self.shared
+                .ds
+                .activate_agent_serial(&id, &rec.new_serial)
+                .await
+                .map_err(|e| super::internal("activating the renewed agent SVID", &e))?;
+            rec.serial = std::mem::take(&mut rec.new_serial);
+            return Ok(rec);
+        }
+        tracing::warn!(agent = %id, serial = presented, "agent presented an SVID that is no longer current");
+        Err(Status::permission_denied(format!(
+            "agent {id}: SVID does not match expected serial number"
+        )))
     }
 
     fn sign_agent_svid(&self, id: &SpiffeId, csr: &[u8]) -> Result<crate::ca::SignedSvid, Status> {
@@ -81,8 +101,16 @@ impl NodeApi {
         self.shared
             .ca
             .sign_x509_svid(&pk, id, &[], self.shared.cfg.agent_ttl, crate::now_unix())
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(|e| super::internal("signing the agent SVID", &e))
     }
+}
+
+/// Whether two hex serial numbers are the same number (leading zeros and case aside); an empty
+/// serial matches nothing.
+fn same_serial(a: &str, b: &str) -> bool {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
 }
 
 fn svid_proto(id: &SpiffeId, s: &crate::ca::SignedSvid) -> types::X509Svid {
@@ -120,7 +148,7 @@ impl Node for NodeApi {
             .ds
             .consume_join_token(token, now)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("consuming the join token", &e))?;
         if !valid {
             tracing::warn!(agent = %id, "attestation refused: join token unknown, expired or already used");
             return Err(Status::permission_denied(
@@ -131,20 +159,21 @@ impl Node for NodeApi {
             .shared
             .ca
             .sign_x509_svid(&pk, &id, &[], self.shared.cfg.agent_ttl, now)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("signing the agent SVID", &e))?;
         self.shared
             .ds
             .upsert_agent(&AgentRecord {
                 spiffe_id: id.clone(),
                 attestation_type: "join_token".into(),
                 serial: svid.serial_hex.clone(),
+                new_serial: String::new(),
                 expires_at: svid.expires_at,
                 banned: false,
                 created_at: now,
                 last_seen: now,
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("recording the agent", &e))?;
         tracing::info!(agent = %id, "agent attested");
         Ok(Response::new(pb::AttestAgentResponse {
             svid: Some(svid_proto(&id, &svid)),
@@ -156,26 +185,19 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        let id = self.authenticate(&req).await?;
+        let rec = self.authenticate(&req).await?;
+        let id = rec.spiffe_id.clone();
         let svid = self.sign_agent_svid(&id, &req.get_ref().csr)?;
-        let now = crate::now_unix();
-        let rec = self
-            .shared
-            .ds
-            .get_agent(&id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::permission_denied("agent is not attested"))?;
+        // The new serial is pending until the agent presents it (see `authenticate`).
         self.shared
             .ds
             .upsert_agent(&AgentRecord {
-                serial: svid.serial_hex.clone(),
-                expires_at: svid.expires_at,
-                last_seen: now,
+                new_serial: svid.serial_hex.clone(),
+                last_seen: crate::now_unix(),
                 ..rec
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("recording the renewed agent SVID", &e))?;
         Ok(Response::new(pb::RenewAgentResponse {
             svid: Some(svid_proto(&id, &svid)),
         }))
@@ -187,7 +209,7 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Response<SyncStream>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let agent = self.authenticate(&req).await?.spiffe_id;
         let shared = self.shared.clone();
         let mut changes = shared.ds.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SyncEntriesResponse, Status>>(4);
@@ -258,7 +280,7 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::SignX509SvidsRequest>,
     ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let agent = self.authenticate(&req).await?.spiffe_id;
         let params = req.into_inner().params;
         if params.len() > MAX_CSRS_PER_CALL {
             return Err(Status::invalid_argument(format!(
@@ -300,7 +322,7 @@ impl Node for NodeApi {
                             shared
                                 .ca
                                 .sign_x509_svid(&pk, &entry.spiffe_id, &entry.dns_names, ttl, now)
-                                .map_err(|e| (tonic::Code::Internal, e.to_string()))
+                                .map_err(|e| super::internal_status("signing an X509-SVID", &e))
                         });
                     match signed {
                         Ok(s) => pb::SvidResult {
@@ -318,7 +340,7 @@ impl Node for NodeApi {
                 .collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| Status::internal(format!("signing task failed: {e}")))?;
+        .map_err(|e| super::internal("running the signing task", &e))?;
         Ok(Response::new(pb::SignX509SvidsResponse { results }))
     }
 
@@ -326,7 +348,7 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::SignJwtSvidRequest>,
     ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let agent = self.authenticate(&req).await?.spiffe_id;
         let req = req.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(|a| a.is_empty()) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -351,7 +373,7 @@ impl Node for NodeApi {
             .shared
             .ca
             .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl, crate::now_unix())
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| super::internal("signing a JWT-SVID", &e))?;
         Ok(Response::new(pb::SignJwtSvidResponse { token, expires_at }))
     }
 }
