@@ -66,14 +66,22 @@ impl std::fmt::Debug for X509Authority {
 }
 
 /// One JWT signing key.
-#[derive(Debug)]
 struct JwtKey {
     signer: JwtSigner,
     not_after: i64,
 }
 
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material: the key id and expiry only.
+        f.debug_struct("JwtKey")
+            .field("kid", &self.signer.kid())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A CA generation: the X.509 root and JWT key that rotate together.
-#[derive(Debug)]
 struct Generation {
     x509: X509Authority,
     jwt: JwtKey,
@@ -82,7 +90,18 @@ struct Generation {
     jwt_pkcs8: zeroize::Zeroizing<Vec<u8>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The PKCS#8 fields are left out on purpose: whether `Zeroizing`'s own `Debug` hides
+        // its contents depends on the zeroize version, so nothing here relies on it.
+        f.debug_struct("Generation")
+            .field("x509", &self.x509)
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generations of the CA; holds private keys, hence the hand-written `Debug` below.
 struct State {
     active: Arc<Generation>,
     /// Prepared successor (in the bundle, not yet signing).
@@ -103,10 +122,31 @@ pub struct CaConfig {
 }
 
 /// The CA handle.
-#[derive(Debug)]
 pub struct Ca {
     cfg: CaConfig,
     state: RwLock<State>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("active", &self.active)
+            .field("next", &self.next)
+            .field("retired", &self.retired)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Ca");
+        d.field("cfg", &self.cfg);
+        match self.state.try_read() {
+            Ok(state) => d.field("state", &*state),
+            Err(_) => d.field("state", &"<locked>"),
+        };
+        d.finish()
+    }
 }
 
 /// A signed X509-SVID.
@@ -530,6 +570,63 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails if `text` shows `key` in any way a derived `Debug` or a careless `Display` would
+    /// print bytes: as a decimal list (`Vec<u8>`), hex, or base64, whole or in part.
+    fn assert_no_key_bytes(text: &str, key: &[u8]) {
+        assert!(key.len() >= 32);
+        let b64 = B64.encode(key);
+        assert!(!text.contains(&b64[8..40]), "base64 key bytes in {text}");
+        for window in key.windows(8) {
+            let decimal = window
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert!(!text.contains(&decimal), "key bytes in {text}");
+            let hexed = hex::encode(window);
+            assert!(
+                !text.to_lowercase().contains(&hexed),
+                "hex key bytes in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_private_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        // A successor too, so `next` is populated.
+        assert!(ca.rotate_if_due(crate::now_unix() + 13 * 3600).unwrap());
+        let state = ca.state.read().unwrap();
+        let generations: Vec<&Arc<Generation>> =
+            std::iter::once(&state.active).chain(state.next.iter()).collect();
+        assert_eq!(generations.len(), 2);
+        let keys: Vec<Vec<u8>> = generations
+            .iter()
+            .flat_map(|g| [g.x509_pkcs8.to_vec(), g.jwt_pkcs8.to_vec()])
+            .collect();
+        let texts = [
+            format!("{ca:?}"),
+            format!("{ca:#?}"),
+            format!("{:?}", *state),
+            format!("{:?}", generations[0]),
+            format!("{:?}", generations[0].jwt),
+            format!("{:?}", generations[0].x509),
+        ];
+        drop(state);
+        let identity = crate::tls::ServerIdentity::new(&ca, Duration::from_secs(600)).unwrap();
+        let identity = format!("{identity:?}");
+        assert!(!identity.contains("key"), "{identity}");
+        for text in &texts {
+            assert!(text.contains("not_after"), "{text}");
+            // Not even the fields: their own `Debug` may change with a dependency update.
+            assert!(!text.contains("pkcs8"), "{text}");
+            for key in &keys {
+                assert_no_key_bytes(text, key);
+            }
+        }
+    }
 
     fn cfg(dir: &Path) -> CaConfig {
         CaConfig {

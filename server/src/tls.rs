@@ -19,8 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// The server's own rotating TLS identity.
-#[derive(Debug)]
+/// The server's own rotating TLS identity (holds its private key: `Debug` shows dates only).
 pub struct ServerIdentity {
     current: RwLock<Arc<CertifiedKey>>,
     expires_at: RwLock<i64>,
@@ -28,6 +27,21 @@ pub struct ServerIdentity {
 }
 
 // === impl ServerIdentity ===
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field(
+                "issued_at",
+                &*self.issued_at.read().unwrap_or_else(|p| p.into_inner()),
+            )
+            .field(
+                "expires_at",
+                &*self.expires_at.read().unwrap_or_else(|p| p.into_inner()),
+            )
+            .finish_non_exhaustive()
+    }
+}
 
 impl ServerIdentity {
     /// Issues the first server SVID.

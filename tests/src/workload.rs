@@ -43,7 +43,7 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// One X509-SVID as the Workload API hands it out, with the chain split into certificates.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Svid {
     pub spiffe_id: String,
     /// Leaf first, DER.
@@ -52,6 +52,17 @@ pub struct Svid {
     pub key: Vec<u8>,
     /// X.509 authorities of the SVID's trust domain, DER.
     pub bundle: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("chain_len", &self.chain.len())
+            .field("bundle_len", &self.bundle.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads the first message of `FetchX509SVID` and closes the stream.
