@@ -19,7 +19,7 @@ use rcgen::{
 use sigil_spiffe::bundle::{Bundle, JwtAuthority};
 use sigil_spiffe::jwt::JwtSigner;
 use sigil_spiffe::{SpiffeId, TrustDomain};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -201,35 +201,6 @@ fn to_time(unix: i64) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(crypto)
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 // === impl Generation ===
 
 impl Generation {
@@ -405,9 +376,17 @@ impl Ca {
         let bytes = zeroize::Zeroizing::new(
             serde_json::to_vec_pretty(&stored).map_err(|e| CaError::Crypto(e.to_string()))?,
         );
-        write_private_file(keys_path, &bytes).map_err(|source| CaError::Io {
-            path: keys_path.display().to_string(),
-            source,
+        if let Some(dir) = keys_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        sigil_fs::write_atomic(keys_path, &bytes, sigil_fs::PRIVATE_FILE).map_err(|source| {
+            CaError::Io {
+                path: keys_path.display().to_string(),
+                source,
+            }
         })
     }
 
@@ -570,6 +549,7 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// Fails if `text` shows `key` in any way a derived `Debug` or a careless `Display` would
     /// print bytes: as a decimal list (`Vec<u8>`), hex, or base64, whole or in part.
@@ -599,8 +579,9 @@ mod tests {
         // A successor too, so `next` is populated.
         assert!(ca.rotate_if_due(crate::now_unix() + 13 * 3600).unwrap());
         let state = ca.state.read().unwrap();
-        let generations: Vec<&Arc<Generation>> =
-            std::iter::once(&state.active).chain(state.next.iter()).collect();
+        let generations: Vec<&Arc<Generation>> = std::iter::once(&state.active)
+            .chain(state.next.iter())
+            .collect();
         assert_eq!(generations.len(), 2);
         let keys: Vec<Vec<u8>> = generations
             .iter()

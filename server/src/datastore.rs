@@ -28,6 +28,11 @@ pub enum StoreError {
     AlreadyExists,
     #[error("corrupt row in datastore: {0}")]
     Corrupt(String),
+    #[error("datastore file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An attested agent.
@@ -167,6 +172,19 @@ impl DataStore {
     /// Opens (creating if needed) the SQLite database at `path`, runs migrations and loads the
     /// entry index.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // The database holds join tokens: 0600 whatever the umask. SQLite gives the `-wal` and
+        // `-shm` files it creates the database file's mode, so setting it here covers them;
+        // ones left by an earlier run are narrowed too.
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        sigil_fs::ensure_private_file(path).map_err(io)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            sigil_fs::restrict_if_exists(Path::new(&side)).map_err(io)?;
+        }
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -634,6 +652,27 @@ mod tests {
         let ds = DataStore::open(&path).await.unwrap();
         assert_eq!(ds.count_entries(), 4);
         assert_eq!(ds.authorized_entries(&agent).len(), 3);
+    }
+
+    /// The database and its WAL and shared-memory files hold join tokens: 0600 even when the
+    /// process umask would allow more.
+    #[tokio::test]
+    async fn database_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite3");
+        // SAFETY: umask has no preconditions; restored below.
+        let old = unsafe { libc::umask(0) };
+        let ds = DataStore::open(&path).await;
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let ds = ds.unwrap();
+        ds.create_join_token("secret", 100).await.unwrap();
+        for name in ["ds.sqlite3", "ds.sqlite3-wal", "ds.sqlite3-shm"] {
+            let p = dir.path().join(name);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -27,11 +27,23 @@ fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The admin socket's directory: whoever can write to it can replace the socket with their own
+/// and receive the operator's commands (or plant one before the server starts), so a group- or
+/// world-writable one is refused, whether the server creates it (0700) or finds it.
+fn admin_socket_dir(dir: &Path) -> Result<()> {
+    sigil_fs::ensure_private_dir(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "admin socket directory {}: {e}; refusing to serve the admin API there",
+            dir.display()
+        )
+    })
+}
+
 /// Binds the admin socket with mode 0600, replacing a stale socket file left by a crash.
 fn bind_admin_socket(path: &Path) -> Result<tokio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Some(parent) = path.parent() {
-        private_dir(parent)?;
+        admin_socket_dir(parent)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {

@@ -5,9 +5,9 @@
 //! rename, fsync the directory) so a crash mid-write leaves the previous state, never a torn one;
 //! the key file is 0600 from the moment it is created.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::AgentSvid;
@@ -140,35 +140,12 @@ fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
     }
 }
 
-/// Writes `data` to `path` atomically with `mode`.
+/// Writes `data` to `path` atomically with `mode` (see [`sigil_fs::write_atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
-    let io_err = |source| StoreError::Io {
+    sigil_fs::write_atomic(path, data, mode).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
+    })
 }
 
 #[cfg(test)]
