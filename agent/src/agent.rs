@@ -115,6 +115,7 @@ pub async fn run_until(
         config.trust_domain.clone(),
         creds,
         bundle,
+        config.jwt_svid_cache_max_size,
     );
     let _ = handle_cell.set(handle.clone());
 

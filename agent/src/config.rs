@@ -124,6 +124,8 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// The `sds` block (resource names, SPIFFE validator switch).
     pub sds: crate::sds::SdsConfig,
+    /// `jwt_svid_cache_max_size`: JWT-SVIDs cached at most (least recently used evicted).
+    pub jwt_svid_cache_max_size: usize,
 }
 
 /// The values the file and the flags can set, before defaults and validation.
@@ -145,6 +147,7 @@ struct Raw {
     health: Option<Map<String, Value>>,
     sds: Option<Map<String, Value>>,
     attestation_tier: Option<String>,
+    jwt_svid_cache_max_size: Option<String>,
 }
 
 // === impl Config ===
@@ -297,6 +300,7 @@ impl Raw {
                 "join_token" => &mut self.join_token,
                 "log_level" => &mut self.log_level,
                 "log_format" => &mut self.log_format,
+                "jwt_svid_cache_max_size" => &mut self.jwt_svid_cache_max_size,
                 "insecure_bootstrap" => {
                     self.insecure_bootstrap = Some(as_bool(value, "insecure_bootstrap")?);
                     continue;
@@ -452,6 +456,27 @@ impl Raw {
             None => LogFormat::Text,
             Some(s) => s.parse().map_err(|e: String| invalid("log_format", e))?,
         };
+        // As SPIRE: unset or 0 means the default, negative is an error.
+        let jwt_svid_cache_max_size = match self.jwt_svid_cache_max_size.as_deref() {
+            None => crate::manager::jwt::DEFAULT_CACHE_SIZE,
+            Some(s) => match s.trim().parse::<i64>() {
+                Ok(0) => crate::manager::jwt::DEFAULT_CACHE_SIZE,
+                Ok(n) if n > 0 => usize::try_from(n)
+                    .map_err(|_| invalid("jwt_svid_cache_max_size", format!("{n} is too large")))?,
+                Ok(_) => {
+                    return Err(invalid(
+                        "jwt_svid_cache_max_size",
+                        "jwt_svid_cache_max_size should not be negative",
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "jwt_svid_cache_max_size",
+                        format!("{s:?} is not an integer"),
+                    ));
+                }
+            },
+        };
 
         // No KeyManager block (e.g. flags only): persist on disk, like a typical SPIRE setup, so
         // a restart does not burn another join token.
@@ -531,6 +556,7 @@ impl Raw {
             unix_attestor,
             health,
             sds,
+            jwt_svid_cache_max_size,
         })
     }
 }
@@ -956,6 +982,31 @@ health_checks {
         );
         assert_eq!(c.unix_attestor, Some(UnixAttestorConfig::default()));
         assert!(c.health.is_none());
+    }
+
+    #[test]
+    fn jwt_svid_cache_max_size() {
+        let cfg = |v: &str| {
+            Config::from_hcl(&format!(
+                "agent {{\n trust_domain = \"td\"\n server_address = \"x\"\n{v}}}\n"
+            ))
+        };
+        assert_eq!(cfg("").unwrap().jwt_svid_cache_max_size, 1000);
+        assert_eq!(
+            cfg("jwt_svid_cache_max_size = 0\n")
+                .unwrap()
+                .jwt_svid_cache_max_size,
+            1000
+        );
+        assert_eq!(
+            cfg("jwt_svid_cache_max_size = 25\n")
+                .unwrap()
+                .jwt_svid_cache_max_size,
+            25
+        );
+        let err = cfg("jwt_svid_cache_max_size = -1\n").unwrap_err();
+        assert!(err.to_string().contains("should not be negative"), "{err}");
+        assert!(cfg("jwt_svid_cache_max_size = \"many\"\n").is_err());
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub async fn fanout(n: usize) -> Result<(f64, f64)> {
     let handle = ManagerHandle {
         snapshot: snapshot_rx,
         creds: creds_rx,
-        jwt: JwtSigner::new(client_rx),
+        jwt: JwtSigner::new(client_rx, 0),
     };
     let attestors = Attestors::new(vec![Arc::new(UnixAttestor::new(Default::default()))]);
     let sds = SdsApi::new(handle.clone(), attestors.clone(), SdsConfig::default());

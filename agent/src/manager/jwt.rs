@@ -1,6 +1,10 @@
 //! JWT-SVIDs: minted by the server on demand, cached per (entry, audience set) until half-life.
+//!
+//! The cache is bounded (`jwt_svid_cache_max_size`, 1000 by default as in SPIRE) and evicts the
+//! least recently used token: a workload chooses its audiences freely, so without a bound it
+//! could grow the agent's memory without limit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,15 +15,25 @@ use tonic::transport::Channel;
 
 use crate::svid::now_unix;
 
-/// Beyond this many cached tokens, expired ones are swept on insert.
-const SWEEP_THRESHOLD: usize = 4096;
+/// Cached tokens at most, unless configured otherwise (SPIRE's `jwt_svid_cache_max_size`).
+pub const DEFAULT_CACHE_SIZE: usize = 1000;
 const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Mints and caches JWT-SVIDs.
 #[derive(Clone, Debug)]
 pub struct JwtSigner {
     client: watch::Receiver<Option<NodeClient<Channel>>>,
-    cache: Arc<Mutex<HashMap<Key, Cached>>>,
+    cache: Arc<Mutex<Lru>>,
+}
+
+/// The token cache: a map plus a use order, evicting the least recently used entry beyond
+/// `capacity`. O(log n) per operation.
+#[derive(Debug)]
+struct Lru {
+    capacity: usize,
+    tick: u64,
+    map: HashMap<Key, (Cached, u64)>,
+    order: BTreeMap<u64, Key>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -50,12 +64,82 @@ impl std::fmt::Debug for Cached {
     }
 }
 
+// === impl Lru ===
+
+impl Lru {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            tick: 0,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// The cached value, marking it most recently used.
+    fn get(&mut self, key: &Key) -> Option<&Cached> {
+        let tick = self.next_tick();
+        let (_, used) = self.map.get_mut(key)?;
+        self.order.remove(used);
+        *used = tick;
+        self.order.insert(tick, key.clone());
+        self.map.get(key).map(|(c, _)| c)
+    }
+
+    fn insert(&mut self, key: Key, value: Cached) {
+        let tick = self.next_tick();
+        if let Some((_, used)) = self.map.insert(key.clone(), (value, tick)) {
+            self.order.remove(&used);
+        }
+        self.order.insert(tick, key);
+        while self.map.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Key, &Cached) -> bool) {
+        let order = &mut self.order;
+        self.map.retain(|k, (c, used)| {
+            let kept = keep(k, c);
+            if !kept {
+                order.remove(used);
+            }
+            kept
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+// === impl JwtSigner ===
+
 impl JwtSigner {
-    pub fn new(client: watch::Receiver<Option<NodeClient<Channel>>>) -> Self {
+    /// A signer caching at most `cache_size` tokens (0 means [`DEFAULT_CACHE_SIZE`], as SPIRE
+    /// reads an unset size).
+    pub fn new(client: watch::Receiver<Option<NodeClient<Channel>>>, cache_size: usize) -> Self {
+        let capacity = match cache_size {
+            0 => DEFAULT_CACHE_SIZE,
+            n => n,
+        };
         Self {
             client,
-            cache: Default::default(),
+            cache: Arc::new(Mutex::new(Lru::new(capacity))),
         }
+    }
+
+    /// Tokens cached now.
+    pub fn cached(&self) -> usize {
+        self.lock().len()
     }
 
     /// A token for `entry_id` (whose SVID has `spiffe_id`) and `audience`.
@@ -108,7 +192,8 @@ impl JwtSigner {
         let expires_at = resp.expires_at;
         let refresh_at = issued_at + (expires_at - issued_at).max(0) / 2;
         let mut cache = self.lock();
-        if cache.len() >= SWEEP_THRESHOLD {
+        // Expired tokens go first; the bound then evicts the least recently used.
+        if cache.len() >= cache.capacity {
             cache.retain(|_, c| c.expires_at > now);
         }
         cache.insert(
@@ -127,9 +212,84 @@ impl JwtSigner {
         self.lock().retain(|k, _| exists(&k.entry_id));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
         // Single-operation critical sections cannot leave the map inconsistent, so a poisoned
         // lock is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(aud: &str) -> Key {
+        Key {
+            entry_id: "e".into(),
+            spiffe_id: "spiffe://td/w".into(),
+            audience: vec![aud.into()],
+        }
+    }
+
+    fn token(t: &str) -> Cached {
+        Cached {
+            token: t.into(),
+            refresh_at: 10,
+            expires_at: 20,
+        }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_evicts_the_least_recently_used() {
+        let mut lru = Lru::new(3);
+        for aud in ["a", "b", "c"] {
+            lru.insert(key(aud), token(aud));
+        }
+        // Using "a" makes "b" the least recently used.
+        assert_eq!(lru.get(&key("a")).map(|c| c.token.as_str()), Some("a"));
+        lru.insert(key("d"), token("d"));
+        assert_eq!(lru.len(), 3);
+        assert!(lru.get(&key("b")).is_none());
+        for aud in ["a", "c", "d"] {
+            assert!(lru.get(&key(aud)).is_some(), "{aud}");
+        }
+        // Replacing a key does not grow the cache or leave a stale order entry behind.
+        lru.insert(key("a"), token("a2"));
+        assert_eq!(lru.len(), 3);
+        assert_eq!(lru.order.len(), 3);
+        assert_eq!(lru.get(&key("a")).map(|c| c.token.as_str()), Some("a2"));
+
+        // A workload asking for thousands of audiences cannot grow it past the bound.
+        let mut lru = Lru::new(DEFAULT_CACHE_SIZE);
+        for i in 0..10 * DEFAULT_CACHE_SIZE {
+            lru.insert(key(&i.to_string()), token("t"));
+        }
+        assert_eq!(lru.len(), DEFAULT_CACHE_SIZE);
+        assert_eq!(lru.order.len(), DEFAULT_CACHE_SIZE);
+        // The newest survive.
+        assert!(
+            lru.get(&key(&(10 * DEFAULT_CACHE_SIZE - 1).to_string()))
+                .is_some()
+        );
+        assert!(lru.get(&key("0")).is_none());
+    }
+
+    #[test]
+    fn retain_keeps_order_consistent() {
+        let mut lru = Lru::new(10);
+        for aud in ["a", "b", "c"] {
+            lru.insert(key(aud), token(aud));
+        }
+        lru.retain(|k, _| k.audience[0] != "b");
+        assert_eq!(lru.len(), 2);
+        assert_eq!(lru.order.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn size_zero_means_the_default() {
+        let (_tx, rx) = watch::channel(None);
+        let signer = JwtSigner::new(rx.clone(), 0);
+        assert_eq!(signer.lock().capacity, DEFAULT_CACHE_SIZE);
+        assert_eq!(JwtSigner::new(rx, 7).lock().capacity, 7);
     }
 }

@@ -110,13 +110,14 @@ impl Manager {
         trust_domain: TrustDomain,
         creds: Credentials,
         bundle: Option<BundleRecord>,
+        jwt_cache_size: usize,
     ) -> (Self, ManagerHandle) {
         let (creds_tx, creds_rx) = watch::channel(Arc::new(creds));
         let mut snap = Snapshot::empty(trust_domain.clone());
         snap.bundle = bundle.clone().map(Arc::new);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snap));
         let (client_tx, client_rx) = watch::channel(None);
-        let jwt = JwtSigner::new(client_rx);
+        let jwt = JwtSigner::new(client_rx, jwt_cache_size);
         let server_id = endpoint.server_id().clone();
         let manager = Self {
             endpoint,
@@ -767,6 +768,7 @@ mod tests {
             config.trust_domain.clone(),
             creds,
             None,
+            jwt::DEFAULT_CACHE_SIZE,
         )
     }
 
