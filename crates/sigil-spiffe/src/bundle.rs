@@ -12,9 +12,9 @@
 //!
 //! Parsing follows go-spiffe's `spiffebundle.Parse`, `jwtbundle.Parse` and
 //! `x509bundle.Parse`, including their error messages, so that a bundle one
-//! side accepts the other accepts too. One deliberate difference: a SPIFFE
-//! bundle document without `keys` is read as an empty bundle instead of an
-//! error, as the project's conformance vectors expect.
+//! side accepts the other accepts too. A SPIFFE bundle document must have the
+//! `keys` member (the spec requires it; go-spiffe: "no authorities found");
+//! `"keys": []` is a valid, empty bundle (every authority revoked).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -37,6 +37,9 @@ pub enum BundleError {
     /// The document is not JSON of the expected shape.
     #[error("unable to parse JWKS: {0}")]
     Json(#[from] serde_json::Error),
+    /// A SPIFFE bundle document without the `keys` member (or with `"keys": null`).
+    #[error("no authorities found")]
+    NoAuthorities,
     /// An `x509-svid` key has zero or several certificates.
     #[error("expected a single certificate in x509-svid entry {index}; got {count}")]
     X509EntryCertCount {
@@ -259,7 +262,10 @@ impl Bundle {
         let mut bundle = Bundle::new(td);
         bundle.refresh_hint = doc.spiffe_refresh_hint;
         bundle.sequence_number = doc.spiffe_sequence;
-        for (index, key) in doc.keys.unwrap_or_default().into_iter().enumerate() {
+        // An absent `keys` is an error, an empty one is not: `[]` says "no authorities",
+        // absence says nothing (and is what a wrong document would look like).
+        let keys = doc.keys.ok_or(BundleError::NoAuthorities)?;
+        for (index, key) in keys.into_iter().enumerate() {
             match key.key_use.as_deref() {
                 Some(X509_SVID_USE) => {
                     let der = x509_entry(index, &key)?;

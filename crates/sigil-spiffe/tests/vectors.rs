@@ -244,7 +244,6 @@ fn spiffe_bundles_parse() {
             Some(60),
             Some(1),
         ),
-        ("spiffebundle_no_keys.json", 0, vec![], Some(60), Some(1)),
     ];
     for (name, x509_count, kids, hint, seq) in rows {
         let bundle = spiffebundle(name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -263,8 +262,32 @@ fn spiffe_bundles_parse() {
             assert!(PublicKeyParams::from_spki_der(&authority.public_key_der).is_ok());
         }
     }
-    let bundle = spiffebundle("spiffebundle_no_keys.json").unwrap();
+    // `"keys": []` is a valid, empty bundle: every authority revoked.
+    let bundle = Bundle::from_spiffe_json(
+        td(),
+        br#"{"keys": [], "spiffe_refresh_hint": 60, "spiffe_sequence": 2}"#,
+    )
+    .unwrap();
     assert!(bundle.is_empty());
+    assert_eq!(bundle.sequence_number, Some(2));
+}
+
+#[test]
+fn spiffe_bundle_without_keys_is_rejected() {
+    // The SPIFFE bundle spec requires `keys`; go-spiffe refuses a document without it.
+    let err = spiffebundle("spiffebundle_no_keys.json").unwrap_err();
+    assert!(matches!(err, BundleError::NoAuthorities), "{err:?}");
+    assert_eq!(err.to_string(), "no authorities found");
+    for doc in [&br#"{}"#[..], br#"{"keys": null}"#, br#"{"spiffe_sequence": 3}"#] {
+        assert!(
+            matches!(
+                Bundle::from_spiffe_json(td(), doc),
+                Err(BundleError::NoAuthorities)
+            ),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
 }
 
 #[test]
@@ -318,7 +341,6 @@ fn spiffe_bundles_round_trip() {
     for name in [
         "spiffebundle_valid_1.json",
         "spiffebundle_valid_2.json",
-        "spiffebundle_no_keys.json",
     ] {
         let original = vector(&format!("bundle/spiffebundle/testdata/{name}"));
         let bundle = Bundle::from_spiffe_json(td(), &original).unwrap();
