@@ -520,6 +520,10 @@ pub fn huffman_decode(src: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[path = "authority_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

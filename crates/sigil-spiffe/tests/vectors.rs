@@ -278,7 +278,11 @@ fn spiffe_bundle_without_keys_is_rejected() {
     let err = spiffebundle("spiffebundle_no_keys.json").unwrap_err();
     assert!(matches!(err, BundleError::NoAuthorities), "{err:?}");
     assert_eq!(err.to_string(), "no authorities found");
-    for doc in [&br#"{}"#[..], br#"{"keys": null}"#, br#"{"spiffe_sequence": 3}"#] {
+    for doc in [
+        &br#"{}"#[..],
+        br#"{"keys": null}"#,
+        br#"{"spiffe_sequence": 3}"#,
+    ] {
         assert!(
             matches!(
                 Bundle::from_spiffe_json(td(), doc),
@@ -338,10 +342,7 @@ fn keys_of(json: &[u8]) -> Vec<Value> {
 
 #[test]
 fn spiffe_bundles_round_trip() {
-    for name in [
-        "spiffebundle_valid_1.json",
-        "spiffebundle_valid_2.json",
-    ] {
+    for name in ["spiffebundle_valid_1.json", "spiffebundle_valid_2.json"] {
         let original = vector(&format!("bundle/spiffebundle/testdata/{name}"));
         let bundle = Bundle::from_spiffe_json(td(), &original).unwrap();
         let json = bundle.to_spiffe_json();
