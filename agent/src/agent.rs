@@ -43,6 +43,8 @@ pub enum AgentError {
     Attestation(#[from] TierUnavailable),
     #[error("health check listener: {0}")]
     Health(#[source] std::io::Error),
+    #[error("a background task failed: {0}")]
+    Task(String),
     #[error(
         "the server no longer accepts this agent (evicted or banned); its SVID was discarded, attest again with a new join token: {0}"
     )]
@@ -266,8 +268,14 @@ async fn bootstrap(
     };
     let roots = attested.bundle.x509_authorities.clone();
     if let Some(store) = store {
-        store.save_svid(&attested.svid)?;
-        store.save_bundle(&roots)?;
+        // Written (and fsync-ed) on the blocking pool, like every store write.
+        let (store, svid, saved_roots) = (store.clone(), attested.svid.clone(), roots.clone());
+        tokio::task::spawn_blocking(move || {
+            store.save_svid(&svid)?;
+            store.save_bundle(&saved_roots)
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))??;
     }
     Ok(Bootstrapped {
         svid: attested.svid,

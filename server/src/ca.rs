@@ -393,16 +393,27 @@ impl Ca {
     /// Prepares/activates/retires generations as their lifetimes require. Returns true if the
     /// bundle changed (so agents must be told).
     pub fn rotate_if_due(&self, now: i64) -> Result<bool, CaError> {
+        // A successor's keys are generated before taking the write lock, so signing (which
+        // reads the state) never waits for key generation.
+        let successor = {
+            let s = self.read();
+            let a = &s.active.x509;
+            let life = a.not_after - a.not_before;
+            (s.next.is_none() && now >= a.not_before + life / 2)
+                .then(|| Generation::create(&self.cfg, now))
+                .transpose()?
+        };
         let changed = {
             let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
             let mut changed = false;
-            let a = &s.active.x509;
-            let life = a.not_after - a.not_before;
-            if s.next.is_none() && now >= a.not_before + life / 2 {
-                s.next = Some(Arc::new(Generation::create(&self.cfg, now)?));
+            if let Some(next) = successor
+                && s.next.is_none()
+            {
+                s.next = Some(Arc::new(next));
                 changed = true;
             }
             let a = &s.active.x509;
+            let life = a.not_after - a.not_before;
             if now >= a.not_before + life * 5 / 6
                 && let Some(next) = s.next.take()
             {

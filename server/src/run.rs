@@ -145,19 +145,26 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
             let mut tick = tokio::time::interval(ROTATION_CHECK);
             loop {
                 tick.tick().await;
-                match ca.rotate_if_due(crate::now_unix()) {
-                    Ok(true) => {
+                // Key generation, signing and the keys file's fsync: blocking work, off the
+                // async workers that serve agents.
+                let (ca, identity) = (ca.clone(), identity.clone());
+                let rotated = tokio::task::spawn_blocking(move || {
+                    let rotated = ca.rotate_if_due(crate::now_unix());
+                    let force = matches!(rotated, Ok(true));
+                    if let Err(e) = identity.renew_if_due(&ca, ttl, force) {
+                        tracing::error!(error = %e, "renewing the server SVID");
+                    }
+                    rotated
+                })
+                .await;
+                match rotated {
+                    Ok(Ok(true)) => {
                         tracing::info!("CA rotated; bundle updated");
                         ds.notify();
-                        if let Err(e) = identity.renew_if_due(&ca, ttl, true) {
-                            tracing::error!(error = %e, "renewing the server SVID");
-                        }
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "CA rotation failed"),
-                }
-                if let Err(e) = identity.renew_if_due(&ca, ttl, false) {
-                    tracing::error!(error = %e, "renewing the server SVID");
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "CA rotation failed"),
+                    Err(e) => tracing::error!(error = %e, "CA rotation task failed"),
                 }
             }
         });

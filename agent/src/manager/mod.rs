@@ -84,6 +84,8 @@ struct State {
     bundle: Option<Arc<BundleRecord>>,
     federated: BTreeMap<TrustDomain, Arc<BundleRecord>>,
     dirty: bool,
+    /// Own-trust-domain roots received but not yet written to the data dir.
+    unsaved_roots: Option<Arc<Vec<Vec<u8>>>>,
 }
 
 /// A snapshot being assembled from SyncEntries chunks.
@@ -136,6 +138,7 @@ impl Manager {
                 bundle: bundle.map(Arc::new),
                 federated: BTreeMap::new(),
                 dirty: false,
+                unsaved_roots: None,
             },
         };
         let handle = ManagerHandle {
@@ -212,6 +215,7 @@ impl Manager {
                     backoff.reset();
                     if let Some(done) = accumulate(&mut pending, msg) {
                         self.apply(done);
+                        self.persist_bundle().await;
                         self.sign_due(&client).await?;
                         self.publish();
                     }
@@ -340,17 +344,28 @@ impl Manager {
                 *svid = Arc::new(s);
             }
         }
-        if let Some(store) = &self.store
-            && let Err(error) = store.save_bundle(&roots)
-        {
-            tracing::warn!(%error, "persisting the trust bundle");
-        }
         let roots = Arc::new(roots);
+        // Written by `persist_bundle` after this snapshot is applied: an fsync has no place
+        // on an async worker.
+        st.unsaved_roots = Some(roots.clone());
         self.creds.send_modify(|c| {
             let mut next = (**c).clone();
             next.roots = roots;
             *c = Arc::new(next);
         });
+    }
+
+    /// Writes newly received roots to the data dir, on the blocking pool (it fsyncs).
+    async fn persist_bundle(&mut self) {
+        let (Some(roots), Some(store)) = (self.state.unsaved_roots.take(), self.store.clone())
+        else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || store.save_bundle(&roots)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "persisting the trust bundle"),
+            Err(error) => tracing::warn!(%error, "persisting the trust bundle: task failed"),
+        }
     }
 
     /// Signs SVIDs for entries that have none (and are not backing off) or whose SVID is due.
@@ -630,12 +645,20 @@ async fn renew_agent_svid(
             Ok(svid) => {
                 backoff.reset();
                 tracing::info!(spiffe_id = %svid.id, expires_at = svid.not_after, "agent SVID renewed");
-                if let Some(store) = store
-                    && let Err(error) = store.save_svid(&svid)
-                {
-                    tracing::warn!(%error, "persisting the renewed agent SVID");
-                }
                 let svid = Arc::new(svid);
+                // Persisted before it is used, off the async workers (the write fsyncs).
+                if let Some(store) = store.cloned() {
+                    let saved = svid.clone();
+                    match tokio::task::spawn_blocking(move || store.save_svid(&saved)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "persisting the renewed agent SVID")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "persisting the renewed agent SVID: task failed")
+                        }
+                    }
+                }
                 creds.send_modify(|c| {
                     let mut next = (**c).clone();
                     next.svid = svid;

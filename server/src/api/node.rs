@@ -95,14 +95,42 @@ impl NodeApi {
         )))
     }
 
-    fn sign_agent_svid(&self, id: &SpiffeId, csr: &[u8]) -> Result<crate::ca::SignedSvid, Status> {
-        let pk = crate::ca::Ca::csr_public_key(csr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.shared
-            .ca
-            .sign_x509_svid(&pk, id, &[], self.shared.cfg.agent_ttl, crate::now_unix())
-            .map_err(|e| super::internal("signing the agent SVID", &e))
+    /// Checks the CSR and signs an agent SVID, on the blocking pool: signing is CPU work that
+    /// would otherwise stall the async workers serving every other agent.
+    async fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        pk: rcgen::SubjectPublicKeyInfo,
+    ) -> Result<crate::ca::SignedSvid, Status> {
+        let (ca, id, ttl) = (
+            self.shared.ca.clone(),
+            id.clone(),
+            self.shared.cfg.agent_ttl,
+        );
+        blocking("signing the agent SVID", move || {
+            ca.sign_x509_svid(&pk, &id, &[], ttl, crate::now_unix())
+                .map_err(|e| super::internal("signing the agent SVID", &e))
+        })
+        .await
     }
+}
+
+/// Runs CPU-bound work (signing, CSR verification) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| super::internal(what, &e))?
+}
+
+/// Parses and verifies a CSR (its signature proves possession of the key) off the async workers.
+async fn csr_public_key(csr: Vec<u8>) -> Result<rcgen::SubjectPublicKeyInfo, Status> {
+    blocking("verifying the CSR", move || {
+        crate::ca::Ca::csr_public_key(&csr).map_err(|e| Status::invalid_argument(e.to_string()))
+    })
+    .await
 }
 
 /// Whether two hex serial numbers are the same number (leading zeros and case aside); an empty
@@ -135,8 +163,7 @@ impl Node for NodeApi {
             return Err(Status::invalid_argument("join_token is required"));
         }
         // Verify the CSR before burning the token, so a malformed request does not waste it.
-        let pk = crate::ca::Ca::csr_public_key(&req.csr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let pk = csr_public_key(req.csr.clone()).await?;
         let id = SpiffeId::from_path(
             self.shared.ca.trust_domain(),
             &format!("/spire/agent/join_token/{token}"),
@@ -155,11 +182,7 @@ impl Node for NodeApi {
                 "failed to attest: join token does not exist or has already been used",
             ));
         }
-        let svid = self
-            .shared
-            .ca
-            .sign_x509_svid(&pk, &id, &[], self.shared.cfg.agent_ttl, now)
-            .map_err(|e| super::internal("signing the agent SVID", &e))?;
+        let svid = self.sign_agent_svid(&id, pk).await?;
         self.shared
             .ds
             .upsert_agent(&AgentRecord {
@@ -187,7 +210,8 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let rec = self.authenticate(&req).await?;
         let id = rec.spiffe_id.clone();
-        let svid = self.sign_agent_svid(&id, &req.get_ref().csr)?;
+        let pk = csr_public_key(req.into_inner().csr).await?;
+        let svid = self.sign_agent_svid(&id, pk).await?;
         // The new serial is pending until the agent presents it (see `authenticate`).
         self.shared
             .ds
@@ -369,11 +393,12 @@ impl Node for NodeApi {
             0 => self.shared.cfg.default_jwt_svid_ttl,
             s => Duration::from_secs(s as u64),
         };
-        let (token, expires_at) = self
-            .shared
-            .ca
-            .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl, crate::now_unix())
-            .map_err(|e| super::internal("signing a JWT-SVID", &e))?;
+        let ca = self.shared.ca.clone();
+        let (token, expires_at) = blocking("signing a JWT-SVID", move || {
+            ca.sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl, crate::now_unix())
+                .map_err(|e| super::internal("signing a JWT-SVID", &e))
+        })
+        .await?;
         Ok(Response::new(pb::SignJwtSvidResponse { token, expires_at }))
     }
 }
