@@ -247,3 +247,67 @@ pub fn incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::CaConfig;
+    use crate::config::{CaSubject, KeyManager, KeyType};
+    use tokio_stream::StreamExt;
+
+    /// Beyond the cap, new handshakes wait (in the accept queue) until running ones finish, so
+    /// idle or slow clients cannot make the server hold unbounded handshake state.
+    #[tokio::test]
+    async fn concurrent_handshakes_are_capped() {
+        let ca = Arc::new(
+            Ca::load_or_create(CaConfig {
+                trust_domain: "example.org".parse().unwrap(),
+                ca_ttl: Duration::from_secs(3600),
+                subject: CaSubject::default(),
+                key_type: KeyType::EcP256,
+                key_manager: KeyManager::Memory,
+                jwt_issuer: None,
+            })
+            .unwrap(),
+        );
+        let identity = Arc::new(ServerIdentity::new(&ca, Duration::from_secs(600)).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conns = incoming(listener, acceptor(ca, identity).unwrap(), 2);
+        tokio::spawn(async move { while conns.next().await.is_some() {} });
+
+        // Two clients that connect and never say anything hold both permits.
+        let idle = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(sigil_tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(
+                sigil_tls::SvidVerifier::insecure_bootstrap(),
+            ))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let handshake = {
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("sigil").unwrap();
+                connector.connect(name, tcp).await.map(drop)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!handshake.is_finished(), "a third handshake ran past the cap");
+        // The idle clients leave: their handshakes fail, the waiting one proceeds.
+        drop(idle);
+        tokio::time::timeout(Duration::from_secs(5), handshake)
+            .await
+            .expect("the waiting handshake completes once permits are free")
+            .unwrap()
+            .unwrap();
+    }
+}
