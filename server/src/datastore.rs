@@ -7,6 +7,7 @@
 //! `watch` revision that the agent sync streams wait on: changes are pushed, never polled.
 
 use crate::entry::Entry;
+use crate::sync::{Subscription, SyncHub};
 use sigil_spiffe::{SpiffeId, TrustDomain, bundle::Bundle};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -113,6 +114,7 @@ pub struct DataStore {
     index: Arc<RwLock<Index>>,
     write: Arc<Mutex<()>>,
     changes: Arc<watch::Sender<u64>>,
+    hub: Arc<SyncHub>,
 }
 
 fn json_list<T: ToString>(items: &[T]) -> String {
@@ -211,6 +213,7 @@ impl DataStore {
             index: Arc::new(RwLock::new(index)),
             write: Arc::new(Mutex::new(())),
             changes: Arc::new(tx),
+            hub: Arc::new(SyncHub::default()),
         })
     }
 
@@ -223,6 +226,34 @@ impl DataStore {
     /// Signals a change made outside the database (e.g. a CA rotation changing the bundle).
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// A bundle changed (CA rotation, federated bundle): every sync stream sends bundles again.
+    pub fn bundle_changed(&self) {
+        self.hub.bundle_changed();
+        self.notify();
+    }
+
+    /// Registers a `SyncEntries` stream for `agent`: its registration and its authorized set
+    /// now. Taken under the index lock, so no write falls between the set and the
+    /// registration: every later write reaches the stream as a delta.
+    pub fn subscribe_sync(&self, agent: &SpiffeId) -> (Subscription, Vec<Arc<Entry>>) {
+        let idx = self.index_read();
+        let entries = idx.authorized(agent);
+        let sub = self.hub.subscribe(agent, &entries);
+        (sub, entries)
+    }
+
+    /// The sync fan-out (for metrics and tests).
+    pub fn sync_hub(&self) -> &SyncHub {
+        &self.hub
+    }
+
+    /// Tells the sync streams concerned about entries with these parents (index write lock
+    /// held, so in commit order).
+    fn entries_changed(&self, idx: &Index, parents: &[&SpiffeId]) {
+        self.hub
+            .entries_changed(parents, |agent| idx.authorized(agent));
     }
 
     fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -311,9 +342,11 @@ impl DataStore {
         }
         if !created.is_empty() {
             let mut idx = self.index_write();
+            let parents: Vec<SpiffeId> = created.iter().map(|e| e.parent_id.clone()).collect();
             for e in created {
                 idx.insert(Arc::new(e));
             }
+            self.entries_changed(&idx, &parents.iter().collect::<Vec<_>>());
             drop(idx);
             self.notify();
         }
@@ -325,6 +358,7 @@ impl DataStore {
         let _w = self.write.lock().await;
         let mut out = Vec::with_capacity(entries.len());
         let mut updated = Vec::new();
+        let mut parents: Vec<SpiffeId> = Vec::new();
         for mut e in entries {
             let Some(old) = self.index_read().by_id.get(&e.id).cloned() else {
                 out.push(Err(StoreError::NotFound(e.id.clone())));
@@ -352,6 +386,8 @@ impl DataStore {
             .await;
             match res {
                 Ok(_) => {
+                    parents.push(old.parent_id.clone());
+                    parents.push(e.parent_id.clone());
                     updated.push(e.clone());
                     out.push(Ok(e));
                 }
@@ -364,6 +400,7 @@ impl DataStore {
             for e in updated {
                 idx.insert(Arc::new(e));
             }
+            self.entries_changed(&idx, &parents.iter().collect::<Vec<_>>());
             drop(idx);
             self.notify();
         }
@@ -375,6 +412,7 @@ impl DataStore {
         let _w = self.write.lock().await;
         let mut out = Vec::with_capacity(ids.len());
         let mut any = false;
+        let mut parents: Vec<SpiffeId> = Vec::new();
         for id in ids {
             match sqlx::query("DELETE FROM entries WHERE id = ?")
                 .bind(id)
@@ -384,7 +422,10 @@ impl DataStore {
                 Ok(r) if r.rows_affected() == 1 => {
                     any = true;
                     match self.index_write().remove(id) {
-                        Some(e) => out.push(Ok((*e).clone())),
+                        Some(e) => {
+                            parents.push(e.parent_id.clone());
+                            out.push(Ok((*e).clone()))
+                        }
                         None => out.push(Err(StoreError::NotFound(id.clone()))),
                     }
                 }
@@ -393,6 +434,10 @@ impl DataStore {
             }
         }
         if any {
+            // The write lock is still held: no other write came between these deletes.
+            let idx = self.index_write();
+            self.entries_changed(&idx, &parents.iter().collect::<Vec<_>>());
+            drop(idx);
             self.notify();
         }
         out
@@ -523,6 +568,7 @@ impl DataStore {
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        self.hub.agent_removed(id, "was evicted");
         self.notify();
         Ok(r.rows_affected() == 1)
     }
@@ -534,6 +580,7 @@ impl DataStore {
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        self.hub.agent_removed(id, "is banned");
         self.notify();
         Ok(r.rows_affected() == 1)
     }
@@ -560,7 +607,7 @@ impl DataStore {
         .bind(crate::now_unix())
         .execute(&self.pool)
         .await?;
-        self.notify();
+        self.bundle_changed();
         Ok(())
     }
 
@@ -570,7 +617,7 @@ impl DataStore {
             .bind(td.as_str())
             .execute(&self.pool)
             .await?;
-        self.notify();
+        self.bundle_changed();
         Ok(r.rows_affected() == 1)
     }
 

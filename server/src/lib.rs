@@ -9,6 +9,7 @@ pub mod datastore;
 pub mod entry;
 pub mod health;
 pub mod run;
+pub mod sync;
 pub mod tls;
 
 /// Seconds since the Unix epoch.

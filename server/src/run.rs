@@ -160,7 +160,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
                 match rotated {
                     Ok(Ok(true)) => {
                         tracing::info!("CA rotated; bundle updated");
-                        ds.notify();
+                        ds.bundle_changed();
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "CA rotation failed"),

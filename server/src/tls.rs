@@ -301,7 +301,10 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(!handshake.is_finished(), "a third handshake ran past the cap");
+        assert!(
+            !handshake.is_finished(),
+            "a third handshake ran past the cap"
+        );
         // The idle clients leave: their handshakes fail, the waiting one proceeds.
         drop(idle);
         tokio::time::timeout(Duration::from_secs(5), handshake)

@@ -343,35 +343,25 @@ async fn sync_pushes_changes_and_scales_to_100k_entries() {
         .unwrap()
         .into_inner();
 
-    async fn snapshot(stream: &mut tonic::Streaming<pb::SyncEntriesResponse>) -> (usize, usize) {
-        let mut n = 0;
-        let mut chunks = 0;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(120), stream.message())
-                .await
-                .expect("sync stream stalled")
-                .unwrap()
-                .unwrap();
-            if chunks == 0 {
-                assert!(m.bundle.is_some(), "first chunk carries the bundle");
-            }
-            chunks += 1;
-            n += m.entries.len();
-            if m.last {
-                return (n, chunks);
-            }
-        }
-    }
+    // What the agent holds, kept up to date from the full set and the deltas after it.
+    let mut held = std::collections::HashSet::new();
     // Only the alias entry at first.
-    assert_eq!(snapshot(&mut stream).await.0, 1);
+    let (first, _) = sync_message(&mut stream, &mut held).await;
+    assert!(
+        !first.delta && first.bundle.is_some(),
+        "the full set with the bundle first"
+    );
+    assert_eq!(held.len(), 1);
 
-    // A change is pushed without any polling.
+    // A change is pushed without any polling, as a delta holding just that entry.
     create(
         &s,
         vec![entry(&format!("spiffe://{TD}/one"), &node, "unix:uid:1")],
     )
     .await;
-    assert_eq!(snapshot(&mut stream).await.0, 2);
+    let (msg, _) = sync_message(&mut stream, &mut held).await;
+    assert!(msg.delta);
+    assert_eq!(held.len(), 2);
 
     // 100k entries: pushed in chunks, none lost.
     const N: usize = 100_000;
@@ -387,17 +377,202 @@ async fn sync_pushes_changes_and_scales_to_100k_entries() {
             .collect();
         create(&s, entries).await;
     }
-    // Writes coalesce: read snapshots until one holds everything.
+    // Writes coalesce: read deltas until the agent holds everything.
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut most_chunks = 0;
     loop {
-        let (n, chunks) = snapshot(&mut stream).await;
-        if n == N + 2 {
-            assert!(chunks > 1, "100k entries must arrive in several chunks");
+        let (_, chunks) = sync_message(&mut stream, &mut held).await;
+        most_chunks = most_chunks.max(chunks);
+        if held.len() == N + 2 {
+            assert!(most_chunks > 1, "10k entries must arrive in several chunks");
             break;
         }
-        assert!(n < N + 2, "more entries than created: {n}");
+        assert!(
+            held.len() < N + 2,
+            "more entries than created: {}",
+            held.len()
+        );
         assert!(Instant::now() < deadline, "never saw all entries");
     }
+}
+
+/// Reads one whole sync message (all its chunks) and applies it to `held`: a full set replaces
+/// it, a delta changes it. Returns the first chunk and the number of chunks.
+async fn sync_message(
+    stream: &mut tonic::Streaming<pb::SyncEntriesResponse>,
+    held: &mut std::collections::HashSet<String>,
+) -> (pb::SyncEntriesResponse, usize) {
+    let mut first: Option<pb::SyncEntriesResponse> = None;
+    let mut chunks = 0;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), stream.message())
+            .await
+            .expect("sync stream stalled")
+            .unwrap()
+            .expect("sync stream ended");
+        if first.is_none() && !m.delta {
+            held.clear();
+        }
+        for id in &m.deleted_entry_ids {
+            held.remove(id);
+        }
+        held.extend(m.entries.iter().map(|e| e.id.clone()));
+        chunks += 1;
+        let last = m.last;
+        if first.is_none() {
+            first = Some(m);
+        }
+        if last {
+            return (first.expect("set above"), chunks);
+        }
+    }
+}
+
+/// Nothing arrives on `stream` for a while.
+async fn quiet(stream: &mut tonic::Streaming<pb::SyncEntriesResponse>, who: &str) {
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+        panic!("{who} got a message it is not concerned by: {m:?}");
+    }
+}
+
+async fn open_sync(s: &Server, alias: &str) -> (tonic::Streaming<pb::SyncEntriesResponse>, String) {
+    let tok = token(s, alias).await;
+    let key = KeyPair::generate().unwrap();
+    let svid = attest(s, &tok, &key).await.unwrap().svid.unwrap();
+    let mut c = node_client(s, Some((svid.cert_chain[0].clone(), &key))).await;
+    let stream = c
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (stream, svid.spiffe_id)
+}
+
+/// A write reaches only the agents whose authorized set it changes (directly, through a node
+/// alias, or through an entry it holds), as a delta; bundle changes reach every agent;
+/// eviction and ban end the stream at once.
+#[tokio::test]
+async fn writes_reach_only_the_agents_they_concern() {
+    let s = start().await;
+    let (mut a, a_id) = open_sync(&s, "").await;
+    let node_b = format!("spiffe://{TD}/node-b");
+    let (mut b, _) = open_sync(&s, &node_b).await;
+    let (mut c, c_id) = open_sync(&s, "").await;
+    let (mut held_a, mut held_b, mut held_c) = Default::default();
+    sync_message(&mut a, &mut held_a).await;
+    sync_message(&mut b, &mut held_b).await;
+    sync_message(&mut c, &mut held_c).await;
+    assert_eq!(held_b.len(), 1, "B holds its alias entry");
+
+    // Parented to A directly: A only.
+    let web = create(
+        &s,
+        vec![entry(&format!("spiffe://{TD}/web"), &a_id, "unix:uid:1")],
+    )
+    .await;
+    let (m, _) = sync_message(&mut a, &mut held_a).await;
+    assert!(m.delta && m.bundle.is_none());
+    assert_eq!(m.entries.len(), 1);
+    assert_eq!(m.entries[0].id, web[0]);
+    quiet(&mut b, "B").await;
+    quiet(&mut c, "C").await;
+
+    // Parented to B's node alias: B only.
+    create(
+        &s,
+        vec![entry(&format!("spiffe://{TD}/db"), &node_b, "unix:uid:2")],
+    )
+    .await;
+    let (m, _) = sync_message(&mut b, &mut held_b).await;
+    assert_eq!(m.entries.len(), 1);
+    assert_eq!(held_b.len(), 2);
+    quiet(&mut a, "A").await;
+    quiet(&mut c, "C").await;
+
+    // Parented to an identity A holds (spiffe://td/web): A gets it too.
+    let child = create(
+        &s,
+        vec![entry(
+            &format!("spiffe://{TD}/web/child"),
+            &format!("spiffe://{TD}/web"),
+            "unix:uid:3",
+        )],
+    )
+    .await;
+    let (m, _) = sync_message(&mut a, &mut held_a).await;
+    assert_eq!(m.entries[0].id, child[0]);
+    quiet(&mut b, "B").await;
+
+    // An update: A gets the new revision; nobody else hears of it.
+    let mut admin = sigil_server::cli::connect(s.admin.to_str().unwrap())
+        .await
+        .unwrap();
+    let mut updated = entry(&format!("spiffe://{TD}/web"), &a_id, "unix:uid:1");
+    updated.id = web[0].clone();
+    updated.dns_names = vec!["web.example.org".into()];
+    let r = admin
+        .batch_update_entry(apb::BatchUpdateEntryRequest {
+            entries: vec![updated],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
+    let (m, _) = sync_message(&mut a, &mut held_a).await;
+    assert_eq!(m.entries.len(), 1);
+    assert_eq!(m.entries[0].revision, 1);
+    quiet(&mut b, "B").await;
+    quiet(&mut c, "C").await;
+
+    // Deleting the entry A reached its child through: both leave A's set.
+    admin
+        .batch_delete_entry(apb::BatchDeleteEntryRequest {
+            ids: vec![web[0].clone()],
+        })
+        .await
+        .unwrap();
+    let (m, _) = sync_message(&mut a, &mut held_a).await;
+    let mut gone = m.deleted_entry_ids.clone();
+    gone.sort();
+    let mut want = vec![web[0].clone(), child[0].clone()];
+    want.sort();
+    assert_eq!(gone, want);
+    assert!(held_a.is_empty());
+    quiet(&mut b, "B").await;
+
+    // A federated bundle reaches everyone.
+    admin
+        .set_federated_bundle(apb::SetFederatedBundleRequest {
+            bundle: Some(types::Bundle {
+                trust_domain: "other.org".into(),
+                x509_authorities: s.roots.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    for (stream, held) in [
+        (&mut a, &mut held_a),
+        (&mut b, &mut held_b),
+        (&mut c, &mut held_c),
+    ] {
+        let (m, _) = sync_message(stream, held).await;
+        assert!(m.bundle.is_some());
+        assert_eq!(m.federated_bundles.len(), 1);
+    }
+
+    // Ban C: its stream ends at once; the others go on.
+    admin
+        .ban_agent(apb::AgentIdRequest {
+            spiffe_id: c_id.clone(),
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), c.message())
+        .await
+        .expect("the banned agent's stream ends at once");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
+    quiet(&mut a, "A").await;
 }
 
 /// An agent SVID replaced by renewal stops authenticating once the agent has used its new

@@ -88,10 +88,13 @@ struct State {
     unsaved_roots: Option<Arc<Vec<Vec<u8>>>>,
 }
 
-/// A snapshot being assembled from SyncEntries chunks.
+/// A snapshot or delta being assembled from SyncEntries chunks.
 #[derive(Debug, Default)]
 struct Pending {
     number: u64,
+    /// `entries` and `deleted` change the current set instead of replacing it.
+    delta: bool,
+    deleted: Vec<String>,
     entries: Vec<sigil_proto::types::Entry>,
     bundle: Option<sigil_proto::types::Bundle>,
     federated: Option<Vec<sigil_proto::types::Bundle>>,
@@ -276,12 +279,23 @@ impl Manager {
             }
         }
 
-        let mut entries = HashMap::with_capacity(p.entries.len());
+        // A delta starts from what we hold; a snapshot from nothing.
+        let mut entries = if p.delta {
+            let mut current = st.entries.clone();
+            for id in &p.deleted {
+                current.remove(id);
+            }
+            current
+        } else {
+            HashMap::with_capacity(p.entries.len())
+        };
         for e in &p.entries {
             match Entry::from_proto(e) {
                 // Node-alias entries (parented by the server) describe this agent itself, not a
                 // workload: no workload can match them, so no SVID is minted for them.
-                Ok(entry) if entry.parent_id == st.server_id.as_str() => {}
+                Ok(entry) if entry.parent_id == st.server_id.as_str() => {
+                    entries.remove(&entry.id);
+                }
                 Ok(entry) => {
                     let entry = match st.entries.get(&entry.id) {
                         Some(old) if **old == entry => old.clone(),
@@ -289,7 +303,11 @@ impl Manager {
                     };
                     entries.insert(entry.id.clone(), entry);
                 }
-                Err(error) => tracing::warn!(%error, "invalid entry from the server; ignored"),
+                Err(error) => {
+                    // A changed entry we cannot read must not keep its old version.
+                    entries.remove(&e.id);
+                    tracing::warn!(%error, "invalid entry from the server; ignored")
+                }
             }
         }
         // SVIDs of deleted entries go; so do those whose entry changed identity, TTL or DNS names.
@@ -536,11 +554,13 @@ fn accumulate(pending: &mut Option<Pending>, msg: SyncEntriesResponse) -> Option
     if restart {
         *pending = Some(Pending {
             number: msg.snapshot,
+            delta: msg.delta,
             ..Default::default()
         });
     }
     let p = pending.as_mut()?;
     p.entries.extend(msg.entries);
+    p.deleted.extend(msg.deleted_entry_ids);
     if msg.bundle.is_some() {
         p.bundle = msg.bundle;
         p.federated = Some(msg.federated_bundles);
@@ -717,6 +737,8 @@ mod tests {
             federated_bundles: vec![],
             last,
             snapshot,
+            delta: false,
+            deleted_entry_ids: vec![],
         }
     }
 
@@ -817,6 +839,8 @@ mod tests {
     fn pending(entries: Vec<sigil_proto::types::Entry>, roots: Option<Vec<Vec<u8>>>) -> Pending {
         Pending {
             number: 1,
+            delta: false,
+            deleted: vec![],
             entries,
             bundle: roots.map(|r| sigil_proto::types::Bundle {
                 trust_domain: "td".into(),
@@ -892,6 +916,100 @@ mod tests {
         assert!(m.state.svids.is_empty());
         m.publish();
         assert!(handle.snapshot.borrow().identities.is_empty());
+    }
+
+    fn delta(entries: Vec<sigil_proto::types::Entry>, deleted: &[&str]) -> Pending {
+        Pending {
+            number: 2,
+            delta: true,
+            deleted: deleted.iter().map(|d| d.to_string()).collect(),
+            entries,
+            bundle: None,
+            federated: None,
+        }
+    }
+
+    #[test]
+    fn deltas_change_only_what_they_name_and_resign_only_what_needs_it() {
+        let ca = TestCa::new();
+        let (mut m, handle) = manager(&ca);
+        m.apply(pending(
+            vec![
+                proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1),
+                proto_entry("b", "spiffe://td/b", "spiffe://td/node", 2),
+            ],
+            Some(vec![ca.der.clone()]),
+        ));
+        m.record_signing("a".into(), Ok(ca.svid("spiffe://td/a")));
+        m.record_signing("b".into(), Ok(ca.svid("spiffe://td/b")));
+        let (a, b) = (m.state.svids["a"].clone(), m.state.svids["b"].clone());
+
+        // A new entry: added, the others untouched.
+        m.apply(delta(
+            vec![proto_entry("c", "spiffe://td/c", "spiffe://td/node", 3)],
+            &[],
+        ));
+        assert_eq!(m.state.entries.len(), 3);
+        assert!(Arc::ptr_eq(&m.state.svids["a"], &a));
+        assert!(!m.state.svids.contains_key("c"));
+
+        // A revision bump whose SVID-relevant fields did not change keeps the SVID (spire#2639);
+        // a changed DNS name drops it, so it is signed again.
+        let mut bumped = proto_entry("a", "spiffe://td/a", "spiffe://td/node", 1);
+        bumped.revision = 7;
+        bumped.selectors.push(sigil_proto::types::Selector {
+            r#type: "unix".into(),
+            value: "gid:5".into(),
+        });
+        let mut renamed = proto_entry("b", "spiffe://td/b", "spiffe://td/node", 2);
+        renamed.revision = 1;
+        renamed.dns_names = vec!["b.example.org".into()];
+        m.apply(delta(vec![bumped, renamed], &[]));
+        assert!(
+            Arc::ptr_eq(&m.state.svids["a"], &a),
+            "re-signed for nothing"
+        );
+        assert_eq!(m.state.entries["a"].revision, 7);
+        assert!(
+            !m.state.svids.contains_key("b"),
+            "kept an SVID without its DNS name"
+        );
+        assert!(!Arc::ptr_eq(&m.state.entries["b"], &m.state.entries["a"]));
+        drop(b);
+
+        // A deletion removes the entry and its SVID, nothing else.
+        m.apply(delta(vec![], &["a"]));
+        assert!(!m.state.entries.contains_key("a"));
+        assert!(!m.state.svids.contains_key("a"));
+        assert_eq!(m.state.entries.len(), 2);
+        m.publish();
+        let ids: Vec<_> = handle
+            .snapshot
+            .borrow()
+            .identities
+            .iter()
+            .map(|i| i.entry.id.clone())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn delta_chunks_assemble() {
+        let mut p = None;
+        let mut first = chunk(5, &["x"], false, false);
+        first.delta = true;
+        first.deleted_entry_ids = vec!["gone".into()];
+        assert!(accumulate(&mut p, first).is_none());
+        let mut second = chunk(5, &["y"], false, true);
+        second.delta = true;
+        let d = accumulate(&mut p, second).unwrap();
+        assert!(d.delta);
+        assert_eq!(d.entries.len(), 2);
+        assert_eq!(d.deleted, ["gone"]);
+        assert!(
+            d.federated.is_none(),
+            "a delta without bundles keeps the federated set"
+        );
     }
 
     #[test]

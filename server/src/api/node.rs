@@ -115,6 +115,61 @@ impl NodeApi {
     }
 }
 
+/// The own bundle and the federated ones, as sent on sync streams.
+async fn current_bundles(shared: &Shared) -> (types::Bundle, Vec<types::Bundle>) {
+    let bundle = bundle_to_proto(&shared.ca.bundle());
+    let federated = match shared.ds.list_federated_bundles().await {
+        Ok(b) => b.iter().map(bundle_to_proto).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "listing federated bundles");
+            Vec::new()
+        }
+    };
+    (bundle, federated)
+}
+
+/// Sends one snapshot (`delta = false`) or delta in chunks of [`SYNC_CHUNK`] entries: the
+/// bundles (if any) and the deletions ride on the first chunk, `last` on the last. False if
+/// the agent went away.
+async fn send_chunks(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
+    number: u64,
+    delta: bool,
+    entries: Vec<std::sync::Arc<crate::entry::Entry>>,
+    deletes: Vec<String>,
+    bundles: Option<(types::Bundle, Vec<types::Bundle>)>,
+) -> bool {
+    let mut chunks: Vec<Vec<types::Entry>> = entries
+        .chunks(SYNC_CHUNK)
+        .map(|c| c.iter().map(|e| e.to_proto()).collect())
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let n = chunks.len();
+    let mut first = Some((bundles, deletes));
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let (bundles, deleted_entry_ids) = first.take().unwrap_or_default();
+        let (bundle, federated_bundles) = match bundles {
+            Some((b, f)) => (Some(b), f),
+            None => (None, Vec::new()),
+        };
+        let msg = pb::SyncEntriesResponse {
+            entries: chunk,
+            bundle,
+            federated_bundles,
+            last: i + 1 == n,
+            snapshot: number,
+            delta,
+            deleted_entry_ids,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs CPU-bound work (signing, CSR verification) on the blocking pool.
 async fn blocking<T: Send + 'static>(
     what: &'static str,
@@ -235,63 +290,56 @@ impl Node for NodeApi {
     ) -> Result<Response<SyncStream>, Status> {
         let agent = self.authenticate(&req).await?.spiffe_id;
         let shared = self.shared.clone();
-        let mut changes = shared.ds.subscribe();
+        // Registered before anything is read, so no write can fall between the full set sent
+        // first and the deltas after it.
+        let (sub, entries) = shared.ds.subscribe_sync(&agent);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SyncEntriesResponse, Status>>(4);
         tokio::spawn(async move {
-            let mut snapshot = 0u64;
+            // Evicted or banned between the authentication and the registration: the hub
+            // could not have told this stream.
+            match shared.ds.get_agent(&agent).await {
+                Ok(Some(r)) if !r.banned => {}
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "agent {agent} is no longer attested"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+            let mut number = 1u64;
+            let bundles = Some(current_bundles(&shared).await);
+            if !send_chunks(&tx, number, false, entries, Vec::new(), bundles).await {
+                return;
+            }
             loop {
-                changes.borrow_and_update();
-                // Evicted or banned while streaming: end the stream.
-                match shared.ds.get_agent(&agent).await {
-                    Ok(Some(r)) if !r.banned => {}
-                    _ => {
-                        let _ = tx
-                            .send(Err(Status::permission_denied(format!(
-                                "agent {agent} is no longer attested"
-                            ))))
-                            .await;
-                        return;
-                    }
-                }
-                snapshot += 1;
-                let entries = shared.ds.authorized_entries(&agent);
-                let bundle = bundle_to_proto(&shared.ca.bundle());
-                let federated = match shared.ds.list_federated_bundles().await {
-                    Ok(b) => b.iter().map(bundle_to_proto).collect(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "listing federated bundles");
-                        Vec::new()
-                    }
-                };
-                let mut chunks: Vec<Vec<types::Entry>> = entries
-                    .chunks(SYNC_CHUNK)
-                    .map(|c| c.iter().map(|e| e.to_proto()).collect())
-                    .collect();
-                if chunks.is_empty() {
-                    chunks.push(Vec::new());
-                }
-                let n = chunks.len();
-                let mut first = Some((bundle, federated));
-                for (i, chunk) in chunks.into_iter().enumerate() {
-                    let (bundle, federated_bundles) = match first.take() {
-                        Some((b, f)) => (Some(b), f),
-                        None => (None, Vec::new()),
-                    };
-                    let msg = pb::SyncEntriesResponse {
-                        entries: chunk,
-                        bundle,
-                        federated_bundles,
-                        last: i + 1 == n,
-                        snapshot,
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // agent went away
-                    }
-                }
-                // Wait for the next committed change; `changed` coalesces bursts of writes.
+                // Waits for the next committed change concerning this agent; changes that
+                // arrive meanwhile merge into one delta.
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
+                    _ = sub.changed() => {}
                     _ = tx.closed() => return,
+                }
+                let pending = sub.take();
+                if let Some(why) = pending.closed {
+                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    return;
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                number += 1;
+                let bundles = if pending.bundle {
+                    Some(current_bundles(&shared).await)
+                } else {
+                    None
+                };
+                let mut upserts: Vec<_> = pending.upserts.into_values().collect();
+                upserts.sort_by(|a, b| a.id.cmp(&b.id));
+                let mut deletes: Vec<String> = pending.deletes.into_iter().collect();
+                deletes.sort();
+                if !send_chunks(&tx, number, true, upserts, deletes, bundles).await {
+                    return;
                 }
             }
         });

@@ -44,9 +44,17 @@ pub struct SyncEntriesResponse {
     /// Set on the last chunk of a snapshot.
     #[prost(bool, tag = "4")]
     pub last: bool,
-    /// Monotonic snapshot number (per stream).
+    /// Monotonic message number (per stream): one per snapshot or delta.
     #[prost(uint64, tag = "5")]
     pub snapshot: u64,
+    /// This message (all chunks with its number) is a delta: `entries` are added or changed
+    /// entries, `deleted_entry_ids` removed ones, relative to what the stream sent before.
+    /// Otherwise it is the full authorized set.
+    #[prost(bool, tag = "6")]
+    pub delta: bool,
+    /// Entries the agent no longer holds (deltas only).
+    #[prost(string, repeated, tag = "7")]
+    pub deleted_entry_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
