@@ -20,6 +20,7 @@ mod attestation;
 mod authz;
 mod latency;
 mod sds;
+mod sync;
 
 use anyhow::{Context, Result, bail};
 use sigil_proto::workload::X509svidRequest;
@@ -57,8 +58,15 @@ fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut rows: Rows = Vec::new();
     let mut json = serde_json::Map::new();
+    if args.iter().any(|a| a == "--only-sync") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        sync_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+        return write_results(&rows, json, &out_dir);
+    }
 
     eprintln!("== signing throughput ({threads} threads, {secs} s each)");
     let raw = raw_ecdsa_rate(threads, secs)?;
@@ -149,6 +157,8 @@ fn main() -> Result<()> {
         serde_json::json!({"all_ms": all_ms, "p50_ms": p50_ms}),
     );
 
+    sync_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
     for c in &costs {
@@ -200,12 +210,77 @@ fn main() -> Result<()> {
     );
     authz::report(&bin_dir, quick, &mut rows, &mut json)?;
 
+    write_results(&rows, json, &out_dir)
+}
+type Rows = Vec<(String, String, String)>;
+
+/// The entry-sync rows (`--only-sync` runs just these).
+fn sync_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    eprintln!("== entry sync: 1000 agents (real attestation, mTLS), 10 entries each");
+    let (agents, creates) = if quick { (200, 50) } else { (1000, 200) };
+    let f = rt.block_on(sync::fanout(bin_dir, agents, 10, creates))?;
+    rows.push((
+        format!(
+            "entry sync: {} single-entry creates over {} agents ({} entries), commit to delivery on the owning agent's stream",
+            f.creates, f.agents, f.entries
+        ),
+        format!("p50 {:.1} ms, p99 {:.1} ms", f.p50_ms, f.p99_ms),
+        format!("target p99 ≤ 50 ms {}", verdict(f.p99_ms <= 50.0)),
+    ));
+    rows.push((
+        "entry sync: messages / bytes delivered to agents a write does not concern".into(),
+        format!("{} messages, {} bytes", f.stray_messages, f.stray_bytes),
+        format!("target 0 {}", verdict(f.stray_messages == 0)),
+    ));
+    rows.push((
+        format!(
+            "entry sync: single-entry creates committed with {} streams open (16 in flight)",
+            f.agents
+        ),
+        format!("{:.0} writes/s", f.writes_per_s),
+        String::new(),
+    ));
+    json.insert(
+        "entry_sync".into(),
+        serde_json::json!({
+            "agents": f.agents, "entries": f.entries, "creates": f.creates,
+            "p50_ms": f.p50_ms, "p99_ms": f.p99_ms,
+            "stray_messages": f.stray_messages, "stray_bytes": f.stray_bytes,
+            "writes_per_s": f.writes_per_s,
+        }),
+    );
+    let (p50, p99) = rt.block_on(sync::entry_to_svid(bin_dir, 20))?;
+    rows.push((
+        "new entry → its SVID on a real agent's Workload API stream (20 runs)".into(),
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+        format!("target p99 ≤ 100 ms {}", verdict(p99 <= 100.0)),
+    ));
+    json.insert(
+        "entry_to_workload_svid".into(),
+        serde_json::json!({"p50_ms": p50, "p99_ms": p99, "runs": 20}),
+    );
+
+    Ok(())
+}
+
+/// Prints the table and writes it (and the JSON) to `out_dir`.
+fn write_results(
+    rows: &Rows,
+    json: serde_json::Map<String, serde_json::Value>,
+    out_dir: &Path,
+) -> Result<()> {
     let mut table = String::from("| benchmark | result | target |\n|---|---|---|\n");
-    for (a, b, c) in &rows {
+    for (a, b, c) in rows {
         table.push_str(&format!("| {a} | {b} | {c} |\n"));
     }
     println!("\n{table}");
-    std::fs::create_dir_all(&out_dir)?;
+    std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("results.md"), &table)?;
     std::fs::write(
         out_dir.join("results.json"),
@@ -380,127 +455,154 @@ async fn fetch_once(c: &mut SpiffeWorkloadApiClient<tonic::transport::Channel>) 
 /// open-loop latency too (see `latency`).
 type Levels = Vec<(usize, f64, f64, usize)>;
 
+/// A real server and agent, the agent attested under `spiffe://<td>/bench-node` and serving an
+/// entry for this process's uid.
+pub(crate) struct Stack {
+    _dir: tempfile::TempDir,
+    pub admin: PathBuf,
+    pub api: PathBuf,
+    pub node: String,
+    // Dropped in declaration order: the agent goes before its server.
+    _agent: Proc,
+    _server: Proc,
+}
+
+impl Stack {
+    pub(crate) async fn start(bin_dir: &Path, agent_args: &[&str]) -> Result<Self> {
+        let server_bin = bin_dir.join("sigil-server");
+        let agent_bin = bin_dir.join("sigil-agent");
+        for b in [&server_bin, &agent_bin] {
+            if !b.exists() {
+                bail!(
+                    "{} not found (build with `cargo build --release`)",
+                    b.display()
+                );
+            }
+        }
+        let dir = tempfile::tempdir()?;
+        let admin = dir.path().join("admin.sock");
+        let api = dir.path().join("agent.sock");
+        let port = free_port()?.to_string();
+        let admin_s = admin.to_string_lossy().to_string();
+        let _server = Proc(
+            Command::new(&server_bin)
+                .args([
+                    "run",
+                    "-trustDomain",
+                    TRUST_DOMAIN,
+                    "-bindAddress",
+                    "127.0.0.1",
+                    "-serverPort",
+                    &port,
+                    "-logLevel",
+                    "warn",
+                ])
+                .arg("-dataDir")
+                .arg(dir.path().join("server"))
+                .arg("-socketPath")
+                .arg(&admin)
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        wait_for("server admin socket", || {
+            run_cli(&server_bin, &["healthcheck", "-socketPath", &admin_s]).is_ok()
+        })
+        .await?;
+        let node = format!("spiffe://{TRUST_DOMAIN}/bench-node");
+        let token = run_cli(
+            &server_bin,
+            &[
+                "token",
+                "generate",
+                "-socketPath",
+                &admin_s,
+                "-spiffeID",
+                &node,
+            ],
+        )?
+        .trim()
+        .trim_start_matches("Token: ")
+        .to_string();
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        run_cli(
+            &server_bin,
+            &[
+                "entry",
+                "create",
+                "-socketPath",
+                &admin_s,
+                "-parentID",
+                &node,
+                "-spiffeID",
+                &format!("spiffe://{TRUST_DOMAIN}/bench-workload"),
+                "-selector",
+                &format!("unix:uid:{uid}"),
+            ],
+        )?;
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(
+            &bundle,
+            run_cli(&server_bin, &["bundle", "show", "-socketPath", &admin_s])?,
+        )?;
+        let _agent = Proc(
+            Command::new(&agent_bin)
+                .args([
+                    "run",
+                    "-trustDomain",
+                    TRUST_DOMAIN,
+                    "-serverAddress",
+                    "127.0.0.1",
+                    "-serverPort",
+                    &port,
+                    "-joinToken",
+                    &token,
+                    "-logLevel",
+                    "warn",
+                ])
+                .arg("-dataDir")
+                .arg(dir.path().join("agent"))
+                .arg("-socketPath")
+                .arg(&api)
+                .arg("-trustBundle")
+                .arg(&bundle)
+                .args(agent_args)
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        wait_for("agent socket", || api.exists()).await?;
+        // Wait until the identity is cached.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = client(&api).await
+                && fetch_once(&mut c).await.is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("agent never served the bench identity");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            _dir: dir,
+            admin,
+            api,
+            node,
+            _agent,
+            _server,
+        })
+    }
+}
+
 async fn fetch_latency(
     bin_dir: &Path,
     calls_per_level: usize,
     agent_args: &[&str],
     open: Option<(Duration, Duration)>,
 ) -> Result<(Levels, Levels)> {
-    let server_bin = bin_dir.join("sigil-server");
-    let agent_bin = bin_dir.join("sigil-agent");
-    for b in [&server_bin, &agent_bin] {
-        if !b.exists() {
-            bail!(
-                "{} not found (build with `cargo build --release`)",
-                b.display()
-            );
-        }
-    }
-    let dir = tempfile::tempdir()?;
-    let admin = dir.path().join("admin.sock");
-    let api = dir.path().join("agent.sock");
-    let port = free_port()?.to_string();
-    let admin_s = admin.to_string_lossy().to_string();
-    let _server = Proc(
-        Command::new(&server_bin)
-            .args([
-                "run",
-                "-trustDomain",
-                TRUST_DOMAIN,
-                "-bindAddress",
-                "127.0.0.1",
-                "-serverPort",
-                &port,
-                "-logLevel",
-                "warn",
-            ])
-            .arg("-dataDir")
-            .arg(dir.path().join("server"))
-            .arg("-socketPath")
-            .arg(&admin)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    wait_for("server admin socket", || {
-        run_cli(&server_bin, &["healthcheck", "-socketPath", &admin_s]).is_ok()
-    })
-    .await?;
-    let node = format!("spiffe://{TRUST_DOMAIN}/bench-node");
-    let token = run_cli(
-        &server_bin,
-        &[
-            "token",
-            "generate",
-            "-socketPath",
-            &admin_s,
-            "-spiffeID",
-            &node,
-        ],
-    )?
-    .trim()
-    .trim_start_matches("Token: ")
-    .to_string();
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    run_cli(
-        &server_bin,
-        &[
-            "entry",
-            "create",
-            "-socketPath",
-            &admin_s,
-            "-parentID",
-            &node,
-            "-spiffeID",
-            &format!("spiffe://{TRUST_DOMAIN}/bench-workload"),
-            "-selector",
-            &format!("unix:uid:{uid}"),
-        ],
-    )?;
-    let bundle = dir.path().join("bundle.pem");
-    std::fs::write(
-        &bundle,
-        run_cli(&server_bin, &["bundle", "show", "-socketPath", &admin_s])?,
-    )?;
-    let _agent = Proc(
-        Command::new(&agent_bin)
-            .args([
-                "run",
-                "-trustDomain",
-                TRUST_DOMAIN,
-                "-serverAddress",
-                "127.0.0.1",
-                "-serverPort",
-                &port,
-                "-joinToken",
-                &token,
-                "-logLevel",
-                "warn",
-            ])
-            .arg("-dataDir")
-            .arg(dir.path().join("agent"))
-            .arg("-socketPath")
-            .arg(&api)
-            .arg("-trustBundle")
-            .arg(&bundle)
-            .args(agent_args)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    wait_for("agent socket", || api.exists()).await?;
-    // Wait until the identity is cached.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = client(&api).await
-            && fetch_once(&mut c).await.is_ok()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("agent never served the bench identity");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stack = Stack::start(bin_dir, agent_args).await?;
+    let api = stack.api.clone();
 
     let mut out = Vec::new();
     for clients in [1usize, 10, 100] {

@@ -43,8 +43,11 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Splits a byte stream (after the preface) into (type, flags, stream, payload) frames.
-fn frames(mut bytes: &[u8]) -> Option<Vec<(u8, u8, u32, Vec<u8>)>> {
+/// A parsed frame: type, flags, stream id, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+/// Splits a byte stream (after the preface) into frames.
+fn frames(mut bytes: &[u8]) -> Option<Vec<Frame>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let head = bytes.get(..FRAME_HEADER_LEN)?;
