@@ -10,8 +10,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde_json::{Map, Value};
+use sigil_config::{Block, HealthChecksBlock, Plugin};
 use sigil_spiffe::{SpiffeId, TrustDomain};
+
+pub use sigil_config::{ConfigError, LogFormat, LogLevel};
 
 /// Where the Workload API socket goes when neither the config nor `-socketPath` says.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
@@ -19,33 +21,6 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
 pub const DEFAULT_CONFIG_PATH: &str = "conf/agent/agent.conf";
 /// SPIRE's default server port.
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
-
-/// A configuration error; the message is what the operator sees.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("parsing config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("unsupported key {key:?} in {block}")]
-    UnsupportedKey { key: String, block: String },
-    #[error("unsupported {kind} plugin {name:?}")]
-    UnsupportedPlugin { kind: String, name: String },
-    #[error("unsupported plugin type {0:?} in plugins block")]
-    UnsupportedPluginType(String),
-    #[error("more than one {0} plugin configured")]
-    DuplicatePlugin(String),
-    #[error("invalid value for {key}: {reason}")]
-    Invalid { key: String, reason: String },
-    #[error("{0} must be configured")]
-    Missing(&'static str),
-    #[error("{0}")]
-    Flag(#[from] sigil_flags::FlagError),
-}
 
 /// The server's host name or IP address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,22 +33,6 @@ pub struct Port(pub u16);
 /// A join token. Single-use, but still a credential until used: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken(String);
-
-/// tracing level names as SPIRE spells them (`DEBUG`, `INFO`, `WARN`, `ERROR`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Where the agent keeps its own private key (SPIRE's `KeyManager`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,13 +100,27 @@ struct Raw {
     join_token: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
-    key_manager: Option<(String, Map<String, Value>)>,
-    node_attestor: Option<(String, Map<String, Value>)>,
-    workload_attestors: Vec<(String, Map<String, Value>)>,
-    health: Option<Map<String, Value>>,
-    sds: Option<Map<String, Value>>,
+    key_manager: Option<RawKeyManager>,
+    node_attestor: Option<String>,
+    unix_attestor: Option<RawUnixAttestor>,
+    health: Option<HealthChecksBlock>,
+    sds: Option<Block>,
     attestation_tier: Option<String>,
     jwt_svid_cache_max_size: Option<String>,
+}
+
+#[derive(Debug)]
+enum RawKeyManager {
+    Disk { directory: Option<String> },
+    Memory,
+}
+
+/// The `unix` workload attestor's `plugin_data`.
+#[derive(Debug, Default)]
+struct RawUnixAttestor {
+    discover_workload_path: Option<bool>,
+    workload_size_limit: Option<i64>,
+    attestation_tier: Option<String>,
 }
 
 // === impl Config ===
@@ -205,17 +178,11 @@ impl Config {
                     source,
                 })?;
                 let text = if flags.flag("expandEnv") {
-                    expand_env(&text)
+                    sigil_config::expand_env(&text)
                 } else {
                     text
                 };
-                Raw::from_hcl(&text).map_err(|e| match e {
-                    ConfigError::Parse { message, .. } => ConfigError::Parse {
-                        path: path.clone(),
-                        message,
-                    },
-                    other => other,
-                })?
+                Raw::from_hcl(&text).map_err(|e| e.in_file(path))?
             }
             None => Raw::default(),
         };
@@ -244,142 +211,82 @@ pub fn server_id(td: &TrustDomain) -> SpiffeId {
 // === impl Raw ===
 
 impl Raw {
-    /// HCL, or JSON (SPIRE accepts both; a document starting with `{` is JSON, which HCL's
-    /// parser would reject).
+    /// The walk itself (types, unknown keys, blocks, plugins) is `sigil_config`'s, shared with
+    /// the server; this only says which keys the agent has.
     fn from_hcl(text: &str) -> Result<Self, ConfigError> {
-        let parse_error = |message: String| ConfigError::Parse {
-            path: PathBuf::new(),
-            message,
-        };
-        let root: Value = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?
-        } else {
-            hcl::from_str(text).map_err(|e| parse_error(e.to_string()))?
-        };
+        let mut root = sigil_config::parse(text)?;
         let mut raw = Raw::default();
-        let root = as_object(&root, "config file")?;
-        for (key, value) in root {
-            match key.as_str() {
-                "agent" => {
-                    for block in blocks(value, "agent block")? {
-                        raw.agent_block(block)?;
-                    }
-                }
-                "plugins" => {
-                    for block in blocks(value, "plugins block")? {
-                        raw.plugins_block(block)?;
-                    }
-                }
-                "health_checks" => {
-                    let mut merged = raw.health.take().unwrap_or_default();
-                    for block in blocks(value, "health_checks block")? {
-                        merged.extend(block.clone());
-                    }
-                    raw.health = Some(merged);
-                }
-                other => {
-                    return Err(ConfigError::UnsupportedKey {
-                        key: other.to_string(),
-                        block: "config file".into(),
-                    });
-                }
+        if let Some(agent) = root.block("agent", "agent block")? {
+            raw.agent_block(agent)?;
+        }
+        if let Some(plugins) = root.block("plugins", "plugins block")? {
+            for plugin in sigil_config::plugins(plugins)? {
+                raw.plugin(plugin)?;
             }
         }
+        raw.health = HealthChecksBlock::take(&mut root)?;
+        root.finish()?;
         Ok(raw)
     }
 
-    fn agent_block(&mut self, block: &Map<String, Value>) -> Result<(), ConfigError> {
-        for (key, value) in block {
-            let slot = match key.as_str() {
-                "data_dir" => &mut self.data_dir,
-                "server_address" => &mut self.server_address,
-                "server_port" => &mut self.server_port,
-                "socket_path" => &mut self.socket_path,
-                "trust_domain" => &mut self.trust_domain,
-                "trust_bundle_path" => &mut self.trust_bundle_path,
-                "join_token" => &mut self.join_token,
-                "log_level" => &mut self.log_level,
-                "log_format" => &mut self.log_format,
-                "jwt_svid_cache_max_size" => &mut self.jwt_svid_cache_max_size,
-                "insecure_bootstrap" => {
-                    self.insecure_bootstrap = Some(as_bool(value, "insecure_bootstrap")?);
-                    continue;
-                }
-                "sds" => {
-                    let mut merged = self.sds.take().unwrap_or_default();
-                    for block in blocks(value, "sds block")? {
-                        merged.extend(block.clone());
-                    }
-                    self.sds = Some(merged);
-                    continue;
-                }
-                other => {
-                    return Err(ConfigError::UnsupportedKey {
-                        key: other.to_string(),
-                        block: "agent block".into(),
-                    });
-                }
-            };
-            *slot = Some(as_scalar_string(value, key)?);
-        }
-        Ok(())
+    fn agent_block(&mut self, mut block: Block) -> Result<(), ConfigError> {
+        self.data_dir = block.string("data_dir")?;
+        self.server_address = block.string("server_address")?;
+        self.server_port = block.string("server_port")?;
+        self.socket_path = block.string("socket_path")?;
+        self.trust_domain = block.string("trust_domain")?;
+        self.trust_bundle_path = block.string("trust_bundle_path")?;
+        self.join_token = block.string("join_token")?;
+        self.log_level = block.string("log_level")?;
+        self.log_format = block.string("log_format")?;
+        self.jwt_svid_cache_max_size = block.string("jwt_svid_cache_max_size")?;
+        self.insecure_bootstrap = block.bool("insecure_bootstrap")?;
+        self.sds = block.block("sds", "sds block")?;
+        block.finish()
     }
 
-    fn plugins_block(&mut self, block: &Map<String, Value>) -> Result<(), ConfigError> {
-        for (kind, plugins) in block {
-            for plugin_map in blocks(plugins, kind)? {
-                for (name, body) in plugin_map {
-                    let data = plugin_data(kind, name, body)?;
-                    match kind.as_str() {
-                        "NodeAttestor" => {
-                            if name != "join_token" {
-                                return Err(unsupported_plugin(kind, name));
-                            }
-                            reject_unknown(&data, &[], "NodeAttestor \"join_token\" plugin_data")?;
-                            if self.node_attestor.replace((name.clone(), data)).is_some() {
-                                return Err(ConfigError::DuplicatePlugin(kind.clone()));
-                            }
-                        }
-                        "KeyManager" => {
-                            match name.as_str() {
-                                "disk" => reject_unknown(
-                                    &data,
-                                    &["directory"],
-                                    "KeyManager \"disk\" plugin_data",
-                                )?,
-                                "memory" => {
-                                    reject_unknown(&data, &[], "KeyManager \"memory\" plugin_data")?
-                                }
-                                _ => return Err(unsupported_plugin(kind, name)),
-                            }
-                            if self.key_manager.replace((name.clone(), data)).is_some() {
-                                return Err(ConfigError::DuplicatePlugin(kind.clone()));
-                            }
-                        }
-                        "WorkloadAttestor" => {
-                            if name != "unix" {
-                                return Err(unsupported_plugin(kind, name));
-                            }
-                            reject_unknown(
-                                &data,
-                                &[
-                                    "discover_workload_path",
-                                    "workload_size_limit",
-                                    "attestation_tier",
-                                ],
-                                "WorkloadAttestor \"unix\" plugin_data",
-                            )?;
-                            if self.workload_attestors.iter().any(|(n, _)| n == name) {
-                                return Err(ConfigError::DuplicatePlugin(format!(
-                                    "WorkloadAttestor \"{name}\""
-                                )));
-                            }
-                            self.workload_attestors.push((name.clone(), data));
-                        }
-                        other => return Err(ConfigError::UnsupportedPluginType(other.to_string())),
-                    }
+    fn plugin(&mut self, mut plugin: Plugin) -> Result<(), ConfigError> {
+        match plugin.kind.as_str() {
+            "NodeAttestor" => {
+                if plugin.name != "join_token" {
+                    return Err(plugin.unsupported(None));
+                }
+                plugin.data.finish()?;
+                if self.node_attestor.replace(plugin.name).is_some() {
+                    return Err(ConfigError::DuplicatePlugin(plugin.kind));
                 }
             }
+            "KeyManager" => {
+                let km = match plugin.name.as_str() {
+                    "disk" => RawKeyManager::Disk {
+                        directory: plugin.data.string("directory")?,
+                    },
+                    "memory" => RawKeyManager::Memory,
+                    _ => return Err(plugin.unsupported(None)),
+                };
+                plugin.data.finish()?;
+                if self.key_manager.replace(km).is_some() {
+                    return Err(ConfigError::DuplicatePlugin(plugin.kind));
+                }
+            }
+            "WorkloadAttestor" => {
+                if plugin.name != "unix" {
+                    return Err(plugin.unsupported(None));
+                }
+                let unix = RawUnixAttestor {
+                    discover_workload_path: plugin.data.bool("discover_workload_path")?,
+                    workload_size_limit: plugin.data.integer("workload_size_limit")?,
+                    attestation_tier: plugin.data.string("attestation_tier")?,
+                };
+                plugin.data.finish()?;
+                if self.unix_attestor.replace(unix).is_some() {
+                    return Err(ConfigError::DuplicatePlugin(format!(
+                        "WorkloadAttestor \"{}\"",
+                        plugin.name
+                    )));
+                }
+            }
+            other => return Err(ConfigError::UnsupportedPluginType(other.to_string())),
         }
         Ok(())
     }
@@ -481,12 +388,11 @@ impl Raw {
         // No KeyManager block (e.g. flags only): persist on disk, like a typical SPIRE setup, so
         // a restart does not burn another join token.
         let key_manager = match self.key_manager {
-            Some((name, _)) if name == "memory" => KeyManager::Memory,
-            Some((_, data)) => KeyManager::Disk {
-                directory: match data.get("directory") {
-                    Some(v) => PathBuf::from(as_scalar_string(v, "directory")?),
-                    None => data_dir.clone(),
-                },
+            Some(RawKeyManager::Memory) => KeyManager::Memory,
+            Some(RawKeyManager::Disk { directory }) => KeyManager::Disk {
+                directory: directory
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.clone()),
             },
             None => KeyManager::Disk {
                 directory: data_dir.clone(),
@@ -495,48 +401,33 @@ impl Raw {
 
         // No WorkloadAttestor block: the unix attestor with its defaults (an agent that can
         // attest nobody would be useless).
-        let unix_attestor = if self.workload_attestors.is_empty() {
-            Some(UnixAttestorConfig::default())
-        } else {
-            let mut unix = None;
-            for (name, data) in &self.workload_attestors {
-                if name == "unix" {
-                    let mut cfg = UnixAttestorConfig::default();
-                    if let Some(v) = data.get("discover_workload_path") {
-                        cfg.discover_workload_path = as_bool(v, "discover_workload_path")?;
-                    }
-                    if let Some(v) = data.get("workload_size_limit") {
-                        let s = as_scalar_string(v, "workload_size_limit")?;
-                        // SPIRE takes a signed number where negative disables hashing; treat
-                        // that as "no limit" rather than refusing the config.
-                        cfg.workload_size_limit = s
-                            .parse::<i64>()
-                            .map_err(|e| invalid("workload_size_limit", e))?
-                            .max(0) as u64;
-                    }
-                    if let Some(v) = data.get("attestation_tier") {
-                        let s = as_scalar_string(v, "attestation_tier")?;
-                        cfg.attestation_tier = s
-                            .parse()
-                            .map_err(|e: String| invalid("attestation_tier", e))?;
-                    }
-                    unix = Some(cfg);
-                }
-            }
-            unix
-        };
-        let mut unix_attestor = unix_attestor;
-        if let (Some(tier), Some(unix)) = (&self.attestation_tier, unix_attestor.as_mut()) {
+        let raw_unix = self.unix_attestor.unwrap_or_default();
+        let mut unix = UnixAttestorConfig::default();
+        if let Some(v) = raw_unix.discover_workload_path {
+            unix.discover_workload_path = v;
+        }
+        if let Some(v) = raw_unix.workload_size_limit {
+            // SPIRE takes a signed number where negative disables hashing; treat that as "no
+            // limit" rather than refusing the config.
+            unix.workload_size_limit = v.max(0) as u64;
+        }
+        if let Some(s) = &raw_unix.attestation_tier {
+            unix.attestation_tier = s
+                .parse()
+                .map_err(|e: String| invalid("attestation_tier", e))?;
+        }
+        if let Some(tier) = &self.attestation_tier {
             unix.attestation_tier = tier
                 .parse()
                 .map_err(|e: String| invalid("attestationTier", e))?;
         }
+        let unix_attestor = Some(unix);
 
         let health = match self.health {
             None => None,
-            Some(block) => HealthConfig::from_block(&block)?,
+            Some(block) => HealthConfig::from_block(block)?,
         };
-        let sds = match &self.sds {
+        let sds = match self.sds {
             None => crate::sds::SdsConfig::default(),
             Some(block) => sds_config(block)?,
         };
@@ -565,33 +456,12 @@ impl Raw {
 
 impl HealthConfig {
     /// `None` when the listener is disabled (the default, as in SPIRE).
-    fn from_block(block: &Map<String, Value>) -> Result<Option<Self>, ConfigError> {
-        reject_unknown(
-            block,
-            &[
-                "listener_enabled",
-                "bind_address",
-                "bind_port",
-                "live_path",
-                "ready_path",
-            ],
-            "health_checks block",
-        )?;
-        let enabled = match block.get("listener_enabled") {
-            Some(v) => as_bool(v, "listener_enabled")?,
-            None => false,
-        };
-        if !enabled {
+    fn from_block(block: HealthChecksBlock) -> Result<Option<Self>, ConfigError> {
+        if !block.listener_enabled {
             return Ok(None);
         }
-        let get = |key: &str, default: &str| -> Result<String, ConfigError> {
-            match block.get(key) {
-                Some(v) => as_scalar_string(v, key),
-                None => Ok(default.to_string()),
-            }
-        };
-        let path = |key: &str, default: &str| -> Result<String, ConfigError> {
-            let p = get(key, default)?;
+        let path = |key: &str, value: Option<String>, default: &str| {
+            let p = value.unwrap_or_else(|| default.to_string());
             if p.starts_with('/') {
                 Ok(p)
             } else {
@@ -599,12 +469,15 @@ impl HealthConfig {
             }
         };
         Ok(Some(HealthConfig {
-            bind_address: get("bind_address", "localhost")?,
-            bind_port: get("bind_port", "80")?
+            bind_address: block.bind_address.unwrap_or_else(|| "localhost".into()),
+            bind_port: block
+                .bind_port
+                .as_deref()
+                .unwrap_or("80")
                 .parse()
                 .map_err(|e: String| invalid("bind_port", e))?,
-            live_path: path("live_path", "/live")?,
-            ready_path: path("ready_path", "/ready")?,
+            live_path: path("live_path", block.live_path, "/live")?,
+            ready_path: path("ready_path", block.ready_path, "/ready")?,
         }))
     }
 }
@@ -685,114 +558,13 @@ impl fmt::Debug for JoinToken {
     }
 }
 
-// === impl LogLevel ===
-
-impl FromStr for LogLevel {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "trace" => Ok(Self::Trace),
-            "debug" => Ok(Self::Debug),
-            "info" => Ok(Self::Info),
-            "warn" | "warning" => Ok(Self::Warn),
-            "error" => Ok(Self::Error),
-            _ => Err(format!(
-                "unknown log level {s:?} (DEBUG, INFO, WARN or ERROR)"
-            )),
-        }
-    }
-}
-
-impl LogLevel {
-    pub fn as_filter(self) -> &'static str {
-        match self {
-            Self::Trace => "trace",
-            Self::Debug => "debug",
-            Self::Info => "info",
-            Self::Warn => "warn",
-            Self::Error => "error",
-        }
-    }
-}
-
-// === impl LogFormat ===
-
-impl FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "text" | "" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err(format!("unknown log format {s:?} (json or text)")),
-        }
-    }
-}
-
 // === helpers ===
 
-/// A block given once is an object; given several times (or written in SPIRE's JSON config
-/// form) it is an array of objects.
-fn blocks<'a>(v: &'a Value, what: &str) -> Result<Vec<&'a Map<String, Value>>, ConfigError> {
-    match v {
-        Value::Object(m) => Ok(vec![m]),
-        Value::Array(items) => items.iter().map(|i| as_object(i, what)).collect(),
-        _ => Err(ConfigError::Parse {
-            path: PathBuf::new(),
-            message: format!("{what} must be a block"),
-        }),
-    }
-}
-
-fn as_object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, ConfigError> {
-    v.as_object().ok_or_else(|| ConfigError::Parse {
-        path: PathBuf::new(),
-        message: format!("{what} must be a block"),
-    })
-}
-
-/// The `plugin_data` of one plugin; `plugin_data {}` and `plugin_data = {}` both work, and so
-/// does leaving it out. Anything else in the plugin body (`plugin_cmd`, `enabled`, ...) is
-/// rejected.
-fn plugin_data(kind: &str, name: &str, body: &Value) -> Result<Map<String, Value>, ConfigError> {
-    let mut data = Map::new();
-    for body in blocks(body, &format!("{kind} \"{name}\""))? {
-        for (key, value) in body {
-            match key.as_str() {
-                "plugin_data" => {
-                    for b in blocks(value, "plugin_data")? {
-                        data.extend(b.clone());
-                    }
-                }
-                other => {
-                    return Err(ConfigError::UnsupportedKey {
-                        key: other.to_string(),
-                        block: format!("{kind} \"{name}\" plugin"),
-                    });
-                }
-            }
-        }
-    }
-    Ok(data)
-}
-
 /// The `sds` block inside `agent` (SPIRE's keys and defaults).
-fn sds_config(block: &Map<String, Value>) -> Result<crate::sds::SdsConfig, ConfigError> {
-    reject_unknown(
-        block,
-        &[
-            "default_svid_name",
-            "default_bundle_name",
-            "default_all_bundles_name",
-            "disable_spiffe_cert_validation",
-        ],
-        "sds block",
-    )?;
+fn sds_config(mut block: Block) -> Result<crate::sds::SdsConfig, ConfigError> {
     let mut cfg = crate::sds::SdsConfig::default();
-    let name = |key: &str, slot: &mut String| -> Result<(), ConfigError> {
-        if let Some(v) = block.get(key) {
-            let s = as_scalar_string(v, key)?;
+    let mut name = |key: &str, slot: &mut String| -> Result<(), ConfigError> {
+        if let Some(s) = block.string(key)? {
             if s.is_empty() {
                 return Err(invalid(key, "must not be empty"));
             }
@@ -806,97 +578,15 @@ fn sds_config(block: &Map<String, Value>) -> Result<crate::sds::SdsConfig, Confi
         "default_all_bundles_name",
         &mut cfg.default_all_bundles_name,
     )?;
-    if let Some(v) = block.get("disable_spiffe_cert_validation") {
-        cfg.disable_spiffe_cert_validation = as_bool(v, "disable_spiffe_cert_validation")?;
+    if let Some(v) = block.bool("disable_spiffe_cert_validation")? {
+        cfg.disable_spiffe_cert_validation = v;
     }
+    block.finish()?;
     Ok(cfg)
 }
 
-fn reject_unknown(
-    data: &Map<String, Value>,
-    known: &[&str],
-    block: &str,
-) -> Result<(), ConfigError> {
-    match data.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ConfigError::UnsupportedKey {
-            key: k.clone(),
-            block: block.to_string(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn unsupported_plugin(kind: &str, name: &str) -> ConfigError {
-    ConfigError::UnsupportedPlugin {
-        kind: kind.to_string(),
-        name: name.to_string(),
-    }
-}
-
-/// SPIRE configs quote numbers (`server_port = "8081"`) as often as not; take both.
-fn as_scalar_string(v: &Value, key: &str) -> Result<String, ConfigError> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(invalid(key, "expected a string or number")),
-    }
-}
-
-fn as_bool(v: &Value, key: &str) -> Result<bool, ConfigError> {
-    match v {
-        Value::Bool(b) => Ok(*b),
-        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
-        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-        _ => Err(invalid(key, "expected true or false")),
-    }
-}
-
 fn invalid(key: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// `$VAR` and `${VAR}` expansion (spire-agent's `-expandEnv`); unset variables expand to "".
-fn expand_env(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let name: String = if chars.peek() == Some(&'{') {
-            chars.next();
-            let mut name = String::new();
-            for c in chars.by_ref() {
-                if c == '}' {
-                    break;
-                }
-                name.push(c);
-            }
-            name
-        } else {
-            let mut name = String::new();
-            while let Some(&c) = chars.peek() {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    name.push(c);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            if name.is_empty() {
-                out.push('$');
-                continue;
-            }
-            name
-        };
-        out.push_str(&std::env::var(&name).unwrap_or_default());
-    }
-    out
+    ConfigError::invalid(key, reason)
 }
 
 #[cfg(test)]
@@ -1181,11 +871,5 @@ health_checks {
             err.to_string(),
             r#"unsupported NodeAttestor plugin "aws_iid""#
         );
-    }
-
-    #[test]
-    fn env_expansion() {
-        let out = expand_env("a $SIGIL_TEST_UNSET_VAR b ${SIGIL_TEST_UNSET_VAR} $ c");
-        assert_eq!(out, "a  b  $ c");
     }
 }

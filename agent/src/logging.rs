@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LogLevel};
+use sigil_config::{LogFormat, LogLevel};
 
 /// Installs the global subscriber. The configured level applies to Sigil's own crates;
 /// dependencies (h2, rustls, hyper) log at most at INFO, since their DEBUG output is a frame-by-

@@ -2,41 +2,16 @@
 //! spire-server's command-line overrides. Anything Sigil does not implement is a start-up error
 //! naming it: silently ignoring a key a SPIRE user relied on would be worse than refusing.
 
-use serde_json::{Map, Value};
+use sigil_config::{Block, HealthChecksBlock, Plugin};
 use sigil_spiffe::TrustDomain;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A configuration problem, reported at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("parsing config file: {0}")]
-    Hcl(String),
-    #[error("unsupported key {key:?} in {block} block")]
-    UnsupportedKey { block: String, key: String },
-    #[error("unsupported {kind} plugin {name:?} (Sigil supports: {supported})")]
-    UnsupportedPlugin {
-        kind: String,
-        name: String,
-        supported: &'static str,
-    },
-    #[error("invalid value for {key}: {reason}")]
-    Invalid { key: String, reason: String },
-    #[error("{0} must be configured")]
-    Missing(&'static str),
-}
+pub use sigil_config::ConfigError;
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError::invalid(key, reason)
 }
 
 /// Where the CA and JWT signing keys live.
@@ -87,24 +62,7 @@ impl Default for CaSubject {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "text" | "" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            other => Err(format!("unknown log format {other:?} (text or json)")),
-        }
-    }
-}
+pub use sigil_config::LogFormat;
 
 /// The `/live` and `/ready` listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,14 +146,15 @@ impl ServerConfig {
         let text = match path {
             Some(p) => Some(
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_string(),
+                    path: PathBuf::from(p),
                     source,
                 })?,
             ),
             None => std::fs::read_to_string(DEFAULT_CONFIG_PATH).ok(),
         };
         let raw = match text {
-            Some(t) => parse_hcl(&t)?,
+            Some(t) => parse_hcl(&t)
+                .map_err(|e| e.in_file(Path::new(path.unwrap_or(DEFAULT_CONFIG_PATH))))?,
             None => Raw::default(),
         };
         Self::from_raw(raw, overrides)
@@ -244,11 +203,11 @@ impl ServerConfig {
             match v {
                 None => Ok(Duration::from_secs(default)),
                 Some(s) => {
-                    let secs = sigil_flags::parse_duration_secs(&s).map_err(|e| invalid(key, e))?;
-                    if secs == 0 {
+                    let d = sigil_config::parse_duration(key, &s)?;
+                    if d.is_zero() {
                         return Err(invalid(key, "must be greater than zero"));
                     }
-                    Ok(Duration::from_secs(secs))
+                    Ok(d)
                 }
             }
         };
@@ -277,17 +236,17 @@ impl ServerConfig {
             .clone()
             .or(raw.log_format)
             .unwrap_or_default()
-            .parse()
-            .map_err(|e: String| invalid("log_format", e))?;
+            .parse::<LogFormat>()
+            .map_err(|e| invalid("log_format", e))?;
         let log_level = o
             .log_level
             .clone()
             .or(raw.log_level)
             .unwrap_or_else(|| "info".into())
-            .to_ascii_lowercase();
-        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
-            return Err(invalid("log_level", format!("unknown level {log_level:?}")));
-        }
+            .parse::<sigil_config::LogLevel>()
+            .map_err(|e| invalid("log_level", e))?
+            .as_filter()
+            .to_string();
         let datastore_path = raw
             .datastore_path
             .map(PathBuf::from)
@@ -325,232 +284,115 @@ impl ServerConfig {
 
 // === HCL walking ===
 
-/// hcl-rs turns `Kind "label" { ... }` into `{"Kind": {"label": {...}}}` and repeated blocks into
-/// arrays; these helpers flatten both shapes.
-fn objects(v: &Value) -> Vec<&Map<String, Value>> {
-    match v {
-        Value::Object(m) => vec![m],
-        Value::Array(a) => a.iter().flat_map(objects).collect(),
-        _ => vec![],
-    }
-}
-
-fn scalar(key: &str, v: &Value) -> Result<String, ConfigError> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(invalid(key, "expected a string, number or boolean")),
-    }
-}
-
-fn string_list(key: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
-    match v {
-        Value::Array(a) => a.iter().map(|x| scalar(key, x)).collect(),
-        other => Ok(vec![scalar(key, other)?]),
-    }
-}
-
+/// The walk itself (types, unknown keys, blocks, plugins) is `sigil_config`'s, shared with the
+/// agent; this only says which keys the server has and what they mean.
 fn parse_hcl(text: &str) -> Result<Raw, ConfigError> {
-    let root: Value = hcl::from_str(text).map_err(|e| ConfigError::Hcl(e.to_string()))?;
-    let root = root
-        .as_object()
-        .ok_or_else(|| ConfigError::Hcl("top level must be a body".into()))?;
+    let mut root = sigil_config::parse(text)?;
     let mut raw = Raw::default();
-    for (key, value) in root {
-        match key.as_str() {
-            "server" => {
-                for block in objects(value) {
-                    parse_server_block(block, &mut raw)?;
-                }
-            }
-            "plugins" => {
-                for block in objects(value) {
-                    parse_plugins(block, &mut raw)?;
-                }
-            }
-            "health_checks" => {
-                for block in objects(value) {
-                    raw.health = parse_health(block)?;
-                }
-            }
-            // Telemetry is accepted but Sigil exposes no telemetry sinks yet: refuse rather than
-            // silently drop the user's metrics configuration.
-            other => {
-                return Err(ConfigError::UnsupportedKey {
-                    block: "top-level".into(),
-                    key: other.into(),
-                });
-            }
+    if let Some(server) = root.block("server", "server block")? {
+        parse_server_block(server, &mut raw)?;
+    }
+    if let Some(plugins) = root.block("plugins", "plugins block")? {
+        for plugin in sigil_config::plugins(plugins)? {
+            parse_plugin(plugin, &mut raw)?;
         }
     }
+    if let Some(block) = HealthChecksBlock::take(&mut root)? {
+        raw.health = parse_health(block)?;
+    }
+    // `telemetry` and the rest: refused rather than silently dropped (Sigil exposes no
+    // telemetry sinks yet).
+    root.finish()?;
     Ok(raw)
 }
 
-fn parse_server_block(block: &Map<String, Value>, raw: &mut Raw) -> Result<(), ConfigError> {
-    for (key, v) in block {
-        match key.as_str() {
-            "trust_domain" => raw.trust_domain = Some(scalar(key, v)?),
-            "data_dir" => raw.data_dir = Some(scalar(key, v)?),
-            "bind_address" => raw.bind_address = Some(scalar(key, v)?),
-            "bind_port" => raw.bind_port = Some(scalar(key, v)?),
-            "socket_path" => raw.socket_path = Some(scalar(key, v)?),
-            "ca_ttl" => raw.ca_ttl = Some(scalar(key, v)?),
-            // `default_svid_ttl` is SPIRE's older name for the X509-SVID TTL.
-            "default_x509_svid_ttl" | "default_svid_ttl" => raw.x509_ttl = Some(scalar(key, v)?),
-            "default_jwt_svid_ttl" => raw.jwt_ttl = Some(scalar(key, v)?),
-            "agent_ttl" => raw.agent_ttl = Some(scalar(key, v)?),
-            "ca_key_type" => raw.ca_key_type = Some(scalar(key, v)?),
-            "jwt_issuer" => raw.jwt_issuer = Some(scalar(key, v)?),
-            "log_level" => raw.log_level = Some(scalar(key, v)?),
-            "log_format" => raw.log_format = Some(scalar(key, v)?),
-            "ca_subject" => {
-                let mut subject = CaSubject::default();
-                for m in objects(v) {
-                    for (k, sv) in m {
-                        match k.as_str() {
-                            "country" => subject.country = string_list(k, sv)?,
-                            "organization" => subject.organization = string_list(k, sv)?,
-                            "common_name" => subject.common_name = scalar(k, sv)?,
-                            other => {
-                                return Err(ConfigError::UnsupportedKey {
-                                    block: "ca_subject".into(),
-                                    key: other.into(),
-                                });
-                            }
-                        }
-                    }
-                }
-                raw.ca_subject = Some(subject);
-            }
-            other => {
-                return Err(ConfigError::UnsupportedKey {
-                    block: "server".into(),
-                    key: other.into(),
-                });
-            }
+fn parse_server_block(mut block: Block, raw: &mut Raw) -> Result<(), ConfigError> {
+    raw.trust_domain = block.string("trust_domain")?;
+    raw.data_dir = block.string("data_dir")?;
+    raw.bind_address = block.string("bind_address")?;
+    raw.bind_port = block.string("bind_port")?;
+    raw.socket_path = block.string("socket_path")?;
+    raw.ca_ttl = block.string("ca_ttl")?;
+    // `default_svid_ttl` is SPIRE's older name for the X509-SVID TTL; the newer name wins.
+    let old_name = block.string("default_svid_ttl")?;
+    raw.x509_ttl = block.string("default_x509_svid_ttl")?.or(old_name);
+    raw.jwt_ttl = block.string("default_jwt_svid_ttl")?;
+    raw.agent_ttl = block.string("agent_ttl")?;
+    raw.ca_key_type = block.string("ca_key_type")?;
+    raw.jwt_issuer = block.string("jwt_issuer")?;
+    raw.log_level = block.string("log_level")?;
+    raw.log_format = block.string("log_format")?;
+    if let Some(mut b) = block.block("ca_subject", "ca_subject block")? {
+        let mut subject = CaSubject::default();
+        if let Some(v) = b.strings("country")? {
+            subject.country = v;
         }
+        if let Some(v) = b.strings("organization")? {
+            subject.organization = v;
+        }
+        if let Some(v) = b.string("common_name")? {
+            subject.common_name = v;
+        }
+        b.finish()?;
+        raw.ca_subject = Some(subject);
     }
-    Ok(())
+    block.finish()
 }
 
-fn plugin_data(plugin: &Map<String, Value>, kind: &str) -> Result<Map<String, Value>, ConfigError> {
-    let mut out = Map::new();
-    for (k, v) in plugin {
-        match k.as_str() {
-            "plugin_data" => {
-                for m in objects(v) {
-                    out.extend(m.clone());
-                }
+fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
+    match (plugin.kind.as_str(), plugin.name.as_str()) {
+        ("DataStore", "sql") => {
+            if let Some(t) = plugin.data.string("database_type")?
+                && t != "sqlite3"
+            {
+                return Err(invalid(
+                    "DataStore \"sql\" database_type",
+                    format!("{t:?} is not supported (Sigil supports sqlite3)"),
+                ));
             }
-            "enabled" => {}
-            other => {
-                return Err(ConfigError::UnsupportedKey {
-                    block: kind.into(),
-                    key: other.into(),
-                });
+            if let Some(path) = plugin.data.string("connection_string")? {
+                raw.datastore_path = Some(path);
             }
         }
-    }
-    Ok(out)
-}
-
-fn parse_plugins(block: &Map<String, Value>, raw: &mut Raw) -> Result<(), ConfigError> {
-    for (kind, by_name) in block {
-        for named in objects(by_name) {
-            for (name, plugin) in named {
-                let plugin = plugin.as_object().cloned().unwrap_or_default();
-                let data = plugin_data(&plugin, &format!("{kind} \"{name}\""))?;
-                let unsupported = |supported| ConfigError::UnsupportedPlugin {
-                    kind: kind.clone(),
-                    name: name.clone(),
-                    supported,
-                };
-                let bad_key = |k: &str| ConfigError::UnsupportedKey {
-                    block: format!("{kind} \"{name}\" plugin_data"),
-                    key: k.into(),
-                };
-                match (kind.as_str(), name.as_str()) {
-                    ("DataStore", "sql") => {
-                        for (k, v) in &data {
-                            match k.as_str() {
-                                "database_type" => {
-                                    let t = scalar(k, v)?;
-                                    if t != "sqlite3" {
-                                        return Err(invalid(
-                                            "DataStore \"sql\" database_type",
-                                            format!(
-                                                "{t:?} is not supported (Sigil supports sqlite3)"
-                                            ),
-                                        ));
-                                    }
-                                }
-                                "connection_string" => raw.datastore_path = Some(scalar(k, v)?),
-                                other => return Err(bad_key(other)),
-                            }
-                        }
-                    }
-                    ("DataStore", _) => return Err(unsupported("sql")),
-                    ("KeyManager", "disk") => {
-                        let mut path = None;
-                        for (k, v) in &data {
-                            match k.as_str() {
-                                "keys_path" => path = Some(scalar(k, v)?),
-                                other => return Err(bad_key(other)),
-                            }
-                        }
-                        raw.key_manager = Some(RawKm::Disk(path));
-                    }
-                    ("KeyManager", "memory") => {
-                        if let Some(k) = data.keys().next() {
-                            return Err(bad_key(k));
-                        }
-                        raw.key_manager = Some(RawKm::Memory);
-                    }
-                    ("KeyManager", _) => return Err(unsupported("disk, memory")),
-                    ("NodeAttestor", "join_token") => {
-                        if let Some(k) = data.keys().next() {
-                            return Err(bad_key(k));
-                        }
-                    }
-                    ("NodeAttestor", _) => return Err(unsupported("join_token")),
-                    _ => {
-                        return Err(unsupported(
-                            "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"",
-                        ));
-                    }
-                }
-            }
+        ("DataStore", _) => return Err(plugin.unsupported(Some("sql"))),
+        ("KeyManager", "disk") => {
+            raw.key_manager = Some(RawKm::Disk(plugin.data.string("keys_path")?));
+        }
+        ("KeyManager", "memory") => raw.key_manager = Some(RawKm::Memory),
+        ("KeyManager", _) => return Err(plugin.unsupported(Some("disk, memory"))),
+        ("NodeAttestor", "join_token") => {}
+        ("NodeAttestor", _) => return Err(plugin.unsupported(Some("join_token"))),
+        _ => {
+            return Err(plugin.unsupported(Some(
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"",
+            )));
         }
     }
-    Ok(())
+    plugin.data.finish()
 }
 
-fn parse_health(block: &Map<String, Value>) -> Result<Option<HealthChecks>, ConfigError> {
-    let mut enabled = false;
+/// The server's reading of `health_checks`: every value is checked, and the listener is on
+/// only with `listener_enabled = true`.
+fn parse_health(block: HealthChecksBlock) -> Result<Option<HealthChecks>, ConfigError> {
     let mut h = HealthChecks {
         bind_address: IpAddr::from([0, 0, 0, 0]),
         bind_port: 80,
         live_path: "/live".into(),
         ready_path: "/ready".into(),
     };
-    for (k, v) in block {
-        let s = scalar(k, v)?;
-        match k.as_str() {
-            "listener_enabled" => enabled = s == "true",
-            "bind_address" => h.bind_address = s.parse().map_err(|e| invalid(k, e))?,
-            "bind_port" => h.bind_port = s.parse().map_err(|e| invalid(k, e))?,
-            "live_path" => h.live_path = s,
-            "ready_path" => h.ready_path = s,
-            other => {
-                return Err(ConfigError::UnsupportedKey {
-                    block: "health_checks".into(),
-                    key: other.into(),
-                });
-            }
-        }
+    if let Some(s) = block.bind_address {
+        h.bind_address = s.parse().map_err(|e| invalid("bind_address", e))?;
     }
-    Ok(enabled.then_some(h))
+    if let Some(s) = block.bind_port {
+        h.bind_port = s.parse().map_err(|e| invalid("bind_port", e))?;
+    }
+    if let Some(s) = block.live_path {
+        h.live_path = s;
+    }
+    if let Some(s) = block.ready_path {
+        h.ready_path = s;
+    }
+    Ok(block.listener_enabled.then_some(h))
 }
 
 #[cfg(test)]

@@ -1,0 +1,60 @@
+//! A value of the wrong type in agent.conf is refused with the key named, never read as
+//! something else: the same verdict as the server's (both walk the file with `sigil_config`).
+
+use sigil_agent::Config;
+
+const BASE: &str = "agent {\n trust_domain = \"example.org\"\n server_address = \"127.0.0.1\"\n}\n";
+
+fn refused(text: &str) -> String {
+    match Config::from_hcl(text) {
+        Ok(c) => panic!("{text:?} was accepted: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_misspelt_boolean_is_not_false() {
+    let err = refused(&format!(
+        "{BASE}health_checks {{\n listener_enabled = \"treu\"\n}}\n"
+    ));
+    assert_eq!(
+        err,
+        "invalid value for listener_enabled: expected true or false"
+    );
+    let err = refused(
+        "agent {\n trust_domain = \"example.org\"\n server_address = \"x\"\n insecure_bootstrap = \"yes\"\n}\n",
+    );
+    assert_eq!(
+        err,
+        "invalid value for insecure_bootstrap: expected true or false"
+    );
+}
+
+#[test]
+fn a_value_where_a_block_belongs_is_not_an_empty_block() {
+    let cases = [
+        ("agent = \"x\"\n".to_string(), "agent"),
+        (format!("{BASE}plugins = \"x\"\n"), "plugins"),
+        (format!("{BASE}health_checks = true\n"), "health_checks"),
+        (
+            format!("{BASE}plugins {{\n KeyManager = [\"disk\"]\n}}\n"),
+            "KeyManager",
+        ),
+        (
+            format!("{BASE}plugins {{\n KeyManager \"disk\" {{\n plugin_data = \"x\"\n }}\n}}\n"),
+            "plugin_data",
+        ),
+        (
+            "agent {\n trust_domain = \"example.org\"\n server_address = \"x\"\n sds = \"x\"\n}\n"
+                .to_string(),
+            "sds",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(
+            refused(&text),
+            format!("invalid value for {key}: expected a block"),
+            "{text:?}"
+        );
+    }
+}
