@@ -6,6 +6,7 @@ use std::process::Command;
 mod debian;
 mod demo;
 mod ebpf;
+mod modgraph;
 mod setup;
 mod vmtest;
 mod wasm;
@@ -29,6 +30,8 @@ Commands:
             Build envoy-filter-wasm (Debian rustc-web, wasm32-wasip1) into
             target/wasm/sigil_authz_filter.wasm, the Envoy authorization filter
   lint-wasm fmt --check, clippy -D warnings and host unit tests of envoy-filter-wasm
+  modules   Fail if modules of agent/, server/ or crates/ import each other in a circle (also
+            a test, so `test` checks it)
   codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
 
 pub fn root() -> PathBuf {
@@ -167,6 +170,7 @@ fn main() -> Result<()> {
         Some("vm-test") => vmtest::vm_test(),
         Some("build-wasm") => wasm::build().map(drop),
         Some("lint-wasm") => wasm::lint(),
+        Some("modules") => modgraph::check(&root()),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -5,7 +5,7 @@
 //! (`requestPrincipals`, `ipBlocks`, `CUSTOM`, JWT and IP conditions, path templates) are
 //! rejected with an error naming them. Unknown fields are rejected too.
 
-use crate::engine::{Action, Check, Matcher, Policy, PolicyInfo, Protocol, Rule};
+use crate::engine::{Action, Check, Engine, Matcher, Policy, PolicyInfo, Protocol, Rule};
 use crate::matcher::{Glob, PrincipalMatch, SPIFFE, ServiceAccountMatch, StrMatch};
 use serde::Deserialize;
 use serde_json::Value;
@@ -539,6 +539,24 @@ fn compile_rule(
         _ => return Ok(None),
     }
     Ok(Some(rule))
+}
+
+// === impl Engine ===
+
+/// Building an engine from configuration lives here, with the compiler, so that the engine
+/// does not depend on the configuration format (nor the format on the engine's constructor).
+impl Engine {
+    /// Parses and compiles a plugin configuration. Any field Sigil cannot enforce is an error.
+    pub fn from_json(json: &[u8], protocol: Protocol) -> Result<Self, ConfigError> {
+        let cfg: Config = parse(json)?;
+        Self::compile(&cfg, protocol)
+    }
+
+    /// Compiles a parsed configuration.
+    pub fn compile(cfg: &Config, protocol: Protocol) -> Result<Self, ConfigError> {
+        let (policies, warnings) = compile(cfg, protocol)?;
+        Ok(Self::new(policies, warnings, cfg.root_id.clone()))
+    }
 }
 
 /// Compiles every policy; also returns warnings for the operator.

@@ -1,9 +1,10 @@
 //! Compiled policies and their evaluation, with Istio's semantics.
 
-use crate::config::{self, ConfigError};
+mod recent;
+
+use self::recent::Recent;
 use crate::matcher::{Glob, PrincipalMatch, ServiceAccountMatch, StrMatch};
 use crate::peer::{PeerError, SpiffeId};
-use crate::recent::Recent;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -398,20 +399,18 @@ pub struct Engine {
     pub(crate) root_id: Option<String>,
     /// No policy reads the request: a decision depends on the peer alone.
     peer_only: bool,
-    /// The last decisions, when `peer_only` (see [`crate::recent`]).
+    /// The last decisions, when `peer_only` (see [`recent`]).
     recent: RefCell<Recent>,
 }
 
 impl Engine {
-    /// Parses and compiles a plugin configuration. Any field Sigil cannot enforce is an error.
-    pub fn from_json(json: &[u8], protocol: Protocol) -> Result<Self, ConfigError> {
-        let cfg: config::Config = config::parse(json)?;
-        Self::compile(&cfg, protocol)
-    }
-
-    /// Compiles a parsed configuration.
-    pub fn compile(cfg: &config::Config, protocol: Protocol) -> Result<Self, ConfigError> {
-        let (policies, warnings) = config::compile(cfg, protocol)?;
+    /// An engine for compiled `policies` (the configuration module's job: see
+    /// [`Engine::from_json`]), so that the engine knows nothing of the configuration format.
+    pub(crate) fn new(
+        policies: Vec<Policy>,
+        warnings: Vec<String>,
+        root_id: Option<String>,
+    ) -> Self {
         let infos: Vec<PolicyInfo> = policies.iter().map(|p| p.info.clone()).collect();
         let pick = |action: Action, dry: bool| -> Vec<usize> {
             infos
@@ -425,7 +424,7 @@ impl Engine {
             .iter()
             .flat_map(|p| &p.rules)
             .any(Rule::reads_request);
-        Ok(Self {
+        Self {
             peer_only,
             recent: RefCell::default(),
             deny: pick(Action::Deny, false),
@@ -442,8 +441,8 @@ impl Engine {
             policies,
             infos,
             warnings,
-            root_id: cfg.root_id.clone(),
-        })
+            root_id,
+        }
     }
 
     /// The configured policies, in configuration order ([`DecidedBy::Policy`] indexes this).

@@ -40,7 +40,6 @@ mod config;
 mod engine;
 mod matcher;
 mod peer;
-mod recent;
 
 pub use config::{Config, ConfigError};
 pub use engine::{

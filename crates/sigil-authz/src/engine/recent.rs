@@ -15,7 +15,7 @@
 //!
 //! [`Engine::is_peer_only`]: crate::Engine::is_peer_only
 
-use crate::engine::Evaluation;
+use super::Evaluation;
 
 /// How many peers' decisions are remembered (replaced in turn).
 const ENTRIES: usize = 4;
