@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use sigil_workload_attestation::{
+    Attestation, Attestors, PodAttestor, Tier, TierUnavailable, UnixAttestor, WorkloadAttestor,
+};
 use tokio::sync::watch;
 
-use crate::attestation::{Attestation, TierUnavailable};
 use crate::config::{Config, KeyManager};
 use crate::health::{self, ReadyCheck};
 use crate::manager::cache::BundleRecord;
@@ -19,7 +21,6 @@ use crate::node::storage::{DiskStore, StoreError};
 use crate::node::tls::ServerTrust;
 use crate::node::{AgentSvid, NodeError, ServerEndpoint};
 use crate::svid;
-use crate::workload::attestor::{Attestors, PodAttestor, UnixAttestor, WorkloadAttestor};
 use crate::workload::{self, WorkloadApi, WorkloadError};
 
 /// Why the agent stopped (or could not start).
@@ -71,6 +72,8 @@ pub async fn run_until(
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle_cell: Arc<OnceLock<ManagerHandle>> = Arc::new(OnceLock::new());
+    // The attestation tier, once chosen (after bootstrap): health reports it from here.
+    let tier_cell: Arc<OnceLock<Tier>> = Arc::new(OnceLock::new());
 
     if let Some(hc) = &config.health {
         let listener = health::bind(hc).await.map_err(AgentError::Health)?;
@@ -81,15 +84,22 @@ pub async fn run_until(
         );
         let cell = handle_cell.clone();
         let ready: ReadyCheck = Arc::new(move || readiness(cell.get()));
+        let tier = tier_cell.clone();
+        let tier: health::TierCheck = Arc::new(move || tier.get().copied());
         tokio::spawn(health::serve(
             listener,
             hc.clone(),
             ready,
+            tier,
             stopped(stop_rx.clone()),
         ));
     }
 
-    let endpoint = ServerEndpoint::new(&config);
+    let endpoint = ServerEndpoint::new(
+        &config.server_address,
+        config.server_port.0,
+        &config.trust_domain,
+    );
     let store = match &config.key_manager {
         KeyManager::Disk { directory } => Some(DiskStore::new(directory)),
         KeyManager::Memory => None,
@@ -124,6 +134,7 @@ pub async fn run_until(
     let listener = workload::bind(&config.socket_path)?;
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
     let attestors = attestors(&config)?;
+    let _ = tier_cell.set(attestors.attestation().tier());
     let sds = crate::sds::SdsApi::new(handle.clone(), attestors.clone(), config.sds.clone());
     let api = WorkloadApi::new(handle, attestors);
     let mut server = tokio::spawn(workload::serve(
@@ -181,7 +192,6 @@ fn attestors(config: &Config) -> Result<Attestors, AgentError> {
         "workload attestation tier: {}",
         attestation.tier()
     );
-    crate::attestation::set_active_tier(attestation.tier());
     let mut list: Vec<Arc<dyn WorkloadAttestor>> = Vec::new();
     if let Some(unix) = &config.unix_attestor {
         list.push(Arc::new(UnixAttestor::new(unix.clone())));

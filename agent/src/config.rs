@@ -6,12 +6,14 @@
 //! harder to debug than a refusal to start.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use sigil_config::{Block, HealthChecksBlock, Plugin};
+use sigil_config::{Block, HealthChecksBlock, Plugin, Port};
 use sigil_spiffe::{SpiffeId, TrustDomain};
+use sigil_workload_attestation::UnixAttestorConfig;
+
+use crate::health::HealthConfig;
+use crate::node::config::{JoinToken, ServerHost};
 
 pub use sigil_config::{ConfigError, LogFormat, LogLevel};
 
@@ -22,18 +24,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/agent/agent.conf";
 /// SPIRE's default server port.
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
 
-/// The server's host name or IP address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerHost(String);
-
-/// A TCP port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Port(pub u16);
-
-/// A join token. Single-use, but still a credential until used: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken(String);
-
 /// Where the agent keeps its own private key (SPIRE's `KeyManager`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyManager {
@@ -42,27 +32,6 @@ pub enum KeyManager {
     Disk { directory: PathBuf },
     /// Nothing persisted: every start re-attests.
     Memory,
-}
-
-/// The `unix` workload attestor's options.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct UnixAttestorConfig {
-    /// Adds `unix:path` and `unix:sha256` selectors.
-    pub discover_workload_path: bool,
-    /// Binaries larger than this are not hashed (0 = no limit).
-    pub workload_size_limit: u64,
-    /// Where caller facts come from (`attestation_tier`, or `-attestationTier`): `auto` picks
-    /// the best tier the kernel and the agent's privileges allow.
-    pub attestation_tier: crate::attestation::TierRequest,
-}
-
-/// The `health_checks` block.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub bind_address: String,
-    pub bind_port: Port,
-    pub live_path: String,
-    pub ready_path: String,
 }
 
 /// The validated agent configuration.
@@ -197,15 +166,8 @@ impl Config {
 
     /// The agent's own SPIFFE ID prefix check and the server's expected ID.
     pub fn server_id(&self) -> SpiffeId {
-        server_id(&self.trust_domain)
+        crate::node::server_id(&self.trust_domain)
     }
-}
-
-/// `spiffe://<td>/spire/server`, the ID the server's TLS certificate must carry.
-pub fn server_id(td: &TrustDomain) -> SpiffeId {
-    // Invariant: "/spire/server" is a valid path, so this cannot fail; fall back to the trust
-    // domain ID rather than panic (which would then fail every verification, safely).
-    SpiffeId::from_path(td, "/spire/server").unwrap_or_else(|_| td.id())
 }
 
 // === impl Raw ===
@@ -354,7 +316,10 @@ impl Raw {
                 "trust_bundle_path and insecure_bootstrap are mutually exclusive",
             ));
         }
-        let join_token = self.join_token.filter(|s| !s.is_empty()).map(JoinToken);
+        let join_token = self
+            .join_token
+            .filter(|s| !s.is_empty())
+            .map(JoinToken::new);
         let log_level = match self.log_level.as_deref() {
             None => LogLevel::Info,
             Some(s) => s.parse().map_err(|e: String| invalid("log_level", e))?,
@@ -425,7 +390,7 @@ impl Raw {
 
         let health = match self.health {
             None => None,
-            Some(block) => HealthConfig::from_block(block)?,
+            Some(block) => health_config(block)?,
         };
         let sds = match self.sds {
             None => crate::sds::SdsConfig::default(),
@@ -452,110 +417,33 @@ impl Raw {
     }
 }
 
-// === impl HealthConfig ===
+// === health_checks ===
 
-impl HealthConfig {
-    /// `None` when the listener is disabled (the default, as in SPIRE).
-    fn from_block(block: HealthChecksBlock) -> Result<Option<Self>, ConfigError> {
-        if !block.listener_enabled {
-            return Ok(None);
+/// The agent's reading of `health_checks`; `None` when the listener is disabled (the default,
+/// as in SPIRE).
+fn health_config(block: HealthChecksBlock) -> Result<Option<HealthConfig>, ConfigError> {
+    if !block.listener_enabled {
+        return Ok(None);
+    }
+    let path = |key: &str, value: Option<String>, default: &str| {
+        let p = value.unwrap_or_else(|| default.to_string());
+        if p.starts_with('/') {
+            Ok(p)
+        } else {
+            Err(invalid(key, "must start with /"))
         }
-        let path = |key: &str, value: Option<String>, default: &str| {
-            let p = value.unwrap_or_else(|| default.to_string());
-            if p.starts_with('/') {
-                Ok(p)
-            } else {
-                Err(invalid(key, "must start with /"))
-            }
-        };
-        Ok(Some(HealthConfig {
-            bind_address: block.bind_address.unwrap_or_else(|| "localhost".into()),
-            bind_port: block
-                .bind_port
-                .as_deref()
-                .unwrap_or("80")
-                .parse()
-                .map_err(|e: String| invalid("bind_port", e))?,
-            live_path: path("live_path", block.live_path, "/live")?,
-            ready_path: path("ready_path", block.ready_path, "/ready")?,
-        }))
-    }
-}
-
-// === impl ServerHost ===
-
-impl FromStr for ServerHost {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty address".into());
-        }
-        if s.contains("://") || s.contains('/') {
-            return Err(format!("{s:?} is not a host name or IP address"));
-        }
-        // A bracketed IPv6 literal is accepted and unbracketed.
-        let host = s
-            .strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .unwrap_or(s);
-        if host.parse::<IpAddr>().is_err()
-            && rustls_pki_types::DnsName::try_from(host.to_string()).is_err()
-        {
-            return Err(format!("{s:?} is not a host name or IP address"));
-        }
-        Ok(Self(host.to_string()))
-    }
-}
-
-impl ServerHost {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ServerHost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-// === impl Port ===
-
-impl FromStr for Port {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().parse::<u16>() {
-            Ok(0) | Err(_) => Err(format!("{s:?} is not a port number (1-65535)")),
-            Ok(p) => Ok(Port(p)),
-        }
-    }
-}
-
-impl fmt::Display for Port {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-// === impl JoinToken ===
-
-impl JoinToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for JoinToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JoinToken([redacted])")
-    }
+    };
+    Ok(Some(HealthConfig {
+        bind_address: block.bind_address.unwrap_or_else(|| "localhost".into()),
+        bind_port: block
+            .bind_port
+            .as_deref()
+            .unwrap_or("80")
+            .parse()
+            .map_err(|e: String| invalid("bind_port", e))?,
+        live_path: path("live_path", block.live_path, "/live")?,
+        ready_path: path("ready_path", block.ready_path, "/ready")?,
+    }))
 }
 
 // === helpers ===
@@ -751,7 +639,7 @@ health_checks {
 
     #[test]
     fn attestation_tier() {
-        use crate::attestation::{Tier, TierRequest};
+        use sigil_workload_attestation::{Tier, TierRequest};
         let base = "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n";
         let c = Config::from_hcl(base).unwrap();
         assert_eq!(c.unix_attestor.unwrap().attestation_tier, TierRequest::Auto);

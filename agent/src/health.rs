@@ -9,12 +9,26 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sigil_workload_attestation::{Tier, tier_metric};
 use tokio::net::TcpListener;
 
-use crate::config::HealthConfig;
+use sigil_config::Port;
+
+/// The `health_checks` block, as the agent reads it (`crate::config` parses it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub bind_address: String,
+    pub bind_port: Port,
+    pub live_path: String,
+    pub ready_path: String,
+}
 
 /// Readiness: `Ok` when the agent can serve identities, else the reason it cannot.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The workload attestation tier in use, once chosen (the attestation's state, which starts
+/// after the health listener).
+pub type TierCheck = Arc<dyn Fn() -> Option<Tier> + Send + Sync>;
 
 /// Binds the health listener.
 pub async fn bind(cfg: &HealthConfig) -> std::io::Result<TcpListener> {
@@ -26,6 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     cfg: HealthConfig,
     ready: ReadyCheck,
+    tier: TierCheck,
     shutdown: impl Future<Output = ()>,
 ) {
     let cfg = Arc::new(cfg);
@@ -44,9 +59,10 @@ pub async fn serve(
         };
         let cfg = cfg.clone();
         let ready = ready.clone();
+        let tier = tier.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = respond(&cfg, &ready, req.uri().path());
+                let resp = respond(&cfg, &ready, tier(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -56,16 +72,21 @@ pub async fn serve(
     }
 }
 
-fn respond(cfg: &HealthConfig, ready: &ReadyCheck, path: &str) -> Response<Full<Bytes>> {
+fn respond(
+    cfg: &HealthConfig,
+    ready: &ReadyCheck,
+    tier: Option<Tier>,
+    path: &str,
+) -> Response<Full<Bytes>> {
     if path == "/metrics" {
-        let mut resp = Response::new(Full::new(Bytes::from(crate::attestation::tier_metric())));
+        let mut resp = Response::new(Full::new(Bytes::from(tier_metric(tier))));
         resp.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
         );
         return resp;
     }
-    let tier = crate::attestation::active_tier().map(|t| t.name());
+    let tier = tier.map(Tier::name);
     let (status, body) = if path == cfg.live_path {
         (StatusCode::OK, serde_json::json!({ "live": true }))
     } else if path == cfg.ready_path {
@@ -97,7 +118,6 @@ fn respond(cfg: &HealthConfig, ready: &ReadyCheck, path: &str) -> Response<Full<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Port;
 
     #[test]
     fn routes() {
@@ -109,12 +129,21 @@ mod tests {
         };
         let not_ready: ReadyCheck = Arc::new(|| Err("no agent SVID yet".into()));
         let ready: ReadyCheck = Arc::new(|| Ok(()));
-        assert_eq!(respond(&cfg, &not_ready, "/live").status(), StatusCode::OK);
         assert_eq!(
-            respond(&cfg, &not_ready, "/ready").status(),
+            respond(&cfg, &not_ready, None, "/live").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&cfg, &not_ready, None, "/ready").status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        assert_eq!(respond(&cfg, &ready, "/ready").status(), StatusCode::OK);
-        assert_eq!(respond(&cfg, &ready, "/x").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&cfg, &ready, None, "/ready").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&cfg, &ready, None, "/x").status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

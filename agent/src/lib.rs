@@ -3,14 +3,13 @@
 //! - [`config`]: SPIRE's HCL agent config and `run` flags.
 //! - [`node`]: node attestation, the agent SVID, and the mTLS channel to the server.
 //! - [`manager`]: entry sync, workload SVID signing and rotation, immutable snapshots.
-//! - [`workload`]: the SPIFFE Workload API on a Unix socket, with workload attestation.
-//! - [`attestation`]: the attestation tiers (eBPF, pidfd, procfs) that establish who a caller is.
+//! - [`workload`]: the SPIFFE Workload API on a Unix socket; each call is attested with
+//!   `sigil_workload_attestation` (tiers, cgroups, the `unix` attestor).
 //! - [`sds`]: Envoy SDS v3 on the same socket (Istio's `default` / `ROOTCA`).
 //! - [`cli`]: `sigil-agent` verbs (`run`, `api fetch|validate|watch`, `healthcheck`).
 //! - [`health`]: `/live` and `/ready`.
 
 mod agent;
-pub mod attestation;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -12,8 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sigil_agent::attestation::{Attestation, Tier, TierRequest};
-use sigil_agent::workload::peer::PeerInfo;
+use sigil_workload_attestation::{Attestation, PeerInfo, Tier, TierRequest};
 
 /// One tier's result: median µs per connection with attestation, and the median bare round
 /// trip measured alternately with it (medians: this machine is shared, and a mean would mostly

@@ -31,7 +31,7 @@ fn main() {
         Err(_) => {
             let _ = std::fs::remove_file(&embedded);
             println!(
-                "cargo::warning=eBPF object {} not found: building sigil-agent without the eBPF \
+                "cargo::warning=eBPF object {} not found: building the workload attestation (sigil-agent) without the eBPF \
                  attestation tiers (run `cargo xtask build-ebpf`)",
                 object.display()
             );
@@ -41,8 +41,13 @@ fn main() {
 
 /// The workspace's target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
 fn target_dir() -> PathBuf {
+    // This package is crates/sigil-workload-attestation: the workspace is two levels up.
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let workspace = manifest.parent().map(PathBuf::from).unwrap_or_default();
+    let workspace = manifest
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
     match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
         Some(p) if p.is_absolute() => p,
         Some(p) => workspace.join(p),

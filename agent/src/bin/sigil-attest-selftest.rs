@@ -24,10 +24,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sigil_agent::attestation::{Attestation, Caller, Tier, TierRequest, cgroup};
-use sigil_agent::config::UnixAttestorConfig;
-use sigil_agent::workload::attestor::{AttestError, Attestors, UnixAttestor};
-use sigil_agent::workload::peer::PeerInfo;
+use sigil_workload_attestation::{
+    AttestError, Attestation, Attestors, Caller, PeerInfo, Tier, TierRequest, UnixAttestor,
+    UnixAttestorConfig, mount_point, proc_path,
+};
 
 const POD_UID: &str = "0c6f3a51-7d2e-4b89-a1f4-3e5d9c7b2a60";
 const CID_A: &str = "aa11bb22cc33dd44ee55ff6600778899aabbccddeeff00112233445566778899";
@@ -235,7 +235,7 @@ impl Suite {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         check(caller.uid == uid, format!("uid {} != {uid}", caller.uid))?;
-        let own_cgroup = cgroup::proc_path(std::process::id() as i32).ok();
+        let own_cgroup = proc_path(std::process::id() as i32).ok();
         if let (Some(cg), Some(own)) = (&caller.cgroup, &own_cgroup) {
             check(
                 cg.path.as_deref() == Some(own.as_str()),
@@ -295,7 +295,7 @@ impl Suite {
     }
 
     async fn kubepods(&self) -> Res<()> {
-        let Some(mount) = cgroup::mount_point() else {
+        let Some(mount) = mount_point() else {
             return Err("no cgroup2 mount".into());
         };
         let base = if mount.join("unified").is_dir() && !mount.ends_with("unified") {

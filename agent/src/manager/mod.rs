@@ -808,7 +808,11 @@ mod tests {
             roots: Arc::new(vec![ca.der.clone()]),
         };
         Manager::new(
-            ServerEndpoint::new(&config),
+            ServerEndpoint::new(
+                &config.server_address,
+                config.server_port.0,
+                &config.trust_domain,
+            ),
             None,
             config.trust_domain.clone(),
             creds,

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use super::AgentSvid;
+use super::config::{JoinToken, ServerHost};
 use super::tls::{self, ServerTrust, TlsConnector};
-use crate::config::{Config, JoinToken};
 use crate::keys::KeyPair;
 use crate::svid;
 
@@ -108,12 +108,12 @@ impl NodeError {
 // === impl ServerEndpoint ===
 
 impl ServerEndpoint {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(host: &ServerHost, port: u16, trust_domain: &TrustDomain) -> Self {
         Self {
-            host: config.server_address.as_str().to_string(),
-            port: config.server_port.0,
-            trust_domain: config.trust_domain.clone(),
-            server_id: config.server_id(),
+            host: host.as_str().to_string(),
+            port,
+            trust_domain: trust_domain.clone(),
+            server_id: super::server_id(trust_domain),
         }
     }
 

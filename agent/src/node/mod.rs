@@ -2,6 +2,7 @@
 //! the mTLS channel everything else runs over.
 
 pub mod client;
+pub mod config;
 pub mod storage;
 pub mod tls;
 
@@ -13,6 +14,7 @@ use crate::keys::PrivateKeyDer;
 use crate::svid::{self, SvidError};
 
 pub use self::client::{NodeError, ServerEndpoint};
+pub use self::config::server_id;
 
 /// The agent's own X509-SVID (`spiffe://<td>/spire/agent/...`) and its key.
 #[derive(Clone)]

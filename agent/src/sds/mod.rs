@@ -31,8 +31,7 @@ pub use self::secrets::{SECRET_TYPE_URL, SdsConfig, Validation};
 use crate::manager::ManagerHandle;
 use crate::manager::cache::Snapshot;
 use crate::selectors::SelectorSet;
-use crate::workload::attestor::Attestors;
-use crate::workload::peer::{PeerInfo, PidFd};
+use sigil_workload_attestation::{Attestors, PeerInfo, PidFd};
 
 /// How long a new stream waits for the caller's SVIDs (agent just started, entry just created).
 const IDENTITY_WAIT: Duration = Duration::from_secs(3);

@@ -15,11 +15,10 @@ use sigil_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 use sigil_spiffe::SpiffeId;
+use sigil_workload_attestation::{Attestors, PeerInfo};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::attestor::Attestors;
-use super::peer::PeerInfo;
 use crate::manager::ManagerHandle;
 use crate::manager::cache::{Identity, Snapshot};
 use crate::selectors::SelectorSet;
@@ -53,13 +52,19 @@ impl WorkloadApi {
         }
     }
 
+    /// The attestors every call goes through (and the tier they run on).
+    pub fn attestors(&self) -> &Attestors {
+        &self.attestors
+    }
+
     /// Overrides [`IDENTITY_WAIT`].
     pub fn with_identity_wait(mut self, wait: Duration) -> Self {
         self.identity_wait = wait;
         self
     }
 
-    /// Checks the security header and attests the caller.
+    /// Checks the security header and attests the caller: the per-call attestation entry point
+    /// of the Workload API.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
         check_header(req)?;
         let peer = req

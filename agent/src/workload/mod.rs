@@ -1,7 +1,7 @@
-//! The Workload API endpoint: a Unix socket, workload attestation, and the gRPC service.
+//! The Workload API endpoint: a Unix socket and the gRPC service. Every call is attested with
+//! `sigil_workload_attestation` ([`api::WorkloadApi::authenticate`] is the entry point).
 
 pub mod api;
-pub mod attestor;
 mod authority;
 pub mod peer;
 
@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use sigil_workload_attestation::Tier;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -64,10 +65,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkloadError> {
     use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+    let tier = api.attestors().attestation().tier();
     let incoming = ReceiverStream::new(peer::accept_loop(listener));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
-            tag_attestation_tier::<tonic::body::Body>,
+            move |resp: tonic::codegen::http::Response<tonic::body::Body>| {
+                tag_attestation_tier(tier, resp)
+            },
         ))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
@@ -81,13 +85,12 @@ pub async fn serve(
 pub const TIER_HEADER: &str = "sigil-attestation-tier";
 
 fn tag_attestation_tier<B>(
+    tier: Tier,
     mut resp: tonic::codegen::http::Response<B>,
 ) -> tonic::codegen::http::Response<B> {
-    if let Some(tier) = crate::attestation::active_tier() {
-        resp.headers_mut().insert(
-            TIER_HEADER,
-            tonic::codegen::http::HeaderValue::from_static(tier.name()),
-        );
-    }
+    resp.headers_mut().insert(
+        TIER_HEADER,
+        tonic::codegen::http::HeaderValue::from_static(tier.name()),
+    );
     resp
 }

@@ -14,10 +14,10 @@ use sigil_agent::manager::jwt::JwtSigner;
 use sigil_agent::node::AgentSvid;
 use sigil_agent::node::client::Credentials;
 use sigil_agent::sds::{SdsApi, SdsConfig};
-use sigil_agent::workload::attestor::{Attestors, UnixAttestor};
 use sigil_agent::workload::{self, WorkloadApi};
 use sigil_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use sigil_spiffe::TrustDomain;
+use sigil_workload_attestation::{Attestors, UnixAttestor};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 

@@ -20,6 +20,7 @@ mod error;
 mod health;
 mod logging;
 mod plugin;
+mod port;
 
 pub use self::block::{Block, parse};
 pub use self::env::expand_env;
@@ -27,6 +28,7 @@ pub use self::error::ConfigError;
 pub use self::health::HealthChecksBlock;
 pub use self::logging::{LogFormat, LogLevel};
 pub use self::plugin::{Plugin, plugins};
+pub use self::port::Port;
 
 /// A duration as SPIRE writes them (`"1h"`, `"90s"`, `"1h30m"`, or plain seconds), for `key`.
 pub fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, ConfigError> {

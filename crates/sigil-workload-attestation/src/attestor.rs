@@ -1,6 +1,6 @@
 //! Workload attestation: turning a caller ([`PeerInfo`]) into selectors.
 //!
-//! The active attestation tier ([`crate::attestation`]) first establishes who the caller is
+//! The active attestation tier ([`crate::Attestation`]) first establishes who the caller is
 //! (a [`Caller`]: pid, credentials, cgroup, pod); attestors behind the [`WorkloadAttestor`] trait
 //! turn that into selectors: `unix`, and `k8s` from the cgroup path (pod UID, container id; the
 //! Kubernetes attestor will add what the API server knows about that pod). Attestation runs on
@@ -15,23 +15,28 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use super::peer::{PeerGone, PeerInfo};
-use crate::attestation::{Attestation, Caller};
-use crate::config::UnixAttestorConfig;
-use crate::selectors::Selector;
+use sigil_spiffe::Selector;
 
-/// Why a caller could not be attested. Maps to gRPC `Unavailable`.
-#[derive(Debug, thiserror::Error)]
-pub enum AttestError {
-    /// The caller exited or its pid was recycled while we looked: any selectors read are not
-    /// trustworthy.
-    #[error("workload attestation failed: {0}")]
-    PeerGone(#[from] PeerGone),
-    #[error("workload attestation failed: {0}")]
-    Failed(String),
+use crate::attestation::{Attestation, Caller};
+use crate::error::AttestError;
+use crate::peer::PeerInfo;
+use crate::tier::TierRequest;
+
+/// The `unix` workload attestor's options (its `plugin_data`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct UnixAttestorConfig {
+    /// Adds `unix:path` and `unix:sha256` selectors.
+    pub discover_workload_path: bool,
+    /// Binaries larger than this are not hashed (0 = no limit).
+    pub workload_size_limit: u64,
+    /// Where caller facts come from (`attestation_tier`, or `-attestationTier`): `auto` picks
+    /// the best tier the kernel and the agent's privileges allow.
+    pub attestation_tier: TierRequest,
 }
 
-/// Produces selectors for a caller.
+/// Produces selectors for a caller: the one trait every workload attestor (`unix`, `k8s` from
+/// the cgroup, a Kubernetes attestor asking the kubelet) implements. Given what the attestation
+/// tier established about the caller, return its selectors or say why not.
 pub trait WorkloadAttestor: Send + Sync + 'static {
     /// The plugin name (`unix`, ...), which is also the selector type it emits.
     fn name(&self) -> &'static str;

@@ -8,7 +8,7 @@ use sigil_ebpf_common::Offsets;
 
 /// Why the offsets could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -59,7 +59,7 @@ struct Member {
 
 /// A parsed BTF blob.
 #[derive(Debug)]
-pub struct Btf {
+pub(crate) struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
 }

@@ -57,7 +57,7 @@ pub fn proc_path(pid: i32) -> std::io::Result<String> {
 }
 
 /// The id of the cgroup at `path` (relative to the mount): its directory's inode number.
-pub fn id_of(path: &str) -> Option<u64> {
+pub(crate) fn id_of(path: &str) -> Option<u64> {
     let dir = mount_point()?.join(path.trim_start_matches('/'));
     std::fs::metadata(dir).ok().map(|m| m.ino())
 }
@@ -66,7 +66,7 @@ pub fn id_of(path: &str) -> Option<u64> {
 /// `/proc/<pid>/cgroup`, computed only then) if its id matches — the process may have moved
 /// since the kernel recorded the id, and then the recorded id is what counts — else by walking
 /// the cgroup tree.
-pub fn resolve(id: u64, hint: impl FnOnce() -> Option<String>) -> Cgroup {
+pub(crate) fn resolve(id: u64, hint: impl FnOnce() -> Option<String>) -> Cgroup {
     let path = cached(id)
         .or_else(|| hint().filter(|h| id_of(h) == Some(id)))
         .or_else(|| walk(id));
@@ -128,7 +128,7 @@ fn walk(id: u64) -> Option<String> {
 /// - systemd: `.../kubepods-burstable-pod<uid with _>.slice/cri-containerd-<id>.scope`
 ///   (`crio-<id>.scope`, `docker-<id>.scope`)
 /// - cgroupfs: `.../kubepods/burstable/pod<uid>/<id>` (`crio-<id>`, `docker-<id>`)
-pub fn parse_kubepods(path: &str) -> Option<PodRef> {
+pub(crate) fn parse_kubepods(path: &str) -> Option<PodRef> {
     let mut parts = path.split('/').filter(|p| !p.is_empty());
     // Nothing before "kubepods" counts: a path that merely contains "pod..." elsewhere is not a
     // pod.

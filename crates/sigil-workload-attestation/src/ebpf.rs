@@ -48,7 +48,7 @@ struct PodConfig(Config);
 unsafe impl aya::Pod for PodConfig {}
 
 /// Attached programs and the record map. Dropping it detaches everything.
-pub struct Recorder {
+pub(crate) struct Recorder {
     conns: BpfHashMap<MapData, u64, PodRecord>,
     /// Owns the programs and their links; never used after loading, hence the Mutex only to make
     /// the type Sync.
@@ -191,7 +191,7 @@ fn attach(ebpf: &mut Ebpf, tier: Tier, btf: &aya::Btf) -> Result<(), String> {
 
 /// Whether the agent may load tracing and LSM programs: root's full capability set, or
 /// CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN. `Err` says what is missing.
-pub fn privileges() -> Result<(), String> {
+pub(crate) fn privileges() -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("reading /proc/self/status: {e}"))?;
     let caps = status
@@ -219,13 +219,8 @@ pub fn privileges() -> Result<(), String> {
     }
 }
 
-/// Whether the object was embedded at build time.
-pub fn embedded() -> bool {
-    OBJECT.is_some()
-}
-
 /// The kernel's `dev_t` encoding (major << 20 | minor) of a userspace `st_dev`.
-pub fn kernel_dev(dev: u64) -> u32 {
+pub(crate) fn kernel_dev(dev: u64) -> u32 {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     (major << 20) | (minor & 0xf_ffff)
 }

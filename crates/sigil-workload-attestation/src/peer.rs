@@ -8,15 +8,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
-
-use super::authority::AuthorityFix;
+use tokio::net::UnixStream;
 
 /// `SO_PEERPIDFD` (Linux ≥ 6.5): a pidfd for the peer as of `connect(2)`.
 const SO_PEERPIDFD: libc::c_int = 77;
@@ -36,8 +30,8 @@ pub enum PidfdSource {
 #[derive(Debug)]
 pub struct PidFd(OwnedFd);
 
-/// The credentials of a Workload API caller, captured at accept time. Available to RPC handlers
-/// through `request.extensions().get::<PeerInfo>()`.
+/// The credentials of a Workload API caller, captured at accept time. The agent hands it to RPC
+/// handlers through `request.extensions().get::<PeerInfo>()`.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     /// The caller's pid in the agent's pid namespace (0 when not visible from it).
@@ -51,15 +45,6 @@ pub struct PeerInfo {
     /// `SO_COOKIE` of the accepted socket: the key of what the eBPF attestation tiers recorded
     /// about this connection. Unique for the life of the machine.
     pub cookie: Option<u64>,
-}
-
-/// A Workload API connection with its peer's credentials.
-#[derive(Debug)]
-pub struct PeerStream {
-    io: UnixStream,
-    info: PeerInfo,
-    fix: AuthorityFix,
-    eof: bool,
 }
 
 // === impl PidFd ===
@@ -176,122 +161,6 @@ impl PeerInfo {
 #[error("{0}")]
 pub struct PeerGone(pub &'static str);
 
-// === impl PeerStream ===
-
-impl PeerStream {
-    pub fn info(&self) -> &PeerInfo {
-        &self.info
-    }
-}
-
-impl tonic::transport::server::Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    /// Reads from the client through [`AuthorityFix`], so that h2 accepts gRPC clients that send
-    /// the socket path as `:authority`.
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            let ready = this.fix.output();
-            if !ready.is_empty() {
-                let n = ready.len().min(buf.remaining());
-                buf.put_slice(&ready[..n]);
-                this.fix.consume(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            let mut tmp = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut tmp);
-            std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                this.eof = true;
-                this.fix.finish();
-            } else {
-                this.fix.feed(rb.filled());
-            }
-        }
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
-/// Accepts connections and captures each peer's credentials right away, before the peer has a
-/// chance to exit. The returned channel feeds tonic's `serve_with_incoming`.
-pub fn accept_loop(listener: UnixListener) -> mpsc::Receiver<io::Result<PeerStream>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((io, _)) => match PeerInfo::from_socket(&io) {
-                    Ok(info) => {
-                        let stream = PeerStream {
-                            io,
-                            info,
-                            fix: AuthorityFix::new(),
-                            eof: false,
-                        };
-                        if tx.send(Ok(stream)).await.is_err() {
-                            return;
-                        }
-                    }
-                    // Without credentials nothing can be attested: drop the connection.
-                    Err(error) => tracing::warn!(%error, "reading workload peer credentials"),
-                },
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accepting a workload API connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    rx
-}
-
 fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -316,7 +185,7 @@ fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
 }
 
 /// `SO_COOKIE`: the socket's kernel-assigned 64-bit id.
-pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: `cookie` and `len` are valid for writes of the sizes passed.
@@ -336,7 +205,7 @@ pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
 }
 
 /// `SO_PEERPIDFD`: a pidfd for the process that connected.
-pub fn peer_pidfd(fd: RawFd) -> io::Result<PidFd> {
+pub(crate) fn peer_pidfd(fd: RawFd) -> io::Result<PidFd> {
     let mut pidfd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` and `len` are valid for writes of the sizes passed.
@@ -387,6 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn captures_own_credentials() {
+        use tokio::net::UnixListener;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let listener = UnixListener::bind(&path).unwrap();

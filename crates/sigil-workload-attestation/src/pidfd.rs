@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::workload::peer::PidFd;
+use crate::peer::PidFd;
 
 const PIDFD_INFO_PID: u64 = 1 << 0;
 const PIDFD_INFO_CREDS: u64 = 1 << 1;
@@ -15,7 +15,7 @@ const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
 /// `struct pidfd_info`, version 0 (64 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PidfdInfo {
+pub(crate) struct PidfdInfo {
     pub mask: u64,
     pub cgroupid: u64,
     pub pid: u32,
@@ -40,7 +40,7 @@ const PIDFD_GET_INFO: u64 =
 
 /// Why `PIDFD_GET_INFO` gave nothing usable.
 #[derive(Debug, thiserror::Error)]
-pub enum PidfdInfoError {
+pub(crate) enum PidfdInfoError {
     /// The kernel has no `PIDFD_GET_INFO` (before 6.13).
     #[error("PIDFD_GET_INFO is not supported by this kernel (needs Linux 6.13): {0}")]
     Unsupported(#[source] io::Error),
@@ -52,7 +52,7 @@ pub enum PidfdInfoError {
 }
 
 /// The pid, credentials and cgroup of the live process behind `pidfd`.
-pub fn get_info(pidfd: &PidFd) -> Result<PidfdInfo, PidfdInfoError> {
+pub(crate) fn get_info(pidfd: &PidFd) -> Result<PidfdInfo, PidfdInfoError> {
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_PID | PIDFD_INFO_CREDS | PIDFD_INFO_CGROUPID,
         ..Default::default()
@@ -77,7 +77,7 @@ pub fn get_info(pidfd: &PidFd) -> Result<PidfdInfo, PidfdInfoError> {
 
 /// Whether `SO_PEERPIDFD` and `PIDFD_GET_INFO` both work here: tried on a socket pair, whose peer
 /// is this process.
-pub fn probe() -> Result<(), String> {
+pub(crate) fn probe() -> Result<(), String> {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two fds into the array on success.
     let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
@@ -86,7 +86,7 @@ pub fn probe() -> Result<(), String> {
     }
     // SAFETY: both fds were just created and are owned by nobody else.
     let (a, _b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let pidfd = crate::workload::peer::peer_pidfd(a.as_raw_fd())
+    let pidfd = crate::peer::peer_pidfd(a.as_raw_fd())
         .map_err(|e| format!("SO_PEERPIDFD is not supported (needs Linux 6.5): {e}"))?;
     let info = get_info(&pidfd).map_err(|e| e.to_string())?;
     if info.tgid != std::process::id() {
