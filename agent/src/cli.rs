@@ -912,31 +912,16 @@ fn parse_go_duration(s: &str) -> Result<Duration, String> {
     sigil_flags::parse_duration_secs(s).map(Duration::from_secs)
 }
 
-/// Go's default `time.Time` formatting in UTC: `2018-01-10 19:37:24 +0000 UTC`.
+/// Go's default `time.Time` formatting in UTC: `2018-01-10 19:37:24 +0000 UTC`. A time
+/// outside what `time` represents (years beyond ±9999) is printed as its Unix seconds.
 pub fn go_time(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} +0000 UTC",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    const GO_UTC: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(GO_UTC).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]
