@@ -9,7 +9,6 @@
 //! Keys are held by a key manager: `disk` writes them to a 0600 JSON file (atomically: temp file,
 //! fsync, rename) so a restart keeps the same CA and bundle; `memory` keeps them in RAM only.
 
-use crate::config::{CaSubject, KeyManager, KeyType};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rcgen::{
@@ -23,6 +22,54 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// Where the CA and JWT signing keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyManager {
+    /// Keys in a JSON file (0600), so a restart keeps the same CA and bundle.
+    Disk { keys_path: PathBuf },
+    /// Keys only in memory (tests): a restart makes a new CA.
+    Memory,
+}
+
+/// The CA key algorithm (`ca_key_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    EcP256,
+    EcP384,
+}
+
+impl std::str::FromStr for KeyType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ec-p256" => Ok(Self::EcP256),
+            "ec-p384" => Ok(Self::EcP384),
+            other => Err(format!(
+                "unsupported key type {other:?} (supported: ec-p256, ec-p384)"
+            )),
+        }
+    }
+}
+
+/// The CA certificate subject (`ca_subject`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSubject {
+    pub country: Vec<String>,
+    pub organization: Vec<String>,
+    pub common_name: String,
+}
+
+impl Default for CaSubject {
+    fn default() -> Self {
+        // SPIRE's default subject.
+        Self {
+            country: vec!["US".into()],
+            organization: vec!["SPIFFE".into()],
+            common_name: String::new(),
+        }
+    }
+}
 
 /// CA failures.
 #[derive(Debug, thiserror::Error)]

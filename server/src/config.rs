@@ -14,53 +14,8 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
     ConfigError::invalid(key, reason)
 }
 
-/// Where the CA and JWT signing keys live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyManager {
-    /// Keys in a JSON file (0600), so a restart keeps the same CA and bundle.
-    Disk { keys_path: PathBuf },
-    /// Keys only in memory (tests): a restart makes a new CA.
-    Memory,
-}
-
-/// The CA key algorithm (`ca_key_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
-    EcP256,
-    EcP384,
-}
-
-impl std::str::FromStr for KeyType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ec-p256" => Ok(Self::EcP256),
-            "ec-p384" => Ok(Self::EcP384),
-            other => Err(format!(
-                "unsupported key type {other:?} (supported: ec-p256, ec-p384)"
-            )),
-        }
-    }
-}
-
-/// The CA certificate subject (`ca_subject`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaSubject {
-    pub country: Vec<String>,
-    pub organization: Vec<String>,
-    pub common_name: String,
-}
-
-impl Default for CaSubject {
-    fn default() -> Self {
-        // SPIRE's default subject.
-        Self {
-            country: vec!["US".into()],
-            organization: vec!["SPIFFE".into()],
-            common_name: String::new(),
-        }
-    }
-}
+// The CA's own settings live with the CA; re-exported so `config::` paths keep working.
+pub use crate::ca::{CaSubject, KeyManager, KeyType};
 
 pub use sigil_config::LogFormat;
 
