@@ -388,6 +388,7 @@ pub struct Server {
     proc: Proc,
     dir: PathBuf,
     starts: u32,
+    config: Option<PathBuf>,
     pub trust_domain: String,
     pub socket: PathBuf,
     pub data_dir: PathBuf,
@@ -400,14 +401,37 @@ impl Server {
         Self::start_on(dir, trust_domain, 0, 1)
     }
 
+    /// As [`Server::start`], with `server_block` (HCL keys such as `agent_ttl = "20s"`) in a
+    /// `server {}` block of a config file; the usual flags still apply on top.
+    pub fn start_with_config(dir: &Path, trust_domain: &str, server_block: &str) -> Self {
+        let config = dir.join("server.conf");
+        std::fs::create_dir_all(dir).expect("creating the test dir");
+        std::fs::write(&config, format!("server {{\n{server_block}\n}}\n"))
+            .expect("writing the server config");
+        Self::start_on_with(dir, trust_domain, 0, 1, Some(&config))
+    }
+
     fn start_on(dir: &Path, trust_domain: &str, port: u16, starts: u32) -> Self {
+        Self::start_on_with(dir, trust_domain, port, starts, None)
+    }
+
+    fn start_on_with(
+        dir: &Path,
+        trust_domain: &str,
+        port: u16,
+        starts: u32,
+        config: Option<&Path>,
+    ) -> Self {
         let dir = dir.join("server");
         let data_dir = dir.join("data");
         let socket = dir.join("admin").join("api.sock");
         std::fs::create_dir_all(&dir).expect("creating the server dir");
         let mut cmd = Command::new(sigil_bin("sigil-server"));
-        cmd.arg("run")
-            .args(["-trustDomain", trust_domain])
+        cmd.arg("run");
+        if let Some(config) = config {
+            cmd.arg("-config").arg(config);
+        }
+        cmd.args(["-trustDomain", trust_domain])
             .arg("-dataDir")
             .arg(&data_dir)
             .arg("-socketPath")
@@ -434,6 +458,7 @@ impl Server {
             proc,
             dir,
             starts,
+            config: config.map(Path::to_path_buf),
             trust_domain: trust_domain.to_string(),
             socket,
             data_dir,
@@ -485,7 +510,8 @@ impl Server {
             .parent()
             .expect("server dir has a parent")
             .to_path_buf();
-        let new = Self::start_on(&parent, &td, port, self.starts + 1);
+        let config = self.config.clone();
+        let new = Self::start_on_with(&parent, &td, port, self.starts + 1, config.as_deref());
         *self = new;
     }
 

@@ -14,4 +14,5 @@ pub mod authz_filter;
 pub mod envoy;
 pub mod harness;
 pub mod mtls;
+pub mod node;
 pub mod workload;

@@ -188,3 +188,69 @@ async fn join_token_cannot_be_reused() {
         .await
         .expect("first agent still serves");
 }
+
+/// A real agent renews its SVID at half-life and reconnects with the new one; from then on the
+/// SVID it replaced no longer authenticates anyone ("SVID does not match expected serial
+/// number"), though it has not expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewed_agent_svid_retires_the_old_one() {
+    use sigil_e2e::harness::{Server, TestDir};
+    let dir = TestDir::new("agent-svid-renewal");
+    let server = Server::start_with_config(dir.path(), TD, "  agent_ttl = \"20s\"");
+    let token = server.token(None);
+    let agent = Agent::start(dir.path(), "agent", &server, &token);
+    let svid_file = agent.data_dir.join("agent_svid.pem");
+    let key_file = agent.data_dir.join("agent_key.pem");
+    let read = || {
+        (
+            std::fs::read(&svid_file).unwrap_or_default(),
+            std::fs::read(&key_file).unwrap_or_default(),
+        )
+    };
+    let old = sigil_e2e::harness::wait_until("the first agent SVID", READY_TIMEOUT, || {
+        let (svid, key) = read();
+        (!svid.is_empty() && !key.is_empty()).then_some((svid, key))
+    });
+    // Half of 20 s, plus jitter and reconnection.
+    let new =
+        sigil_e2e::harness::wait_until("the renewed agent SVID", Duration::from_secs(40), || {
+            let now = read();
+            (now.0 != old.0 && !now.1.is_empty()).then_some(now)
+        });
+    let roots = pem_certs(&server.bundle_pem());
+
+    // The agent presents the new SVID on its next connection; wait until the server has seen
+    // it (the old one is refused from then on).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let status = sigil_e2e::node::jwt_call(server.addr, &roots, &old.0, &old.1).await;
+        if let Some(s) = status.filter(|s| {
+            s.code() == tonic::Code::PermissionDenied
+                && s.message()
+                    .contains("SVID does not match expected serial number")
+        }) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replaced agent SVID still authenticates; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused.message().contains("spire/agent/join_token"),
+        "{}",
+        refused.message()
+    );
+    // The new one still authenticates: the call gets past authentication to the entry check.
+    let status = sigil_e2e::node::jwt_call(server.addr, &roots, &new.0, &new.1)
+        .await
+        .expect("a refusal for the unknown entry");
+    assert!(
+        status.message().contains("not authorized"),
+        "{}",
+        status.message()
+    );
+    drop(agent);
+}
