@@ -203,6 +203,10 @@ impl Manager {
             .into_inner();
         tracing::debug!(server = %self.endpoint.address(), "entry sync stream open");
         let mut pending: Option<Pending> = None;
+        // The number of the last message applied on this stream: deltas build on what came
+        // before, so a delta that does not follow it (or comes before the full set) means the
+        // cache may have missed something, and the stream is reopened: a fresh full set.
+        let mut applied: Option<u64> = None;
         loop {
             // Not sooner than COALESCE_MS from now: with thousands of SVIDs spread by jitter,
             // waking for each one would rescan the cache thousands of times.
@@ -217,6 +221,11 @@ impl Manager {
                     };
                     backoff.reset();
                     if let Some(done) = accumulate(&mut pending, msg) {
+                        if let Err(why) = check_sequence(applied, &done) {
+                            tracing::warn!(reason = why, "entry sync out of step; resyncing");
+                            return Err(tonic::Status::data_loss(why).into());
+                        }
+                        applied = Some(done.number);
                         self.apply(done);
                         self.persist_bundle().await;
                         self.sign_due(&client).await?;
@@ -540,6 +549,19 @@ impl State {
             .filter(|id| !self.svids.contains_key(*id))
             .filter_map(|id| self.retry.get(id).map(|(_, at)| *at));
         rotations.chain(retries).min()
+    }
+}
+
+/// Whether a complete message may be applied after the one numbered `applied`: a full set
+/// always may; a delta only right after the message before it.
+fn check_sequence(applied: Option<u64>, next: &Pending) -> Result<(), &'static str> {
+    if !next.delta {
+        return Ok(());
+    }
+    match applied {
+        None => Err("a delta arrived before the full set"),
+        Some(n) if next.number != n + 1 => Err("a delta does not follow the last message"),
+        Some(_) => Ok(()),
     }
 }
 
@@ -995,6 +1017,18 @@ mod tests {
             .map(|i| i.entry.id.clone())
             .collect();
         assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn deltas_must_follow_what_was_applied() {
+        let full = pending(vec![], None);
+        assert!(check_sequence(None, &full).is_ok());
+        assert!(check_sequence(Some(7), &full).is_ok());
+        let d = delta(vec![], &[]); // number 2
+        assert!(check_sequence(None, &d).is_err());
+        assert!(check_sequence(Some(1), &d).is_ok());
+        assert!(check_sequence(Some(2), &d).is_err());
+        assert!(check_sequence(Some(0), &d).is_err());
     }
 
     #[test]
