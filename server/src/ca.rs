@@ -172,6 +172,19 @@ pub struct CaConfig {
 pub struct Ca {
     cfg: CaConfig,
     state: RwLock<State>,
+    /// What tests check about where CPU work runs (see `Probes`).
+    #[cfg(test)]
+    pub(crate) probes: Probes,
+}
+
+/// Test-only records: which threads signed, and whether the state lock was free while a
+/// successor's keys were generated. They make "keep CPU work off the async workers and out of
+/// locks" something a test can fail on.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Probes {
+    pub sign_threads: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+    pub keygen_lock_free: std::sync::Mutex<Vec<bool>>,
 }
 
 impl std::fmt::Debug for State {
@@ -396,6 +409,8 @@ impl Ca {
         let ca = Self {
             cfg,
             state: RwLock::new(state),
+            #[cfg(test)]
+            probes: Probes::default(),
         };
         ca.persist()?;
         // A CA loaded after a long downtime may need to rotate straight away.
@@ -442,14 +457,12 @@ impl Ca {
     pub fn rotate_if_due(&self, now: i64) -> Result<bool, CaError> {
         // A successor's keys are generated before taking the write lock, so signing (which
         // reads the state) never waits for key generation.
-        let successor = {
+        let due = {
             let s = self.read();
             let a = &s.active.x509;
-            let life = a.not_after - a.not_before;
-            (s.next.is_none() && now >= a.not_before + life / 2)
-                .then(|| Generation::create(&self.cfg, now))
-                .transpose()?
+            s.next.is_none() && now >= a.not_before + (a.not_after - a.not_before) / 2
         };
+        let successor = due.then(|| self.create_generation(now)).transpose()?;
         let changed = {
             let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
             let mut changed = false;
@@ -504,6 +517,26 @@ impl Ca {
         self.bundle().x509_authorities
     }
 
+    /// A successor generation (key generation: CPU work, done without holding the state lock).
+    fn create_generation(&self, now: i64) -> Result<Generation, CaError> {
+        #[cfg(test)]
+        self.probes
+            .keygen_lock_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.state.try_write().is_ok());
+        Generation::create(&self.cfg, now)
+    }
+
+    #[cfg(test)]
+    fn record_signing(&self) {
+        self.probes
+            .sign_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::thread::current().id());
+    }
+
     /// Signs an X509-SVID for `public_key` (from a verified CSR).
     pub fn sign_x509_svid(
         &self,
@@ -513,6 +546,8 @@ impl Ca {
         ttl: Duration,
         now: i64,
     ) -> Result<SignedSvid, CaError> {
+        #[cfg(test)]
+        self.record_signing();
         let active = self.read().active.clone();
         let ca = &active.x509;
         // Never valid beyond the CA.
@@ -582,6 +617,8 @@ impl Ca {
         ttl: Duration,
         now: i64,
     ) -> Result<(String, i64), CaError> {
+        #[cfg(test)]
+        self.record_signing();
         let active = self.read().active.clone();
         let exp = (now + ttl.as_secs() as i64).min(active.jwt.not_after);
         if exp <= now {
@@ -628,6 +665,17 @@ mod tests {
                 "hex key bytes in {text}"
             );
         }
+    }
+
+    /// A successor's keys are generated while the state lock is free, so signing never waits
+    /// for key generation.
+    #[test]
+    fn rotation_generates_keys_outside_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        assert!(ca.rotate_if_due(crate::now_unix() + 13 * 3600).unwrap());
+        let seen = ca.probes.keygen_lock_free.lock().unwrap().clone();
+        assert_eq!(seen, [true], "key generation ran under the state lock");
     }
 
     #[test]

@@ -1019,6 +1019,23 @@ mod tests {
         assert_eq!(ids, ["b", "c"]);
     }
 
+    /// A new bundle is written to the data dir on the blocking pool, not on the async worker
+    /// running the sync session (here the test's thread: a current-thread runtime).
+    #[tokio::test]
+    async fn bundle_writes_run_off_the_async_workers() {
+        let ca = TestCa::new();
+        let (mut m, _handle) = manager(&ca);
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::new(dir.path());
+        m.store = Some(store.clone());
+        m.apply(pending(vec![], Some(vec![ca.der.clone()])));
+        m.persist_bundle().await;
+        let writers = store.writers.lock().unwrap().clone();
+        assert_eq!(writers.len(), 1);
+        assert_ne!(writers[0], std::thread::current().id());
+        assert!(dir.path().join("bundle.pem").exists());
+    }
+
     #[test]
     fn deltas_must_follow_what_was_applied() {
         let full = pending(vec![], None);

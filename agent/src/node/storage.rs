@@ -34,6 +34,9 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct DiskStore {
     dir: PathBuf,
+    /// Test-only: the threads that wrote (writes fsync, so they belong off the async workers).
+    #[cfg(test)]
+    pub(crate) writers: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
 }
 
 /// What a previous run left behind.
@@ -47,7 +50,19 @@ pub struct Persisted {
 
 impl DiskStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            #[cfg(test)]
+            writers: Default::default(),
+        }
+    }
+
+    #[cfg(test)]
+    fn record_write(&self) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::thread::current().id());
     }
 
     pub fn dir(&self) -> &Path {
@@ -86,6 +101,8 @@ impl DiskStore {
     }
 
     pub fn save_svid(&self, svid: &AgentSvid) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.record_write();
         self.ensure_dir()?;
         // Key first: an SVID file without its key is useless, a key without its SVID is ignored.
         write_atomic(
@@ -101,6 +118,8 @@ impl DiskStore {
     }
 
     pub fn save_bundle(&self, roots: &[Vec<u8>]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.record_write();
         self.ensure_dir()?;
         write_atomic(
             &self.dir.join(BUNDLE_FILE),

@@ -73,27 +73,14 @@ mod tests {
         }
     }
 
-    /// A datastore failure reaches the caller as a generic message with an error id; the detail
-    /// (sqlx's text) is only in the log, under the same id.
-    #[tokio::test]
-    async fn internal_errors_are_logged_not_returned() {
-        let log = Captured::default();
-        let writer = log.clone();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .finish(),
-        );
-        let dir = tempfile::tempdir().unwrap();
+    /// A Node API over a fresh datastore and an in-memory CA.
+    async fn node_api(dir: &std::path::Path) -> (node::NodeApi, DataStore) {
         let text = format!(
             "server {{\n trust_domain = \"example.org\"\n data_dir = \"{}\"\n}}\n",
-            dir.path().display()
+            dir.display()
         );
         let cfg = crate::config::ServerConfig::from_hcl(&text, &Overrides::default()).unwrap();
-        let ds = DataStore::open(&dir.path().join("ds.sqlite3"))
-            .await
-            .unwrap();
+        let ds = DataStore::open(&dir.join("ds.sqlite3")).await.unwrap();
         let ca = Ca::load_or_create(CaConfig {
             trust_domain: cfg.trust_domain.clone(),
             ca_ttl: cfg.ca_ttl,
@@ -110,6 +97,118 @@ mod tests {
                 ds: ds.clone(),
             },
         };
+        (api, ds)
+    }
+
+    fn csr() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    fn as_agent<T>(msg: T, chain: &[Vec<u8>]) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.extensions_mut().insert(PeerIdentity {
+            spiffe_id: sigil_spiffe::x509::spiffe_id_of_cert(&chain[0]).ok(),
+            serial_hex: sigil_spiffe::x509::serial_hex(&chain[0]).ok(),
+            remote_addr: None,
+        });
+        req
+    }
+
+    /// Signing (agent SVIDs, workload X509- and JWT-SVIDs) runs on the blocking pool, never on
+    /// the async worker that serves the call (here the test's own thread: a current-thread
+    /// runtime), so one agent's CSRs do not stall every other agent's calls.
+    #[tokio::test]
+    async fn signing_runs_off_the_async_workers() {
+        use sigil_proto::agent as pb;
+        let dir = tempfile::tempdir().unwrap();
+        let (api, ds) = node_api(dir.path()).await;
+        ds.create_join_token("tok", crate::now_unix() + 600)
+            .await
+            .unwrap();
+        let attested = api
+            .attest_agent(tonic::Request::new(pb::AttestAgentRequest {
+                join_token: "tok".into(),
+                csr: csr(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let chain = attested.svid.unwrap().cert_chain;
+        let agent: sigil_spiffe::SpiffeId =
+            sigil_spiffe::x509::spiffe_id_of_cert(&chain[0]).unwrap();
+        let created = ds
+            .create_entries(vec![crate::entry::Entry {
+                id: String::new(),
+                spiffe_id: "spiffe://example.org/w".parse().unwrap(),
+                parent_id: agent,
+                selectors: vec!["unix:uid:1".parse().unwrap()],
+                x509_svid_ttl: 0,
+                jwt_svid_ttl: 0,
+                dns_names: vec![],
+                federates_with: vec![],
+                admin: false,
+                downstream: false,
+                hint: String::new(),
+                created_at: 0,
+                revision: 0,
+            }])
+            .await;
+        let entry_id = created[0].as_ref().unwrap().id.clone();
+        let signed = api
+            .sign_x509_svids(as_agent(
+                pb::SignX509SvidsRequest {
+                    params: vec![pb::SvidParams {
+                        entry_id: entry_id.clone(),
+                        csr: csr(),
+                    }],
+                },
+                &chain,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(signed.results[0].status.as_ref().unwrap().code, 0);
+        api.sign_jwt_svid(as_agent(
+            pb::SignJwtSvidRequest {
+                entry_id,
+                audience: vec!["aud".into()],
+            },
+            &chain,
+        ))
+        .await
+        .unwrap();
+        api.renew_agent(as_agent(pb::RenewAgentRequest { csr: csr() }, &chain))
+            .await
+            .unwrap();
+
+        let me = std::thread::current().id();
+        let threads = api.shared.ca.probes.sign_threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 4, "attest, X509, JWT, renew");
+        assert!(
+            threads.iter().all(|t| *t != me),
+            "signing ran on the async worker: {threads:?}"
+        );
+    }
+
+    /// A datastore failure reaches the caller as a generic message with an error id; the detail
+    /// (sqlx's text) is only in the log, under the same id.
+    #[tokio::test]
+    async fn internal_errors_are_logged_not_returned() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (api, ds) = node_api(dir.path()).await;
         ds.close().await;
 
         let mut req = tonic::Request::new(sigil_proto::agent::RenewAgentRequest { csr: vec![] });
