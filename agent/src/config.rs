@@ -419,30 +419,14 @@ impl Raw {
 
 // === health_checks ===
 
-/// The agent's reading of `health_checks`; `None` when the listener is disabled (the default,
-/// as in SPIRE).
+/// The agent's reading of `health_checks`: the one both binaries share (`sigil-config`);
+/// `None` when the listener is disabled (the default, as in SPIRE).
 fn health_config(block: HealthChecksBlock) -> Result<Option<HealthConfig>, ConfigError> {
-    if !block.listener_enabled {
-        return Ok(None);
-    }
-    let path = |key: &str, value: Option<String>, default: &str| {
-        let p = value.unwrap_or_else(|| default.to_string());
-        if p.starts_with('/') {
-            Ok(p)
-        } else {
-            Err(invalid(key, "must start with /"))
-        }
-    };
-    Ok(Some(HealthConfig {
-        bind_address: block.bind_address.unwrap_or_else(|| "localhost".into()),
-        bind_port: block
-            .bind_port
-            .as_deref()
-            .unwrap_or("80")
-            .parse()
-            .map_err(|e: String| invalid("bind_port", e))?,
-        live_path: path("live_path", block.live_path, "/live")?,
-        ready_path: path("ready_path", block.ready_path, "/ready")?,
+    Ok(block.listener()?.map(|l| HealthConfig {
+        bind_address: l.bind_address,
+        bind_port: l.bind_port,
+        live_path: l.live_path,
+        ready_path: l.ready_path,
     }))
 }
 

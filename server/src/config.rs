@@ -22,7 +22,8 @@ pub use sigil_config::LogFormat;
 /// The `/live` and `/ready` listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthChecks {
-    pub bind_address: IpAddr,
+    /// A host name or IP address, as SPIRE takes it.
+    pub bind_address: String,
     pub bind_port: u16,
     pub live_path: String,
     pub ready_path: String,
@@ -326,28 +327,15 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
     plugin.data.finish()
 }
 
-/// The server's reading of `health_checks`: every value is checked, and the listener is on
-/// only with `listener_enabled = true`.
+/// The server's reading of `health_checks`: the one both binaries share (`sigil-config`), so
+/// the same block gets the same verdict from either.
 fn parse_health(block: HealthChecksBlock) -> Result<Option<HealthChecks>, ConfigError> {
-    let mut h = HealthChecks {
-        bind_address: IpAddr::from([0, 0, 0, 0]),
-        bind_port: 80,
-        live_path: "/live".into(),
-        ready_path: "/ready".into(),
-    };
-    if let Some(s) = block.bind_address {
-        h.bind_address = s.parse().map_err(|e| invalid("bind_address", e))?;
-    }
-    if let Some(s) = block.bind_port {
-        h.bind_port = s.parse().map_err(|e| invalid("bind_port", e))?;
-    }
-    if let Some(s) = block.live_path {
-        h.live_path = s;
-    }
-    if let Some(s) = block.ready_path {
-        h.ready_path = s;
-    }
-    Ok(block.listener_enabled.then_some(h))
+    Ok(block.listener()?.map(|l| HealthChecks {
+        bind_address: l.bind_address,
+        bind_port: l.bind_port.0,
+        live_path: l.live_path,
+        ready_path: l.ready_path,
+    }))
 }
 
 #[cfg(test)]

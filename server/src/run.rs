@@ -111,7 +111,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 
     let health_addr = match &cfg.health_checks {
         Some(h) => {
-            let l = crate::health::bind(SocketAddr::new(h.bind_address, h.bind_port))
+            let l = crate::health::bind((h.bind_address.as_str(), h.bind_port))
                 .await
                 .with_context(|| {
                     format!("binding health listener {}:{}", h.bind_address, h.bind_port)

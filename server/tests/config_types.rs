@@ -12,6 +12,12 @@ fn refused(text: &str) -> String {
     }
 }
 
+fn accepted(text: &str) {
+    if let Err(e) = ServerConfig::from_hcl(text, &Overrides::default()) {
+        panic!("{text:?} was refused: {e}");
+    }
+}
+
 #[test]
 fn a_misspelt_boolean_is_not_false() {
     let err = refused(&format!(
@@ -50,4 +56,23 @@ fn a_value_where_a_block_belongs_is_not_an_empty_block() {
             "{text:?}"
         );
     }
+}
+
+/// `health_checks` is read and checked one way for both binaries: a bad value is refused even
+/// in a disabled block, and a host name is a valid address (SPIRE's default is `localhost`).
+#[test]
+fn health_checks_get_the_same_verdict_as_the_other_binary() {
+    for bad in [
+        "bind_port = \"http\"",
+        "live_path = \"live\"",
+        "bind_address = \"\"",
+    ] {
+        let err = refused(&format!(
+            "{BASE}health_checks {{\n listener_enabled = false\n {bad}\n}}\n"
+        ));
+        assert!(err.contains("invalid value for"), "{bad}: {err}");
+    }
+    accepted(&format!(
+        "{BASE}health_checks {{\n listener_enabled = true\n bind_address = \"localhost\"\n bind_port = \"8080\"\n}}\n"
+    ));
 }

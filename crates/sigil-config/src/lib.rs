@@ -25,7 +25,7 @@ mod port;
 pub use self::block::{Block, parse};
 pub use self::env::expand_env;
 pub use self::error::ConfigError;
-pub use self::health::HealthChecksBlock;
+pub use self::health::{HealthChecksBlock, HealthListener};
 pub use self::logging::{LogFormat, LogLevel};
 pub use self::plugin::{Plugin, plugins};
 pub use self::port::Port;
