@@ -60,12 +60,17 @@ fn main() -> Result<()> {
 
     let mut rows: Rows = Vec::new();
     let mut json = serde_json::Map::new();
-    if args.iter().any(|a| a == "--only-sync") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        sync_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
-        return write_results(&rows, json, &out_dir);
+    for (flag, rows_of) in [
+        ("--only-sync", sync_rows as RowsFn),
+        ("--only-fetch", fetch_rows as RowsFn),
+    ] {
+        if args.iter().any(|a| a == flag) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rows_of(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+            return write_results(&rows, json, &out_dir);
+        }
     }
 
     eprintln!("== signing throughput ({threads} threads, {secs} s each)");
@@ -100,49 +105,10 @@ fn main() -> Result<()> {
     json.insert("ca_sign_with_csr_per_s".into(), ca_csr.into());
     json.insert("ca_sign_ratio".into(), ratio.into());
 
-    eprintln!("== FetchX509SVID latency through a real server + agent");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    // Open loop: every client fetches every 100 ms (100 clients: 1000 requests/s); latency
-    // from when each request was due. Closed loop: back to back, i.e. saturation.
-    let open = (
-        Duration::from_millis(100),
-        Duration::from_secs(if quick { 2 } else { 10 }),
-    );
-    let (lat, open_lat) = rt.block_on(fetch_latency(
-        &bin_dir,
-        if quick { 300 } else { 2000 },
-        &[],
-        Some(open),
-    ))?;
-    for (clients, p50, p99, n) in &open_lat {
-        let ok = *clients != 100 || *p99 <= 1000.0;
-        rows.push((
-            format!("FetchX509SVID, {clients} concurrent clients, each every 100 ms ({n} calls)"),
-            format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
-            if *clients == 100 {
-                format!("target p99 ≤ 1000 µs {}", verdict(ok))
-            } else {
-                String::new()
-            },
-        ));
-        json.insert(
-            format!("fetch_x509svid_{clients}_clients_open_loop"),
-            serde_json::json!({"p50_us": p50, "p99_us": p99, "calls": n}),
-        );
-    }
-    for (clients, p50, p99, n) in &lat {
-        rows.push((
-            format!("FetchX509SVID, {clients} clients back to back (saturation, {n} calls)"),
-            format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
-            String::new(),
-        ));
-        json.insert(
-            format!("fetch_x509svid_{clients}_clients_closed_loop"),
-            serde_json::json!({"p50_us": p50, "p99_us": p99, "calls": n}),
-        );
-    }
+    fetch_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== SDS push fan-out");
     let n = 1000;
@@ -213,6 +179,65 @@ fn main() -> Result<()> {
     write_results(&rows, json, &out_dir)
 }
 type Rows = Vec<(String, String, String)>;
+type RowsFn = fn(
+    &tokio::runtime::Runtime,
+    &Path,
+    bool,
+    &mut Rows,
+    &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()>;
+
+/// The FetchX509SVID latency rows (`--only-fetch` runs just these).
+fn fetch_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    eprintln!("== FetchX509SVID latency through a real server + agent");
+    // Open loop: every client fetches every 100 ms (100 clients: 1000 requests/s); latency
+    // from when each request was due. Closed loop: back to back, i.e. saturation.
+    let open = (
+        Duration::from_millis(100),
+        Duration::from_secs(if quick { 2 } else { 10 }),
+    );
+    let (lat, open_lat) = rt.block_on(fetch_latency(
+        bin_dir,
+        if quick { 300 } else { 2000 },
+        &[],
+        Some(open),
+    ))?;
+    for (clients, p50, p99, n) in &open_lat {
+        let ok = *clients != 100 || *p99 <= 1000.0;
+        rows.push((
+            format!("FetchX509SVID, {clients} concurrent clients, each every 100 ms ({n} calls)"),
+            format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
+            if *clients == 100 {
+                format!("target p99 ≤ 1000 µs {}", verdict(ok))
+            } else {
+                String::new()
+            },
+        ));
+        json.insert(
+            format!("fetch_x509svid_{clients}_clients_open_loop"),
+            serde_json::json!({"p50_us": p50, "p99_us": p99, "calls": n}),
+        );
+    }
+    for (clients, p50, p99, n) in &lat {
+        rows.push((
+            format!("FetchX509SVID, {clients} clients back to back (saturation, {n} calls)"),
+            format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
+            String::new(),
+        ));
+        json.insert(
+            format!("fetch_x509svid_{clients}_clients_closed_loop"),
+            serde_json::json!({"p50_us": p50, "p99_us": p99, "calls": n}),
+        );
+    }
+
+    Ok(())
+}
 
 /// The entry-sync rows (`--only-sync` runs just these).
 fn sync_rows(
