@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use sigil_config::Port;
 
-/// The `health_checks` block, as the agent reads it (`crate::config` parses it).
+/// The `health_checks` block, as the agent reads it (the agent's `config` module parses it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
     pub bind_address: String,

@@ -1,5 +1,5 @@
 //! What the node subsystem is configured with: where the server is, the join token, the
-//! identity the server must present. `crate::config` parses SPIRE's keys and flags into these.
+//! identity the server must present. The agent's `config` module parses SPIRE's keys and flags into these.
 
 use std::fmt;
 use std::net::IpAddr;

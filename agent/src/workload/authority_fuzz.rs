@@ -2,6 +2,8 @@
 //! the agent's socket, before h2 does, so whatever arrives it must never panic, never lose or
 //! reorder bytes it does not rewrite, and only ever produce well-formed frames.
 
+#![cfg(test)]
+
 use super::*;
 use proptest::prelude::*;
 

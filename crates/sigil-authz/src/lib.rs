@@ -26,14 +26,17 @@
 //! the field, never ignored.
 //!
 //! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use sigil_authz::{Engine, Protocol, Connection, StaticRequest};
 //! let engine = Engine::from_json(br#"{"policies": [{"name": "p", "namespace": "ns",
 //!     "spec": {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}}]}"#,
-//!     Protocol::Http).unwrap();
+//!     Protocol::Http)?;
 //! let conn = Connection { mtls: true, uri_san: Some("spiffe://cluster.local/ns/a/sa/b") };
 //! assert!(engine.authorize(&conn, &mut StaticRequest::get("/")).verdict.allowed);
 //! let other = Connection { mtls: true, uri_san: Some("spiffe://cluster.local/ns/a/sa/c") };
 //! assert!(!engine.authorize(&other, &mut StaticRequest::get("/")).verdict.allowed);
+//! # Ok(())
+//! # }
 //! ```
 
 mod config;
