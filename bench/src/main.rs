@@ -401,6 +401,39 @@ fn ca_sign_rate(threads: usize, secs: f64, with_csr: bool) -> Result<f64> {
     }))
 }
 
+/// Starts `sigil-server` (data under `dir/server`, admin socket `admin`) on a free port and
+/// waits until its admin API answers.
+pub(crate) async fn start_server(
+    server_bin: &Path,
+    dir: &Path,
+    admin: &Path,
+) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let server = Proc(
+        Command::new(server_bin)
+            .args([
+                "run",
+                "-trustDomain",
+                TRUST_DOMAIN,
+                "-bindAddress",
+                "127.0.0.1",
+            ])
+            .args(["-serverPort", &port.to_string(), "-logLevel", "warn"])
+            .arg("-dataDir")
+            .arg(dir.join("server"))
+            .arg("-socketPath")
+            .arg(admin)
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let admin_s = admin.to_string_lossy().to_string();
+    wait_for("server admin socket", || {
+        run_cli(server_bin, &["healthcheck", "-socketPath", &admin_s]).is_ok()
+    })
+    .await?;
+    Ok((server, port))
+}
+
 /// Kills the child on drop.
 struct Proc(Child);
 
@@ -507,32 +540,9 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let admin = dir.path().join("admin.sock");
         let api = dir.path().join("agent.sock");
-        let port = free_port()?.to_string();
         let admin_s = admin.to_string_lossy().to_string();
-        let _server = Proc(
-            Command::new(&server_bin)
-                .args([
-                    "run",
-                    "-trustDomain",
-                    TRUST_DOMAIN,
-                    "-bindAddress",
-                    "127.0.0.1",
-                    "-serverPort",
-                    &port,
-                    "-logLevel",
-                    "warn",
-                ])
-                .arg("-dataDir")
-                .arg(dir.path().join("server"))
-                .arg("-socketPath")
-                .arg(&admin)
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
-        wait_for("server admin socket", || {
-            run_cli(&server_bin, &["healthcheck", "-socketPath", &admin_s]).is_ok()
-        })
-        .await?;
+        let (_server, port) = start_server(&server_bin, dir.path(), &admin).await?;
+        let port = port.to_string();
         let node = format!("spiffe://{TRUST_DOMAIN}/bench-node");
         let token = run_cli(
             &server_bin,

@@ -4,7 +4,7 @@
 //! many writes per second commit while every stream is open. Then, end to end, how long a new
 //! entry takes to become an SVID on a real agent's Workload API.
 
-use crate::{Proc, Stack, TRUST_DOMAIN, free_port, run_cli, wait_for};
+use crate::{Stack, TRUST_DOMAIN};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use rcgen::{CertificateParams, KeyPair};
@@ -15,7 +15,6 @@ use sigil_proto::agent::node_client::NodeClient;
 use sigil_proto::types;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -123,28 +122,7 @@ pub async fn fanout(
     let dir = tempfile::tempdir()?;
     let admin_path = dir.path().join("admin.sock");
     let admin_s = admin_path.to_string_lossy().to_string();
-    let port = free_port()?;
-    let _server = Proc(
-        Command::new(&server_bin)
-            .args([
-                "run",
-                "-trustDomain",
-                TRUST_DOMAIN,
-                "-bindAddress",
-                "127.0.0.1",
-            ])
-            .args(["-serverPort", &port.to_string(), "-logLevel", "warn"])
-            .arg("-dataDir")
-            .arg(dir.path().join("server"))
-            .arg("-socketPath")
-            .arg(&admin_path)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    wait_for("server admin socket", || {
-        run_cli(&server_bin, &["healthcheck", "-socketPath", &admin_s]).is_ok()
-    })
-    .await?;
+    let (_server, port) = crate::start_server(&server_bin, dir.path(), &admin_path).await?;
     let mut admin = sigil_server::cli::connect(&admin_s).await?;
     let roots = admin
         .get_bundle(apb::GetBundleRequest {})
