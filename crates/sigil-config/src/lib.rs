@@ -32,10 +32,8 @@ pub use self::port::Port;
 
 /// A duration as SPIRE writes them (`"1h"`, `"90s"`, `"1h30m"`, or plain seconds), for `key`.
 pub fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
-    sigil_flags::parse_duration_secs(text)
-        .map(std::time::Duration::from_secs)
-        .map_err(|reason| ConfigError::Invalid {
-            key: key.to_string(),
-            reason,
-        })
+    sigil_flags::parse_duration(text).map_err(|reason| ConfigError::Invalid {
+        key: key.to_string(),
+        reason,
+    })
 }

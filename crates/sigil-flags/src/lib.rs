@@ -233,12 +233,17 @@ impl Parsed {
 /// Parses a Go `time.Duration`-style string ("1h", "90s", "1h30m", "500ms") or a plain number of
 /// seconds into whole seconds. SPIRE configs use both forms.
 pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    parse_duration(s).map(|d| d.as_secs())
+}
+
+/// [`parse_duration_secs`] to the millisecond (`"500ms"` is half a second, not zero).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
     if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
+        return Ok(std::time::Duration::from_secs(n));
     }
     let mut total_ms: u128 = 0;
     let mut rest = s;
@@ -282,7 +287,9 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         };
         total_ms = total_ms.checked_add(ms).ok_or_else(too_large)?;
     }
-    u64::try_from(total_ms / 1000).map_err(|_| format!("duration {s:?} is too large"))
+    u64::try_from(total_ms)
+        .map(std::time::Duration::from_millis)
+        .map_err(|_| format!("duration {s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -351,5 +358,7 @@ mod tests {
         assert!(parse_duration_secs("1x").is_err());
         assert!(parse_duration_secs("h").is_err());
         assert!(parse_duration_secs("").is_err());
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert_eq!(parse_duration("1m0.5s").unwrap().as_millis(), 60_500);
     }
 }

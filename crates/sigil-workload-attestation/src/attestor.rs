@@ -47,6 +47,28 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
         &'a self,
         caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>>;
+
+    /// Completes when the workload `caller` belongs to is gone (its pod deleted), so that its
+    /// open streams end: a deleted pod must stop getting SVIDs even while its processes
+    /// linger. `None` (the default): the attestor has no such notion.
+    fn ended(&self, _caller: &Caller) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+}
+
+/// A caller's selectors, and what ends its streams.
+pub struct Attested {
+    pub selectors: Vec<Selector>,
+    /// Completes when an attestor says the caller's workload is gone; never, if none can.
+    pub ended: BoxFuture<'static, ()>,
+}
+
+impl fmt::Debug for Attested {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attested")
+            .field("selectors", &self.selectors)
+            .finish_non_exhaustive()
+    }
 }
 
 /// All configured attestors, run together on what the attestation tier established.
@@ -119,6 +141,12 @@ impl Attestors {
     /// selectors — entries need *all* their selectors, so fewer selectors can only mean fewer
     /// identities — except when the caller is gone, which fails the whole attestation.
     pub async fn attest(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
+        Ok(self.attest_session(peer).await?.selectors)
+    }
+
+    /// [`attest`](Self::attest), plus a future that completes when the caller's workload is
+    /// gone: what a stream holds on to.
+    pub async fn attest_session(&self, peer: &PeerInfo) -> Result<Attested, AttestError> {
         let caller = self.caller(peer).await?;
         let caller = &caller;
         let results = futures::future::join_all(
@@ -131,7 +159,7 @@ impl Attestors {
         for (name, result) in results {
             match result {
                 Ok(s) => selectors.extend(s),
-                Err(e @ AttestError::PeerGone(_)) => return Err(e),
+                Err(e @ (AttestError::PeerGone(_) | AttestError::Refused(_))) => return Err(e),
                 Err(error) => {
                     tracing::warn!(attestor = name, pid = peer.pid, %error, "workload attestor failed")
                 }
@@ -141,7 +169,15 @@ impl Attestors {
         peer.verify_unchanged()?;
         selectors.sort();
         selectors.dedup();
-        Ok(selectors)
+        let ends: Vec<_> = self.list.iter().filter_map(|a| a.ended(caller)).collect();
+        let ended: BoxFuture<'static, ()> = if ends.is_empty() {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async move {
+                futures::future::select_all(ends).await;
+            })
+        };
+        Ok(Attested { selectors, ended })
     }
 }
 

@@ -9,6 +9,12 @@ pub enum AttestError {
     /// trustworthy.
     #[error("workload attestation failed: {0}")]
     PeerGone(#[from] PeerGone),
+    /// One attestor could not say anything: only its selectors are lost.
     #[error("workload attestation failed: {0}")]
     Failed(String),
+    /// The facts contradict each other (two pods claim the caller's container): the caller
+    /// gets no identity at all rather than possibly another workload's. Maps to
+    /// `PermissionDenied`.
+    #[error("workload attestation refused: {0}")]
+    Refused(String),
 }

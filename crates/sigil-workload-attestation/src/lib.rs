@@ -26,8 +26,8 @@ mod tier;
 
 pub use self::attestation::{Attestation, Caller};
 pub use self::attestor::{
-    Attestors, PodAttestor, UnixAttestor, UnixAttestorConfig, WorkloadAttestor, group_name,
-    user_name,
+    Attested, Attestors, PodAttestor, UnixAttestor, UnixAttestorConfig, WorkloadAttestor,
+    group_name, user_name,
 };
 pub use self::cgroup::{Cgroup, PodRef, mount_point, proc_path};
 pub use self::error::AttestError;
