@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use sigil_k8s::K8sAttestor;
 use sigil_workload_attestation::{
     Attestation, Attestors, PodAttestor, Tier, TierUnavailable, UnixAttestor, WorkloadAttestor,
 };
@@ -42,6 +43,8 @@ pub enum AgentError {
     Workload(#[from] WorkloadError),
     #[error(transparent)]
     Attestation(#[from] TierUnavailable),
+    #[error("k8s workload attestor: {0}")]
+    Kubernetes(#[source] sigil_k8s::ClientError),
     #[error("health check listener: {0}")]
     Health(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
@@ -133,7 +136,7 @@ pub async fn run_until(
 
     let listener = workload::bind(&config.socket_path)?;
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
-    let attestors = attestors(&config)?;
+    let attestors = attestors(&config).await?;
     let _ = tier_cell.set(attestors.attestation().tier());
     let sds = crate::sds::SdsApi::new(handle.clone(), attestors.clone(), config.sds.clone());
     let api = WorkloadApi::new(handle, attestors);
@@ -175,12 +178,8 @@ pub async fn run_until(
 }
 
 /// The configured workload attestors, on the attestation tier chosen for the (bound) socket.
-fn attestors(config: &Config) -> Result<Attestors, AgentError> {
-    let request = config
-        .unix_attestor
-        .as_ref()
-        .map(|u| u.attestation_tier)
-        .unwrap_or_default();
+async fn attestors(config: &Config) -> Result<Attestors, AgentError> {
+    let request = config.attestation_tier;
     let attestation = Attestation::start(request, &config.socket_path)?;
     for (tier, reason) in attestation.skipped() {
         tracing::info!(tier = %tier, %reason, "workload attestation tier unavailable");
@@ -196,7 +195,15 @@ fn attestors(config: &Config) -> Result<Attestors, AgentError> {
     if let Some(unix) = &config.unix_attestor {
         list.push(Arc::new(UnixAttestor::new(unix.clone())));
     }
-    list.push(Arc::new(PodAttestor));
+    match &config.k8s_attestor {
+        Some(k8s) => list.push(Arc::new(
+            K8sAttestor::start(k8s.clone())
+                .await
+                .map_err(AgentError::Kubernetes)?,
+        )),
+        // Without the API server, what the cgroup alone says (pod UID, container id).
+        None => list.push(Arc::new(PodAttestor)),
+    }
     Ok(Attestors::with_attestation(list, Arc::new(attestation)))
 }
 

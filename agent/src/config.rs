@@ -9,8 +9,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use sigil_config::{Block, HealthChecksBlock, Plugin, Port};
+use sigil_k8s::K8sAttestorConfig;
 use sigil_spiffe::{SpiffeId, TrustDomain};
-use sigil_workload_attestation::UnixAttestorConfig;
+use sigil_workload_attestation::{TierRequest, UnixAttestorConfig};
 
 use crate::health::HealthConfig;
 use crate::node::config::{JoinToken, ServerHost};
@@ -48,7 +49,13 @@ pub struct Config {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub key_manager: KeyManager,
+    /// `WorkloadAttestor "unix"`: configured, or the default when no WorkloadAttestor is.
     pub unix_attestor: Option<UnixAttestorConfig>,
+    /// `WorkloadAttestor "k8s"`.
+    pub k8s_attestor: Option<K8sAttestorConfig>,
+    /// The attestation tier (the unix attestor's `attestation_tier`, or `-attestationTier`),
+    /// which every attestor runs on.
+    pub attestation_tier: TierRequest,
     pub health: Option<HealthConfig>,
     /// The `sds` block (resource names, SPIFFE validator switch).
     pub sds: crate::sds::SdsConfig,
@@ -72,6 +79,7 @@ struct Raw {
     key_manager: Option<RawKeyManager>,
     node_attestor: Option<String>,
     unix_attestor: Option<RawUnixAttestor>,
+    k8s_attestor: Option<K8sAttestorConfig>,
     health: Option<HealthChecksBlock>,
     sds: Option<Block>,
     attestation_tier: Option<String>,
@@ -231,6 +239,14 @@ impl Raw {
                     return Err(ConfigError::DuplicatePlugin(plugin.kind));
                 }
             }
+            "WorkloadAttestor" if plugin.name == "k8s" => {
+                let k8s = K8sAttestorConfig::from_plugin_data(plugin.data)?;
+                if self.k8s_attestor.replace(k8s).is_some() {
+                    return Err(ConfigError::DuplicatePlugin(
+                        "WorkloadAttestor \"k8s\"".into(),
+                    ));
+                }
+            }
             "WorkloadAttestor" => {
                 if plugin.name != "unix" {
                     return Err(plugin.unsupported(None));
@@ -365,7 +381,10 @@ impl Raw {
         };
 
         // No WorkloadAttestor block: the unix attestor with its defaults (an agent that can
-        // attest nobody would be useless).
+        // attest nobody would be useless). With only `k8s` configured there are no `unix:`
+        // selectors, as with SPIRE: an entry written for `unix:uid:1000` must not start
+        // matching every pod process running as that uid.
+        let unix_configured = self.unix_attestor.is_some() || self.k8s_attestor.is_none();
         let raw_unix = self.unix_attestor.unwrap_or_default();
         let mut unix = UnixAttestorConfig::default();
         if let Some(v) = raw_unix.discover_workload_path {
@@ -386,7 +405,8 @@ impl Raw {
                 .parse()
                 .map_err(|e: String| invalid("attestationTier", e))?;
         }
-        let unix_attestor = Some(unix);
+        let attestation_tier = unix.attestation_tier;
+        let unix_attestor = unix_configured.then_some(unix);
 
         let health = match self.health {
             None => None,
@@ -410,6 +430,8 @@ impl Raw {
             log_format,
             key_manager,
             unix_attestor,
+            k8s_attestor: self.k8s_attestor,
+            attestation_tier,
             health,
             sds,
             jwt_svid_cache_max_size,
@@ -640,6 +662,40 @@ health_checks {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("attestation_tier"), "{err}");
+    }
+
+    #[test]
+    fn k8s_workload_attestor() {
+        let base = "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n";
+        // SPIRE's Helm chart: k8s only, node name from the downward API's variable.
+        let k8s = "WorkloadAttestor \"k8s\" {\n plugin_data {\n disable_container_selectors = false\n enable_namespace_labels = true\n node_name = \"worker-1\"\n skip_kubelet_verification = true\n use_new_container_locator = true\n }\n }\n";
+        let c = Config::from_hcl(&format!("{base}plugins {{\n{k8s}}}\n")).unwrap();
+        let k = c.k8s_attestor.expect("k8s configured");
+        assert_eq!(k.node_name, "worker-1");
+        assert!(k.enable_namespace_labels);
+        assert_eq!(
+            k.not_needed,
+            ["skip_kubelet_verification", "use_new_container_locator"]
+        );
+        assert!(
+            c.unix_attestor.is_none(),
+            "no unix selectors unless configured"
+        );
+        // Both configured: both run.
+        let c = Config::from_hcl(&format!(
+            "{base}plugins {{\n{k8s} WorkloadAttestor \"unix\" {{\n plugin_data {{}}\n }}\n}}\n"
+        ))
+        .unwrap();
+        assert!(c.unix_attestor.is_some() && c.k8s_attestor.is_some());
+        // Without k8s: unix by default, no k8s attestor.
+        let c = Config::from_hcl(base).unwrap();
+        assert!(c.unix_attestor.is_some() && c.k8s_attestor.is_none());
+        // A bad k8s key is named.
+        let err = Config::from_hcl(&format!(
+            "{base}plugins {{\n WorkloadAttestor \"k8s\" {{\n plugin_data {{\n node_name = \"n\"\n kubelet_port = 1\n }}\n }}\n}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("kubelet_port"), "{err}");
     }
 
     #[test]

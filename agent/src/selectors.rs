@@ -1,8 +1,23 @@
-//! Selectors and the entry-matching rule.
+//! Selectors, the entry-matching rule, and how attestation outcomes reach callers (Workload
+//! API and SDS alike).
 
 use std::collections::HashSet;
 
 pub use sigil_spiffe::Selector;
+use sigil_workload_attestation::AttestError;
+use tonic::Status;
+
+/// What a stream's caller is told when its workload is gone (its pod deleted).
+pub const WORKLOAD_ENDED: &str = "the workload is gone (its pod was deleted): no identity issued";
+
+/// The gRPC status of a failed attestation: a refusal (contradictory facts) is
+/// `PermissionDenied`, anything else `Unavailable` (the caller may retry).
+pub fn attest_status(e: AttestError) -> Status {
+    match e {
+        AttestError::Refused(_) => Status::permission_denied(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
 
 /// The selectors a caller was attested with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use futures::Stream;
+use futures::future::BoxFuture;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub use self::secrets::{SECRET_TYPE_URL, SdsConfig, Validation};
 use crate::manager::ManagerHandle;
 use crate::manager::cache::Snapshot;
-use crate::selectors::SelectorSet;
+use crate::selectors::{SelectorSet, WORKLOAD_ENDED, attest_status};
 use sigil_workload_attestation::{Attestors, PeerInfo, PidFd};
 
 /// How long a new stream waits for the caller's SVIDs (agent just started, entry just created).
@@ -117,13 +118,17 @@ impl SdsApi {
         }
     }
 
-    async fn attest(&self, peer: &PeerInfo) -> Result<SelectorSet, Status> {
-        let selectors = self
+    /// The caller's selectors, and what ends its stream (its pod deleted).
+    async fn attest(
+        &self,
+        peer: &PeerInfo,
+    ) -> Result<(SelectorSet, BoxFuture<'static, ()>), Status> {
+        let attested = self
             .attestors
-            .attest(peer)
+            .attest_session(peer)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(selectors.into_iter().collect())
+            .map_err(attest_status)?;
+        Ok((attested.selectors.into_iter().collect(), attested.ended))
     }
 
     /// The newest snapshot once the caller's SVIDs are there (or after the wait), and a receiver
@@ -321,7 +326,7 @@ impl SecretDiscoveryService for SdsApi {
         let peer = caller(&req)?;
         let req = req.into_inner();
         check_type(&req.type_url)?;
-        let selectors = self.attest(&peer).await?;
+        let (selectors, _) = self.attest(&peer).await?;
         let validation = secrets::validation_for(req.node.as_ref(), &self.cfg);
         let rx = self.wait_ready(&selectors).await;
         let snap = rx.borrow().clone();
@@ -353,7 +358,7 @@ impl SdsApi {
             return Ok(());
         };
         check_type(&first.type_url)?;
-        let selectors = self.attest(peer).await?;
+        let (selectors, mut ended) = self.attest(peer).await?;
         let mut state = SotwState {
             validation: secrets::validation_for(first.node.as_ref(), &self.cfg),
             selectors,
@@ -378,6 +383,10 @@ impl SdsApi {
                 _ = &mut exit => {
                     tracing::debug!(pid = peer.pid, "SDS caller exited; ending its stream");
                     return Ok(());
+                }
+                _ = &mut ended => {
+                    tracing::info!(pid = peer.pid, "SDS caller's pod was deleted; ending its stream");
+                    return Err(Status::permission_denied(WORKLOAD_ENDED));
                 }
                 msg = inbound.message() => {
                     let Some(req) = msg? else { return Ok(()) };
@@ -431,7 +440,7 @@ impl SdsApi {
             return Ok(());
         };
         check_type(&first.type_url)?;
-        let selectors = self.attest(peer).await?;
+        let (selectors, mut ended) = self.attest(peer).await?;
         let mut state = DeltaState {
             validation: secrets::validation_for(first.node.as_ref(), &self.cfg),
             selectors,
@@ -466,6 +475,10 @@ impl SdsApi {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = &mut exit => return Ok(()),
+                _ = &mut ended => {
+                    tracing::info!(pid = peer.pid, "SDS caller's pod was deleted; ending its stream");
+                    return Err(Status::permission_denied(WORKLOAD_ENDED));
+                }
                 msg = inbound.message() => {
                     let Some(req) = msg? else { return Ok(()) };
                     check_type(&req.type_url)?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use futures::future::BoxFuture;
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use sigil_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -21,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::manager::ManagerHandle;
 use crate::manager::cache::{Identity, Snapshot};
-use crate::selectors::SelectorSet;
+use crate::selectors::{SelectorSet, WORKLOAD_ENDED, attest_status};
 
 /// The metadata key every Workload API call must carry (with value `true`), so that a browser or
 /// other confused deputy tricked into talking to the socket cannot use it.
@@ -66,23 +67,32 @@ impl WorkloadApi {
     /// Checks the security header and attests the caller: the per-call attestation entry point
     /// of the Workload API.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
+        Ok(self.authenticate_session(req).await?.0)
+    }
+
+    /// [`authenticate`](Self::authenticate) for a stream: also what ends it (the caller's pod
+    /// deleted).
+    async fn authenticate_session<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(SelectorSet, BoxFuture<'static, ()>), Status> {
         check_header(req)?;
         let peer = req
             .extensions()
             .get::<PeerInfo>()
             .ok_or_else(|| Status::unavailable("could not identify the caller"))?;
-        let selectors = self
+        let attested = self
             .attestors
-            .attest(peer)
+            .attest_session(peer)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(attest_status)?;
         tracing::debug!(
             pid = peer.pid,
             uid = peer.uid,
-            selectors = selectors.len(),
+            selectors = attested.selectors.len(),
             "attested workload"
         );
-        Ok(selectors.into_iter().collect())
+        Ok((attested.selectors.into_iter().collect(), attested.ended))
     }
 
     /// The newest snapshot once `ready` holds for it, or whatever is there after the wait; with
@@ -123,6 +133,7 @@ impl WorkloadApi {
     fn stream<T, F>(
         first: T,
         snapshots: watch::Receiver<Arc<Snapshot>>,
+        ended: BoxFuture<'static, ()>,
         build: F,
     ) -> ResponseStream<T>
     where
@@ -135,6 +146,7 @@ impl WorkloadApi {
             pending: Option<T>,
             last: Option<T>,
             snapshots: watch::Receiver<Arc<Snapshot>>,
+            ended: BoxFuture<'static, ()>,
             build: F,
             done: bool,
         }
@@ -142,6 +154,7 @@ impl WorkloadApi {
             pending: Some(first),
             last: None,
             snapshots,
+            ended,
             build,
             done: false,
         };
@@ -154,8 +167,14 @@ impl WorkloadApi {
                 return Some((Ok(first), st));
             }
             loop {
-                if st.snapshots.changed().await.is_err() {
-                    return None;
+                tokio::select! {
+                    biased;
+                    _ = &mut st.ended => {
+                        // The workload is gone (its pod deleted): it gets nothing more.
+                        st.done = true;
+                        return Some((Err(Status::permission_denied(WORKLOAD_ENDED)), st));
+                    }
+                    r = st.snapshots.changed() => if r.is_err() { return None },
                 }
                 let snap = st.snapshots.borrow_and_update().clone();
                 match (st.build)(&snap) {
@@ -184,12 +203,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.authenticate(&req).await?;
+        let (selectors, ended) = self.authenticate_session(&req).await?;
         let (snap, rx) = self.wait_for_svids(&selectors).await;
         let first = x509_svid_response(&snap, &selectors)?.ok_or_else(|| {
             Status::unavailable("X509-SVIDs for this workload are not yet available")
         })?;
-        Ok(Response::new(Self::stream(first, rx, move |s| {
+        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
             x509_svid_response(s, &selectors)
         })))
     }
@@ -198,10 +217,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.authenticate(&req).await?;
+        let (selectors, ended) = self.authenticate_session(&req).await?;
         let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
         let first = x509_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(Self::stream(first, rx, move |s| {
+        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
             x509_bundles_response(s, &selectors).map(Some)
         })))
     }
@@ -261,10 +280,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.authenticate(&req).await?;
+        let (selectors, ended) = self.authenticate_session(&req).await?;
         let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
         let first = jwt_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(Self::stream(first, rx, move |s| {
+        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
             jwt_bundles_response(s, &selectors).map(Some)
         })))
     }
