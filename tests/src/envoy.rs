@@ -222,8 +222,32 @@ impl Envoy {
         Ok(env)
     }
 
+    /// [`start`](Self::start) inside cgroup `cgroup` (a pod's container, for the `k8s`
+    /// attestor).
+    pub fn start_in_cgroup(
+        parent: &Path,
+        name: &str,
+        uid: u32,
+        bootstrap: &Value,
+        cgroup: &Path,
+    ) -> Result<Self> {
+        let mut env = Self::spawn_with(parent, name, uid, bootstrap, Some(cgroup))?;
+        env.wait_live()?;
+        Ok(env)
+    }
+
     /// Starts Envoy without waiting for it to become ready.
     pub fn spawn(parent: &Path, name: &str, uid: u32, bootstrap: &Value) -> Result<Self> {
+        Self::spawn_with(parent, name, uid, bootstrap, None)
+    }
+
+    fn spawn_with(
+        parent: &Path,
+        name: &str,
+        uid: u32,
+        bootstrap: &Value,
+        cgroup: Option<&Path>,
+    ) -> Result<Self> {
         let dir = parent.join(name);
         std::fs::create_dir_all(&dir)?;
         // Envoy runs as another uid and writes its admin address file here.
@@ -247,6 +271,9 @@ impl Envoy {
             .current_dir(&dir)
             .uid(uid)
             .gid(uid);
+        if let Some(dir) = cgroup {
+            crate::cgroups::in_cgroup(&mut cmd, dir);
+        }
         let proc = Proc::spawn(&format!("envoy {name}"), cmd, dir.join("envoy.log"));
         let mut proc = proc;
         let admin_port = wait_until(

