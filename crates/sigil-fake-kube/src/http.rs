@@ -6,7 +6,7 @@ use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Key, Store};
 use crate::watch::{self, WatchRequest};
-use crate::{ApiError, RequestRecord, Shared, tokens};
+use crate::{ApiError, RequestRecord, Shared, proto, tokens};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -136,6 +136,13 @@ impl Call {
     }
 
     fn json(&self) -> Result<Value, ApiError> {
+        if self.content_type.starts_with(proto::CONTENT_TYPE) {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json",
+            ));
+        }
         serde_json::from_slice::<Value>(&self.body)
             .ok()
             .filter(Value::is_object)
@@ -169,6 +176,8 @@ fn route(shared: &Arc<Shared>, call: &Call) -> Reply {
             "id_token_signing_alg_values_supported": ["ES256"],
         })),
         ["openid", "v1", "jwks"] if get => ok(shared.signer.jwks()),
+        ["openapi", "v3"] if get => ok(resources::openapi_v3_root()),
+        ["openapi", "v3", "api", "v1"] if get => ok(resources::openapi_v3_core()),
         ["api", "v1", rest @ ..] => core(shared, call, rest),
         _ => Err(not_served()),
     }
@@ -584,7 +593,11 @@ fn delete(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
 
 fn token_request(shared: &Arc<Shared>, call: &Call, ns: Option<&str>, name: &str) -> Reply {
     let ns = ns.ok_or_else(not_served)?;
-    let body = call.json()?;
+    let body = if call.content_type.starts_with(proto::CONTENT_TYPE) {
+        proto::token_request(&call.body).ok_or_else(|| ApiError::bad_request("cannot decode the TokenRequest"))?
+    } else {
+        call.json()?
+    };
     let spec = &body["spec"];
     let audiences: Vec<String> = spec["audiences"]
         .as_array()

@@ -33,6 +33,7 @@
 //! ```
 
 mod http;
+mod proto;
 mod resources;
 mod selectors;
 mod store;

@@ -180,3 +180,44 @@ pub fn authentication_v1() -> Value {
         ]
     })
 }
+
+/// `/openapi/v3`: where each group version's document is. kubectl reads it before `create`
+/// and `apply` to learn whether the server validates fields itself.
+pub fn openapi_v3_root() -> Value {
+    json!({"paths": {
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={OPENAPI_HASH}")},
+    }})
+}
+
+/// Changes when the documents do, so clients that cache by it refetch.
+const OPENAPI_HASH: &str = "SIGILFAKE1";
+
+/// `/openapi/v3/api/v1`: no schemas, only what kubectl's field-validation check looks for, a
+/// PATCH operation per kind that takes `fieldValidation` (so kubectl leaves validation to the
+/// server instead of validating against schemas this document does not have).
+pub fn openapi_v3_core() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in RESOURCES {
+        let path = if r.namespaced {
+            format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("/api/v1/{}/{{name}}", r.plural)
+        };
+        paths.insert(path, json!({"patch": {
+            "operationId": format!("patchCoreV1{}", r.kind),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": r.kind},
+            "parameters": [
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            ],
+            "responses": {"200": {"description": "OK"}},
+        }}));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{MINOR}.0")},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
+}
