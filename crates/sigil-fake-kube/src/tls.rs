@@ -29,15 +29,18 @@ impl Tls {
     pub fn new() -> io::Result<Self> {
         let ca_key = KeyPair::generate().map_err(other)?;
         let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::CommonName, "sigil-fake-kube-ca");
+        ca.distinguished_name
+            .push(DnType::CommonName, "sigil-fake-kube-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).map_err(other)?;
         let issuer = Issuer::new(ca, ca_key);
 
         let key = KeyPair::generate().map_err(other)?;
         let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).map_err(other)?;
-        leaf.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-        leaf.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        leaf.distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         let cert = leaf.signed_by(&key, &issuer).map_err(other)?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -52,7 +55,10 @@ impl Tls {
             .map_err(other)?;
         // Only HTTP/1.1 is served; saying so keeps h2-preferring clients (kubectl) on it.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Tls { ca_pem: ca_cert.pem(), config: Arc::new(config) })
+        Ok(Tls {
+            ca_pem: ca_cert.pem(),
+            config: Arc::new(config),
+        })
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {

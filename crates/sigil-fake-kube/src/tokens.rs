@@ -46,7 +46,9 @@ pub struct Authenticated {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,9 +96,12 @@ impl Signer {
             return Err("go-jose/go-jose: error in cryptographic primitive".into());
         }
         let sig = B64.decode(sig).map_err(|_| "malformed JWT signature")?;
-        signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref())
-            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
-            .map_err(|_| "go-jose/go-jose: error in cryptographic primitive")?;
+        signature::UnparsedPublicKey::new(
+            &signature::ECDSA_P256_SHA256_FIXED,
+            self.key.public_key().as_ref(),
+        )
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .map_err(|_| "go-jose/go-jose: error in cryptographic primitive")?;
         decode_json(claims).ok_or_else(|| "malformed JWT claims".into())
     }
 
@@ -153,7 +158,8 @@ pub fn issue(store: &Store, signer: &Signer, spec: &TokenSpec) -> Result<(String
                 )));
             }
         };
-        let obj = lookup(plural, scope, &b.name).ok_or_else(|| ApiError::not_found(plural, &b.name))?;
+        let obj =
+            lookup(plural, scope, &b.name).ok_or_else(|| ApiError::not_found(plural, &b.name))?;
         if let Some(uid) = &b.uid
             && uid_of(&obj) != uid.as_str()
         {
@@ -168,7 +174,9 @@ pub fn issue(store: &Store, signer: &Signer, spec: &TokenSpec) -> Result<(String
         let node_name = match plural {
             "pods" => {
                 k8s["pod"] = json!({"name": b.name, "uid": uid_of(&obj)});
-                obj.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string)
+                obj.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
             }
             _ => Some(b.name.clone()),
         };
@@ -176,7 +184,11 @@ pub fn issue(store: &Store, signer: &Signer, spec: &TokenSpec) -> Result<(String
             k8s["node"] = json!({"name": node.0, "uid": uid_of(&node.1)});
         }
     }
-    let audiences = if spec.audiences.is_empty() { vec![ISSUER.to_string()] } else { spec.audiences.clone() };
+    let audiences = if spec.audiences.is_empty() {
+        vec![ISSUER.to_string()]
+    } else {
+        spec.audiences.clone()
+    };
     let now = now_unix();
     let exp = now + spec.ttl_secs;
     let claims = json!({
@@ -212,11 +224,23 @@ pub fn authenticate(
     }
     let token_aud: Vec<String> = match &claims["aud"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         _ => Vec::new(),
     };
-    let wanted: Vec<String> = if audiences.is_empty() { vec![ISSUER.to_string()] } else { audiences.to_vec() };
-    let common: Vec<String> = wanted.iter().filter(|a| token_aud.contains(a)).cloned().collect();
+    let wanted: Vec<String> = if audiences.is_empty() {
+        vec![ISSUER.to_string()]
+    } else {
+        audiences.to_vec()
+    };
+    let common: Vec<String> = wanted
+        .iter()
+        .filter(|a| token_aud.contains(a))
+        .cloned()
+        .collect();
     if common.is_empty() {
         return Err(format!(
             "token audiences {} is invalid for the target audiences {}",
@@ -226,15 +250,27 @@ pub fn authenticate(
     }
     let k8s = &claims["kubernetes.io"];
     let ns = k8s["namespace"].as_str().unwrap_or_default();
-    let sa_name = k8s.pointer("/serviceaccount/name").and_then(Value::as_str).unwrap_or_default();
-    let sa_uid = k8s.pointer("/serviceaccount/uid").cloned().unwrap_or(Value::Null);
+    let sa_name = k8s
+        .pointer("/serviceaccount/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let sa_uid = k8s
+        .pointer("/serviceaccount/uid")
+        .cloned()
+        .unwrap_or(Value::Null);
     let invalidated = || "service account token has been invalidated".to_string();
     let still = |plural: &str, scope: Option<&str>, claim: &Value| -> bool {
         let res = resources::by_plural(plural).expect("a resource of the table");
         let name = claim["name"].as_str().unwrap_or_default();
-        store.get(&Key::new(res, scope, name)).is_some_and(|o| uid_of(o) == claim["uid"])
+        store
+            .get(&Key::new(res, scope, name))
+            .is_some_and(|o| uid_of(o) == claim["uid"])
     };
-    if !still("serviceaccounts", Some(ns), &json!({"name": sa_name, "uid": sa_uid})) {
+    if !still(
+        "serviceaccounts",
+        Some(ns),
+        &json!({"name": sa_name, "uid": sa_uid}),
+    ) {
         return Err(invalidated());
     }
     let mut extra = serde_json::Map::new();
@@ -242,8 +278,14 @@ pub fn authenticate(
         if !still("pods", Some(ns), pod) {
             return Err(invalidated());
         }
-        extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod["name"]]));
-        extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([pod["uid"]]));
+        extra.insert(
+            "authentication.kubernetes.io/pod-name".into(),
+            json!([pod["name"]]),
+        );
+        extra.insert(
+            "authentication.kubernetes.io/pod-uid".into(),
+            json!([pod["uid"]]),
+        );
     }
     if let Some(node) = k8s.get("node") {
         // Only a token bound to the node itself dies with it; a pod's token names its node
@@ -251,11 +293,20 @@ pub fn authenticate(
         if k8s.get("pod").is_none() && !still("nodes", None, node) {
             return Err(invalidated());
         }
-        extra.insert("authentication.kubernetes.io/node-name".into(), json!([node["name"]]));
-        extra.insert("authentication.kubernetes.io/node-uid".into(), json!([node["uid"]]));
+        extra.insert(
+            "authentication.kubernetes.io/node-name".into(),
+            json!([node["name"]]),
+        );
+        extra.insert(
+            "authentication.kubernetes.io/node-uid".into(),
+            json!([node["uid"]]),
+        );
     }
     if let Some(jti) = claims["jti"].as_str() {
-        extra.insert("authentication.kubernetes.io/credential-id".into(), json!([format!("JTI={jti}")]));
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".into(),
+            json!([format!("JTI={jti}")]),
+        );
     }
     Ok(Authenticated {
         user: json!({
@@ -282,7 +333,10 @@ pub fn review_status(store: &Store, signer: &Signer, token: &str, audiences: &[S
 
 /// `["a" "b"]`, how Go's `%q` prints a string slice (the real error text uses it).
 fn go_quoted(v: &[String]) -> String {
-    let items: Vec<String> = v.iter().map(|s| Value::String(s.clone()).to_string()).collect();
+    let items: Vec<String> = v
+        .iter()
+        .map(|s| Value::String(s.clone()).to_string())
+        .collect();
     format!("[{}]", items.join(" "))
 }
 
@@ -294,8 +348,14 @@ mod tests {
     fn store() -> Store {
         let mut s = Store::default();
         let r = |p| by_plural(p).unwrap();
-        s.put(r("serviceaccounts"), json!({"metadata": {"name": "sa", "namespace": "ns", "uid": "sa-uid"}}));
-        s.put(r("nodes"), json!({"metadata": {"name": "n1", "uid": "node-uid"}}));
+        s.put(
+            r("serviceaccounts"),
+            json!({"metadata": {"name": "sa", "namespace": "ns", "uid": "sa-uid"}}),
+        );
+        s.put(
+            r("nodes"),
+            json!({"metadata": {"name": "n1", "uid": "node-uid"}}),
+        );
         s.put(r("pods"), json!({"metadata": {"name": "p", "namespace": "ns", "uid": "pod-uid"}, "spec": {"nodeName": "n1"}}));
         s
     }
@@ -306,7 +366,11 @@ mod tests {
             service_account: "sa".into(),
             audiences: aud.iter().map(|s| s.to_string()).collect(),
             ttl_secs: 600,
-            bound: pod.map(|p| BoundRef { kind: "Pod".into(), name: p.into(), uid: None }),
+            bound: pod.map(|p| BoundRef {
+                kind: "Pod".into(),
+                name: p.into(),
+                uid: None,
+            }),
         }
     }
 
@@ -320,14 +384,20 @@ mod tests {
         let ok = review_status(&s, &signer, &tok, &["b".into(), "c".into()]);
         assert_eq!(ok["authenticated"], true);
         assert_eq!(ok["audiences"], json!(["b"]));
-        assert_eq!(ok["user"]["extra"]["authentication.kubernetes.io/pod-uid"], json!(["pod-uid"]));
+        assert_eq!(
+            ok["user"]["extra"]["authentication.kubernetes.io/pod-uid"],
+            json!(["pod-uid"])
+        );
         let bad = review_status(&s, &signer, &tok, &["spire-server".into()]);
         assert_eq!(
             bad["error"],
             r#"[invalid bearer token, token audiences ["a" "b"] is invalid for the target audiences ["spire-server"], unknown]"#
         );
         s.remove(&Key::new(by_plural("pods").unwrap(), Some("ns"), "p"));
-        assert_eq!(review_status(&s, &signer, &tok, &["a".into()])["authenticated"], false);
+        assert_eq!(
+            review_status(&s, &signer, &tok, &["a".into()])["authenticated"],
+            false
+        );
         // Tampering breaks the signature; another signer's token is not ours.
         let forged = format!("{}x", &tok[..tok.len() - 1]);
         assert!(signer.verify(&forged).is_err());
@@ -340,7 +410,12 @@ mod tests {
         let mut sp = spec(&[], None);
         sp.service_account = "nope".into();
         assert_eq!(issue(&s, &signer, &sp).unwrap_err().code, 404);
-        assert_eq!(issue(&s, &signer, &spec(&[], Some("nope"))).unwrap_err().code, 404);
+        assert_eq!(
+            issue(&s, &signer, &spec(&[], Some("nope")))
+                .unwrap_err()
+                .code,
+            404
+        );
         let mut sp = spec(&[], Some("p"));
         sp.bound.as_mut().unwrap().uid = Some("other".into());
         assert_eq!(issue(&s, &signer, &sp).unwrap_err().code, 409);

@@ -39,7 +39,10 @@ impl WatchRequest {
     /// change's version).
     fn event(&self, c: &Change) -> Option<Value> {
         if c.key.resource != self.res.plural
-            || self.namespace.as_ref().is_some_and(|ns| *ns != c.key.namespace)
+            || self
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| *ns != c.key.namespace)
         {
             return None;
         }
@@ -80,10 +83,11 @@ impl WatchRequest {
                 let Ok(state) = store.state_at(rv) else {
                     return (Vec::new(), Some(rv)); // the current state is always there
                 };
-                let mut events: Vec<Value> = Store::objects(&state, self.res, self.namespace.as_deref())
-                    .filter(|(_, o)| self.matches(o))
-                    .map(|(_, o)| json!({"type": "ADDED", "object": o}))
-                    .collect();
+                let mut events: Vec<Value> =
+                    Store::objects(&state, self.res, self.namespace.as_deref())
+                        .filter(|(_, o)| self.matches(o))
+                        .map(|(_, o)| json!({"type": "ADDED", "object": o}))
+                        .collect();
                 if self.send_initial_events && self.bookmarks {
                     events.push(self.bookmark(rv, true));
                 }

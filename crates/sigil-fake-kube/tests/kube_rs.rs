@@ -21,9 +21,12 @@ async fn client(kube: &FakeKube) -> Client {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&path).unwrap();
-    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path).unwrap(), &KubeConfigOptions::default())
-        .await
-        .unwrap();
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     Client::try_from(config).unwrap()
 }
 
@@ -54,18 +57,36 @@ async fn list_with_selectors_and_pages() {
     kube.apply(pod("b", "p4", "n1", "x"));
     let pods: Api<Pod> = Api::all(client(&kube).await);
 
-    let lp = ListParams::default().labels("app=x").fields("spec.nodeName=n1");
+    let lp = ListParams::default()
+        .labels("app=x")
+        .fields("spec.nodeName=n1");
     let list = pods.list(&lp).await.unwrap();
     assert_eq!(names(&list.items), ["p1", "p4"]);
-    assert_eq!(list.metadata.resource_version, Some(kube.resource_version().to_string()));
-    let sent = kube.requests().into_iter().rfind(|r| r.path == "/api/v1/pods").unwrap();
+    assert_eq!(
+        list.metadata.resource_version,
+        Some(kube.resource_version().to_string())
+    );
+    let sent = kube
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/api/v1/pods")
+        .unwrap();
     assert_eq!(sent.param("labelSelector").as_deref(), Some("app=x"));
-    assert_eq!(sent.param("fieldSelector").as_deref(), Some("spec.nodeName=n1"));
+    assert_eq!(
+        sent.param("fieldSelector").as_deref(),
+        Some("spec.nodeName=n1")
+    );
 
-    let set = pods.list(&ListParams::default().labels("app in (x,y),app!=y")).await.unwrap();
+    let set = pods
+        .list(&ListParams::default().labels("app in (x,y),app!=y"))
+        .await
+        .unwrap();
     assert_eq!(names(&set.items), ["p1", "p2", "p4"]);
     let ns_b: Api<Pod> = Api::namespaced(client(&kube).await, "b");
-    assert_eq!(names(&ns_b.list(&ListParams::default()).await.unwrap().items), ["p3", "p4"]);
+    assert_eq!(
+        names(&ns_b.list(&ListParams::default()).await.unwrap().items),
+        ["p3", "p4"]
+    );
 
     // limit 1: a page and a continue token, until the last page.
     let mut seen = Vec::new();
@@ -85,9 +106,17 @@ async fn list_with_selectors_and_pages() {
     assert_eq!(seen, ["p1", "p2", "p3", "p4"]);
 
     // An unsupported field is the real 400.
-    let err = pods.list(&ListParams::default().fields("spec.bogus=1")).await.unwrap_err();
-    let kube::Error::Api(status) = err else { panic!("{err:?}") };
-    assert_eq!((status.code, status.message.as_str()), (400, "field label not supported: spec.bogus"));
+    let err = pods
+        .list(&ListParams::default().fields("spec.bogus=1"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (400, "field label not supported: spec.bogus")
+    );
 }
 
 #[tokio::test]
@@ -95,30 +124,63 @@ async fn get_errors_and_authentication() {
     let kube = FakeKube::start().await.unwrap();
     let c = client(&kube).await;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
-    let kube::Error::Api(status) = pods.get("nope").await.unwrap_err() else { panic!() };
+    let kube::Error::Api(status) = pods.get("nope").await.unwrap_err() else {
+        panic!()
+    };
     assert_eq!(status.code, 404);
     assert_eq!(status.reason, "NotFound");
     assert_eq!(status.message, r#"pods "nope" not found"#);
     assert!(pods.get_opt("nope").await.unwrap().is_none());
 
-    let created = pods.create(&PostParams::default(), &serde_json::from_value(pod("default", "p", "n1", "x")).unwrap()).await.unwrap();
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("default", "p", "n1", "x")).unwrap(),
+        )
+        .await
+        .unwrap();
     assert!(created.metadata.uid.is_some());
-    assert_eq!(kube.get("Pod", Some("default"), "p").unwrap()["metadata"]["uid"], json!(created.metadata.uid));
-    let kube::Error::Api(status) = pods.create(&PostParams::default(), &created).await.unwrap_err() else { panic!() };
-    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(
+        kube.get("Pod", Some("default"), "p").unwrap()["metadata"]["uid"],
+        json!(created.metadata.uid)
+    );
+    let kube::Error::Api(status) = pods
+        .create(&PostParams::default(), &created)
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (409, "AlreadyExists")
+    );
     let deleted = pods.delete("p", &Default::default()).await.unwrap();
     assert!(deleted.left().is_some());
     assert!(kube.get("Pod", Some("default"), "p").is_none());
 
     // No token: 401. An issued token for the API server's audience works as a bearer.
     let anon = Client::try_from(Config::new(kube.url().parse().unwrap())).unwrap();
-    let kube::Error::Api(status) = Api::<Node>::all(anon).list(&ListParams::default()).await.unwrap_err() else { panic!() };
+    let kube::Error::Api(status) = Api::<Node>::all(anon)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
     assert_eq!(status.code, 401);
-    let token = kube.issue_token("default", "default", &[], None, Duration::from_secs(600)).unwrap();
+    let token = kube
+        .issue_token("default", "default", &[], None, Duration::from_secs(600))
+        .unwrap();
     let mut config = Config::new(kube.url().parse().unwrap());
     config.auth_info.token = Some(token.into());
     let sa_client = Client::try_from(config).unwrap();
-    assert!(Api::<Node>::all(sa_client).list(&ListParams::default()).await.is_ok());
+    assert!(
+        Api::<Node>::all(sa_client)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -132,20 +194,28 @@ async fn watcher_lifecycle_and_relist_after_410() {
         .boxed();
 
     assert!(matches!(next(&mut events).await.unwrap(), Event::Init));
-    let Event::InitApply(p) = next(&mut events).await.unwrap() else { panic!() };
+    let Event::InitApply(p) = next(&mut events).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p1");
     assert!(matches!(next(&mut events).await.unwrap(), Event::InitDone));
 
     kube.apply(pod("a", "p3", "n1", "x"));
     kube.apply(pod("a", "p4", "n2", "x")); // not on n1: not seen
-    let Event::Apply(p) = next(&mut events).await.unwrap() else { panic!() };
+    let Event::Apply(p) = next(&mut events).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p3");
     kube.delete("Pod", Some("a"), "p1").unwrap();
-    let Event::Delete(p) = next(&mut events).await.unwrap() else { panic!() };
+    let Event::Delete(p) = next(&mut events).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p1");
     // Moving to another node makes it stop matching: a DELETED for this watcher.
     kube.apply(pod("a", "p3", "n2", "x"));
-    let Event::Delete(p) = next(&mut events).await.unwrap() else { panic!() };
+    let Event::Delete(p) = next(&mut events).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p3");
 
     // Outage: changes while down, and the history compacted. The watcher's resume gets 410
@@ -168,13 +238,22 @@ async fn watcher_lifecycle_and_relist_after_410() {
     assert!(saw_410, "the resume after compaction must get 410 Gone");
     assert_eq!(relisted.name_any(), "p5");
     assert!(matches!(next(&mut events).await.unwrap(), Event::InitDone));
-    assert!(kube.requests().iter().filter(|r| !r.is_watch()).count() > lists_before, "relisted");
+    assert!(
+        kube.requests().iter().filter(|r| !r.is_watch()).count() > lists_before,
+        "relisted"
+    );
     kube.apply(pod("a", "p6", "n1", "x"));
-    let Event::Apply(p) = next(&mut events).await.unwrap() else { panic!() };
+    let Event::Apply(p) = next(&mut events).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p6");
 
     // One list per (re)start, otherwise only watches: the client does not poll.
-    let lists = kube.requests().iter().filter(|r| r.method == "GET" && r.path == "/api/v1/pods" && !r.is_watch()).count();
+    let lists = kube
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/pods" && !r.is_watch())
+        .count();
     assert_eq!(lists, 2);
 }
 
@@ -187,10 +266,17 @@ async fn raw_watch_bookmarks_transitions_and_timeout() {
 
     let wp = WatchParams::default().labels("app=x"); // asks for bookmarks by default
     let mut stream = api.watch(&wp, "0").await.unwrap().boxed();
-    let WatchEvent::Added(p) = next(&mut stream).await.unwrap() else { panic!() };
+    let WatchEvent::Added(p) = next(&mut stream).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p1");
-    let WatchEvent::Bookmark(b) = next(&mut stream).await.unwrap() else { panic!() };
-    assert_eq!(b.metadata.resource_version, kube.resource_version().to_string());
+    let WatchEvent::Bookmark(b) = next(&mut stream).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        b.metadata.resource_version,
+        kube.resource_version().to_string()
+    );
 
     // The label goes: DELETED (with the change's version); it comes back: ADDED.
     kube.apply(pod("a", "p1", "n1", "y"));
@@ -200,8 +286,13 @@ async fn raw_watch_bookmarks_transitions_and_timeout() {
             ev => break ev,
         }
     };
-    let WatchEvent::Deleted(p) = ev else { panic!("{ev:?}") };
-    assert_eq!(p.resource_version(), Some(kube.resource_version().to_string()));
+    let WatchEvent::Deleted(p) = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        p.resource_version(),
+        Some(kube.resource_version().to_string())
+    );
     kube.apply(pod("a", "p1", "n1", "x"));
     let ev = loop {
         match next(&mut stream).await.unwrap() {
@@ -214,32 +305,59 @@ async fn raw_watch_bookmarks_transitions_and_timeout() {
     // Resuming from a version replays what came after it.
     let from = kube.resource_version().to_string();
     kube.apply(pod("a", "p2", "n1", "x"));
-    let mut resumed = api.watch(&WatchParams::default(), &from).await.unwrap().boxed();
-    let WatchEvent::Added(p) = next(&mut resumed).await.unwrap() else { panic!() };
+    let mut resumed = api
+        .watch(&WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let WatchEvent::Added(p) = next(&mut resumed).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.name_any(), "p2");
 
     // A version older than the history: the real 410 as a watch event.
     kube.compact();
-    let mut gone = api.watch(&WatchParams::default(), "1").await.unwrap().boxed();
-    let WatchEvent::Error(e) = next(&mut gone).await.unwrap() else { panic!() };
+    let mut gone = api
+        .watch(&WatchParams::default(), "1")
+        .await
+        .unwrap()
+        .boxed();
+    let WatchEvent::Error(e) = next(&mut gone).await.unwrap() else {
+        panic!()
+    };
     assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
-    assert!(e.message.starts_with("too old resource version: 1 ("), "{}", e.message);
+    assert!(
+        e.message.starts_with("too old resource version: 1 ("),
+        "{}",
+        e.message
+    );
 
     // timeoutSeconds ends the stream cleanly.
-    let mut short = api.watch(&WatchParams::default().timeout(1), &kube.resource_version().to_string()).await.unwrap().boxed();
+    let mut short = api
+        .watch(
+            &WatchParams::default().timeout(1),
+            &kube.resource_version().to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
     let until_end = async {
         while let Some(ev) = short.try_next().await.unwrap() {
             assert!(matches!(ev, WatchEvent::Bookmark(_)), "{ev:?}");
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), until_end).await.expect("the stream ends at its timeout");
+    tokio::time::timeout(Duration::from_secs(5), until_end)
+        .await
+        .expect("the stream ends at its timeout");
 }
 
 #[tokio::test]
 async fn token_request_and_review() {
     let kube = FakeKube::start().await.unwrap();
     kube.apply(json!({"kind": "Namespace", "metadata": {"name": "spire"}}));
-    kube.apply(json!({"kind": "ServiceAccount", "metadata": {"name": "agent", "namespace": "spire"}}));
+    kube.apply(
+        json!({"kind": "ServiceAccount", "metadata": {"name": "agent", "namespace": "spire"}}),
+    );
     let node = kube.apply(json!({"kind": "Node", "metadata": {"name": "n1"}}));
     let p = kube.apply(pod("spire", "agent-0", "n1", "agent"));
     let c = client(&kube).await;
@@ -259,7 +377,14 @@ async fn token_request_and_review() {
         ..Default::default()
     };
     let tr = sas
-        .create_token_request("agent", &PostParams::default(), &request("spire-server", p["metadata"]["uid"].as_str().map(String::from)))
+        .create_token_request(
+            "agent",
+            &PostParams::default(),
+            &request(
+                "spire-server",
+                p["metadata"]["uid"].as_str().map(String::from),
+            ),
+        )
         .await
         .unwrap();
     let status = tr.status.unwrap();
@@ -271,39 +396,74 @@ async fn token_request_and_review() {
         let token = token.clone();
         async move {
             let r = TokenReview {
-                spec: TokenReviewSpec { token: Some(token), audiences: Some(vec![aud.into()]) },
+                spec: TokenReviewSpec {
+                    token: Some(token),
+                    audiences: Some(vec![aud.into()]),
+                },
                 ..Default::default()
             };
-            reviews.create(&PostParams::default(), &r).await.unwrap().status.unwrap()
+            reviews
+                .create(&PostParams::default(), &r)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
         }
     };
     let ok = review("spire-server").await;
     assert_eq!(ok.authenticated, Some(true));
     assert_eq!(ok.audiences, Some(vec!["spire-server".to_string()]));
     let user = ok.user.unwrap();
-    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:spire:agent"));
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:spire:agent")
+    );
     let extra = user.extra.unwrap();
     assert_eq!(extra["authentication.kubernetes.io/pod-name"], ["agent-0"]);
-    assert_eq!(extra["authentication.kubernetes.io/pod-uid"], [p["metadata"]["uid"].as_str().unwrap()]);
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"],
+        [p["metadata"]["uid"].as_str().unwrap()]
+    );
     assert_eq!(extra["authentication.kubernetes.io/node-name"], ["n1"]);
-    assert_eq!(extra["authentication.kubernetes.io/node-uid"], [node["metadata"]["uid"].as_str().unwrap()]);
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-uid"],
+        [node["metadata"]["uid"].as_str().unwrap()]
+    );
     assert!(extra["authentication.kubernetes.io/credential-id"][0].starts_with("JTI="));
 
     let bad = review("other").await;
     assert_eq!(bad.authenticated, Some(false));
     assert_eq!(
         bad.error.as_deref(),
-        Some(r#"[invalid bearer token, token audiences ["spire-server"] is invalid for the target audiences ["other"], unknown]"#)
+        Some(
+            r#"[invalid bearer token, token audiences ["spire-server"] is invalid for the target audiences ["other"], unknown]"#
+        )
     );
 
     // A wrong pod uid is refused at issuance; a deleted pod invalidates the token.
-    let kube::Error::Api(s) = sas.create_token_request("agent", &PostParams::default(), &request("x", Some("wrong".into()))).await.unwrap_err() else { panic!() };
+    let kube::Error::Api(s) = sas
+        .create_token_request(
+            "agent",
+            &PostParams::default(),
+            &request("x", Some("wrong".into())),
+        )
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
     assert_eq!(s.code, 409);
     kube.delete("Pod", Some("spire"), "agent-0").unwrap();
     let gone = review("spire-server").await;
     assert_eq!(gone.authenticated, Some(false));
     assert!(gone.error.unwrap().contains("invalidated"));
-    let kube::Error::Api(s) = sas.create_token_request("agent", &PostParams::default(), &request("x", None)).await.unwrap_err() else { panic!() };
+    let kube::Error::Api(s) = sas
+        .create_token_request("agent", &PostParams::default(), &request("x", None))
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
     assert_eq!(s.code, 404);
 }
 
@@ -313,7 +473,10 @@ async fn tls_with_kubeconfig_ca() {
     assert!(kube.url().starts_with("https://127.0.0.1:"));
     kube.apply(json!({"kind": "Node", "metadata": {"name": "n1", "labels": {"zone": "a"}}}));
     let nodes: Api<Node> = Api::all(client(&kube).await);
-    let list = nodes.list(&ListParams::default().labels("zone=a")).await.unwrap();
+    let list = nodes
+        .list(&ListParams::default().labels("zone=a"))
+        .await
+        .unwrap();
     assert_eq!(list.items.len(), 1);
     // Stop drops the connection; restart serves the same state on the same address.
     kube.stop().await;
