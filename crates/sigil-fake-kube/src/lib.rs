@@ -165,6 +165,9 @@ impl FakeKube {
     /// Writes a kubeconfig (JSON, which kubectl and kube-rs both read as YAML) with one
     /// cluster, [`FakeKube::url`], one admin user with a bearer token, and a current context
     /// in namespace `default`.
+    ///
+    /// kubectl sends no bearer token over plain HTTP (and so gets 401): give it a server from
+    /// [`FakeKube::start_tls`]. kube-rs sends it either way.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         let mut cluster = json!({"server": self.url()});
         if let Some(ca) = self.ca_pem() {

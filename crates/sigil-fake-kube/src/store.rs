@@ -202,7 +202,9 @@ impl Store {
         if rv < self.floor {
             return Since::TooOld(self.floor);
         }
-        Since::Changes(self.history.iter().filter(|c| c.rv > rv).collect())
+        // Versions in the history only grow: the first one after `rv` is found by bisection.
+        let start = self.history.partition_point(|c| c.rv <= rv);
+        Since::Changes(self.history.range(start..).collect())
     }
 
     /// The objects as they were at version `rv` (undoing the later changes), for a continued

@@ -484,3 +484,107 @@ async fn tls_with_kubeconfig_ca() {
     kube.restart().await.unwrap();
     assert_eq!(nodes.get("n1").await.unwrap().name_any(), "n1");
 }
+
+#[tokio::test]
+async fn reflector_with_streaming_lists() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.apply(pod("a", "p1", "n1", "x"));
+    kube.apply(pod("a", "p2", "n1", "y"));
+    let api: Api<Pod> = Api::all(client(&kube).await);
+    let (reader, writer) = kube::runtime::reflector::store();
+    // sendInitialEvents: the initial state as ADDED events closed by the initial-events-end
+    // bookmark, instead of a list.
+    let config = watcher::Config::default().labels("app=x").streaming_lists();
+    let mut events = kube::runtime::reflector(writer, watch_fn(api, config))
+        .default_backoff()
+        .boxed();
+    loop {
+        if let Event::InitDone = next(&mut events).await.unwrap() {
+            break;
+        }
+    }
+    let cached = |r: &kube::runtime::reflector::Store<Pod>| {
+        let mut n: Vec<String> = r.state().iter().map(|p| p.name_any()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(cached(&reader), ["p1"]);
+    kube.apply(pod("a", "p3", "n2", "x"));
+    assert!(matches!(next(&mut events).await.unwrap(), Event::Apply(_)));
+    assert_eq!(cached(&reader), ["p1", "p3"]);
+    kube.apply(pod("a", "p1", "n1", "y")); // leaves the selector
+    assert!(matches!(next(&mut events).await.unwrap(), Event::Delete(_)));
+    assert_eq!(cached(&reader), ["p3"]);
+    let reqs = kube.requests();
+    assert!(
+        reqs.iter().all(|r| r.is_watch()),
+        "no list in streaming mode"
+    );
+    assert_eq!(reqs[0].param("sendInitialEvents").as_deref(), Some("true"));
+}
+
+#[tokio::test]
+async fn status_subresource_patches_and_conflicts() {
+    use kube::api::{Patch, PatchParams};
+    let kube = FakeKube::start().await.unwrap();
+    kube.apply(json!({"kind": "Namespace", "metadata": {"name": "a"}}));
+    kube.apply(pod("a", "p", "n1", "x"));
+    let pods: Api<Pod> = Api::namespaced(client(&kube).await, "a");
+
+    // /status changes only the status; the main resource keeps the stored status.
+    let p = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}, "spec": {"nodeName": "zz"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("n1"));
+    let p = pods
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"metadata": {"labels": {"b": "1"}}, "status": {"phase": "Failed"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.labels().get("b").map(String::as_str), Some("1"));
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+
+    // Optimistic concurrency: a replace with an old resourceVersion is a 409.
+    let mut stale = p.clone();
+    pods.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"c": "1"}}})),
+    )
+    .await
+    .unwrap();
+    stale.labels_mut().insert("d".into(), "1".into());
+    let kube::Error::Api(s) = pods
+        .replace("p", &PostParams::default(), &stale)
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+    let fresh = pods.get("p").await.unwrap();
+    assert_eq!(
+        pods.replace("p", &PostParams::default(), &fresh)
+            .await
+            .unwrap()
+            .metadata
+            .uid,
+        fresh.metadata.uid
+    );
+
+    // Deleting a namespace deletes what is in it.
+    kube.delete("Namespace", None, "a").unwrap();
+    assert!(kube.get("Pod", Some("a"), "p").is_none());
+    assert!(kube.get("ServiceAccount", Some("a"), "default").is_none());
+}
