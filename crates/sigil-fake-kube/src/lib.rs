@@ -18,8 +18,16 @@
 //!   writes them.
 //!
 //! Resources served: Pods (with `status`), Nodes, Namespaces, ServiceAccounts (with `token`),
-//! TokenReviews. Nothing is persisted; there are no controllers, except that a namespace gets
-//! its `default` ServiceAccount and deleting a namespace deletes what is in it.
+//! TokenReviews, SelfSubjectReviews; discovery, `/version`, and just enough of `/openapi/v3`
+//! for kubectl to leave field validation to the server. Nothing is persisted; there are no
+//! controllers, except that a namespace gets its `default` ServiceAccount and deleting a
+//! namespace deletes what is in it.
+//!
+//! Not modelled (a client that needs them gets an error, not a silent difference): Table
+//! output (kubectl falls back to its own columns), server-side apply and JSON patch (415;
+//! merge and strategic merge patches work, the latter as a merge patch), protobuf bodies other
+//! than TokenRequest, graceful deletion (a delete removes the object at once), admission and
+//! schema validation, authorization (every authenticated caller may do anything).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
