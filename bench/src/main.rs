@@ -18,6 +18,7 @@
 
 mod attestation;
 mod authz;
+mod k8s;
 mod latency;
 mod sds;
 mod sync;
@@ -63,6 +64,7 @@ fn main() -> Result<()> {
     for (flag, rows_of) in [
         ("--only-sync", sync_rows as RowsFn),
         ("--only-fetch", fetch_rows as RowsFn),
+        ("--only-k8s", k8s_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,6 +127,8 @@ fn main() -> Result<()> {
 
     sync_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
+    k8s_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
     for c in &costs {
@@ -186,6 +190,17 @@ type RowsFn = fn(
     &mut Rows,
     &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()>;
+
+/// The Kubernetes attestation rows (`--only-k8s` runs just these).
+fn k8s_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(k8s::rows(bin_dir, quick, rows, json))
+}
 
 /// The FetchX509SVID latency rows (`--only-fetch` runs just these).
 fn fetch_rows(

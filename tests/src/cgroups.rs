@@ -41,7 +41,9 @@ impl Cgroups {
 
     /// kubelet's cgroupfs driver with CRI-O: `kubepods/besteffort/pod<uid>/crio-<id>`.
     pub fn cgroupfs_crio(&self, pod_uid: &str, container_id: &str) -> PathBuf {
-        self.dir(&format!("kubepods/besteffort/pod{pod_uid}/crio-{container_id}"))
+        self.dir(&format!(
+            "kubepods/besteffort/pod{pod_uid}/crio-{container_id}"
+        ))
     }
 }
 

@@ -102,9 +102,7 @@ async fn watch(socket: PathBuf) -> Result<i32> {
         Err(e) => return fail(tonic::Status::unavailable(format!("{e:#}"))),
     };
     let mut stream = match c
-        .fetch_x509svid(workload::request(
-            sigil_proto::workload::X509svidRequest {},
-        ))
+        .fetch_x509svid(workload::request(sigil_proto::workload::X509svidRequest {}))
         .await
     {
         Ok(s) => s.into_inner(),

@@ -8,6 +8,7 @@
 mod cli;
 mod ebpf;
 mod envoy_sds;
+mod k8s;
 mod lifecycle;
 mod python;
 mod rust_client;
