@@ -9,7 +9,7 @@ use sigil_workload_attestation::{AttestError, Caller, WorkloadAttestor};
 use tokio::task::JoinHandle;
 
 use crate::config::K8sAttestorConfig;
-use crate::selectors::{self, container_selectors, namespace_label_selectors, pod_selectors};
+use crate::selectors::{self, container_selectors, namespace_label_selectors};
 use crate::store::{Lookup, PodStore};
 
 /// The `k8s` attestor: SPIRE's selectors for callers in pods of this node.
@@ -87,8 +87,12 @@ impl K8sAttestor {
             .store
             .wait_lookup(pod_uid, container_id, self.config.pod_wait)
             .await;
-        let (pod, container) = match found {
-            Lookup::Pod { pod, container } => (pod, container),
+        let (pod, pod_sels, container) = match found {
+            Lookup::Pod {
+                pod,
+                selectors,
+                container,
+            } => (pod, selectors, container),
             Lookup::NoPod => {
                 // Not a pod of this node (or not one yet): no `k8s:` selectors, never a guess.
                 return Err(AttestError::Failed(format!(
@@ -105,7 +109,7 @@ impl K8sAttestor {
                 )));
             }
         };
-        let mut out = pod_selectors(&pod);
+        let mut out = pod_sels.to_vec();
         if !self.config.disable_container_selectors
             && let Some(c) = &container
         {
@@ -130,8 +134,7 @@ impl K8sAttestor {
                 })?;
             out.extend(namespace_label_selectors(&ns.labels));
         }
-        out.sort();
-        out.dedup();
+        // `Attestors` sorts and de-duplicates the union of every attestor's selectors.
         Ok(out)
     }
 }

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use sigil_spiffe::Selector;
+
 use crate::pod::{ContainerInfo, PodInfo};
+use crate::selectors::pod_selectors;
 
 /// What the watch reports, in kube-runtime's watcher terms.
 #[derive(Debug)]
@@ -49,6 +52,9 @@ pub struct PodStore {
 #[derive(Debug, Default)]
 struct State {
     pods: HashMap<Arc<str>, Arc<PodInfo>>,
+    /// Each pod's pod selectors, made once per pod version: attestations outnumber pod
+    /// updates by far.
+    selectors: HashMap<Arc<str>, Arc<[Selector]>>,
     /// Container id → UIDs of the pods whose statuses list it (one, unless something is wrong).
     by_container: HashMap<String, Vec<Arc<str>>>,
     relist: Option<HashMap<Arc<str>, Arc<PodInfo>>>,
@@ -67,6 +73,8 @@ pub enum Lookup {
     /// The caller's pod, and its container once a status lists the recorded container id.
     Pod {
         pod: Arc<PodInfo>,
+        /// [`pod_selectors`] of `pod`.
+        selectors: Arc<[Selector]>,
         container: Option<ContainerInfo>,
     },
     /// More than one pod lists the recorded container id, or the id is listed by a pod other
@@ -281,6 +289,8 @@ impl State {
                 uids.push(pod.uid.clone());
             }
         }
+        self.selectors
+            .insert(pod.uid.clone(), pod_selectors(&pod).into());
         self.pods.insert(pod.uid.clone(), pod);
     }
 
@@ -288,6 +298,7 @@ impl State {
         let Some(old) = self.pods.remove(uid) else {
             return;
         };
+        self.selectors.remove(uid);
         for id in old.container_ids() {
             if let Some(uids) = self.by_container.get_mut(id) {
                 uids.retain(|u| &**u != uid);
@@ -334,8 +345,15 @@ impl State {
         let container = container_id
             .and_then(|id| pod.container(id))
             .map(|(_, c)| c.clone());
+        // Inserted together with the pod, under the same lock.
+        let selectors = self
+            .selectors
+            .get(&pod.uid)
+            .cloned()
+            .unwrap_or_else(|| pod_selectors(pod).into());
         Lookup::Pod {
             pod: pod.clone(),
+            selectors,
             container,
         }
     }

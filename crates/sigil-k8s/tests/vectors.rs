@@ -89,7 +89,9 @@ async fn attest(
         .map(|s| format!("{}:{}", s.kind, s.value))
         .filter(|s| !s.starts_with("k8s:container-id:"))
         .collect();
+    // As `Attestors` does with the union of all attestors' selectors.
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
