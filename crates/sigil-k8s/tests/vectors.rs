@@ -1,4 +1,5 @@
-//! SPIRE's own `k8s` workload attestor cases (`../shared/testdata/k8s/pod-selectors`): recorded
+//! SPIRE's own `k8s` workload attestor cases (`testdata/pod-selectors`, from the shared
+//! `testdata/k8s`): recorded
 //! kubelet pod lists, the (pod UID, container id) the caller's cgroup yields, and the selectors
 //! SPIRE emits. The pod lists are fed to the store as a watch would deliver them.
 //!
@@ -20,7 +21,7 @@ use sigil_k8s::{K8sAttestor, K8sAttestorConfig, NamespaceInfo, PodInfo, PodStore
 
 fn testdata(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/testdata/k8s")
+        .join("testdata")
         .join(path)
 }
 

@@ -78,7 +78,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(name: &str) -> Self {
+    /// `tls`: the API server on HTTPS with its own CA (as in a cluster), else plain HTTP.
+    fn start(name: &str, tls: bool) -> Self {
         require_root();
         let dir = TestDir::new(name);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +87,15 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("a runtime for the fake API server");
-        let kube = rt.block_on(FakeKube::start()).expect("fake API server");
+        let kube = rt
+            .block_on(async {
+                if tls {
+                    FakeKube::start_tls().await
+                } else {
+                    FakeKube::start().await
+                }
+            })
+            .expect("fake API server");
         for sa in ["sleep", "httpbin", "late"] {
             kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
                 "metadata": {"name": sa, "namespace": "default"}}));
@@ -163,7 +172,7 @@ fn assert_denied(out: Result<Vec<String>, sigil_e2e::harness::CliOutput>, what: 
 
 #[test]
 fn pods_get_their_service_account_identities_from_the_api_server() {
-    let c = Cluster::start("k8s-flow");
+    let c = Cluster::start("k8s-flow", true);
     let sleep_uid = "5b0c2f3e-1d4a-4e6b-9c8d-7a6f5e4d3c2b";
     let httpbin_uid = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
     let sleep_cg = c.cgroups.systemd_containerd(sleep_uid, &cid("a1"));
@@ -283,7 +292,7 @@ fn pods_get_their_service_account_identities_from_the_api_server() {
 
 #[test]
 fn api_server_outage_keeps_known_pods_and_catches_up() {
-    let c = Cluster::start("k8s-outage");
+    let c = Cluster::start("k8s-outage", false);
     let a_uid = "12121212-3434-4565-8787-909090909090";
     let a_cg = c.cgroups.systemd_containerd(a_uid, &cid("f1"));
     c.kube.apply(pod("sleep", a_uid, "sleep", NODE, &cid("f1")));
