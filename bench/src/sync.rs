@@ -155,6 +155,7 @@ pub async fn fanout(
                     .attest_agent(pb::AttestAgentRequest {
                         join_token: token,
                         csr: csr(&key)?,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub datastore_path: PathBuf,
     pub key_manager: KeyManager,
     pub health_checks: Option<HealthChecks>,
+    /// `NodeAttestor "k8s_psat"`, if configured. Join tokens are always accepted (as in SPIRE,
+    /// where `join_token` is built in).
+    pub k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
 }
 
 /// Command-line overrides (spire-server's flag names).
@@ -86,6 +89,7 @@ struct Raw {
     datastore_path: Option<String>,
     key_manager: Option<RawKm>,
     health: Option<HealthChecks>,
+    k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
 }
 
 #[derive(Debug)]
@@ -234,6 +238,7 @@ impl ServerConfig {
             datastore_path,
             key_manager,
             health_checks: raw.health,
+            k8s_psat: raw.k8s_psat,
         })
     }
 }
@@ -317,10 +322,21 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
         ("KeyManager", "memory") => raw.key_manager = Some(RawKm::Memory),
         ("KeyManager", _) => return Err(plugin.unsupported(Some("disk, memory"))),
         ("NodeAttestor", "join_token") => {}
-        ("NodeAttestor", _) => return Err(plugin.unsupported(Some("join_token"))),
+        ("NodeAttestor", "k8s_psat") => {
+            // The plugin reads its own data (SPIRE's keys, strictly: unknown ones are named).
+            let psat = sigil_k8s_psat::ServerConfig::from_plugin_data(plugin.data).map_err(
+                |e| match e {
+                    sigil_k8s_psat::ConfigureError::Config(e) => e,
+                    other => invalid("NodeAttestor \"k8s_psat\"", other),
+                },
+            )?;
+            raw.k8s_psat = Some(psat);
+            return Ok(());
+        }
+        ("NodeAttestor", _) => return Err(plugin.unsupported(Some("join_token, k8s_psat"))),
         _ => {
             return Err(plugin.unsupported(Some(
-                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"",
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\"",
             )));
         }
     }
@@ -442,8 +458,8 @@ health_checks {
                 "unsupported key \"federation\" in server block",
             ),
             (
-                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n NodeAttestor \"k8s_psat\" {\n plugin_data {\n }\n }\n}",
-                "unsupported NodeAttestor plugin \"k8s_psat\"",
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n NodeAttestor \"aws_iid\" {\n plugin_data {\n }\n }\n}",
+                "unsupported NodeAttestor plugin \"aws_iid\"",
             ),
             (
                 "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n KeyManager \"aws_kms\" {\n plugin_data {\n }\n }\n}",
@@ -477,5 +493,82 @@ health_checks {
                 .to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
+    }
+
+    const PSAT_CONF: &str = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/x"
+}
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+    NodeAttestor "k8s_psat" {
+        plugin_data {
+            clusters = {
+                "demo" = {
+                    service_account_allow_list = ["spire:spire-agent"]
+                    kube_config_file = "/etc/kube/config"
+                    allowed_node_label_keys = ["zone"]
+                    allowed_pod_label_keys = []
+                    use_pod_uid_for_agent_id = false
+                }
+                "prod" = {
+                    service_account_allow_list = ["spire:spire-agent", "spire:other"]
+                    audience = ["sigil"]
+                }
+            }
+        }
+    }
+}
+"#;
+
+    #[test]
+    fn k8s_psat_alongside_join_token() {
+        let c = ServerConfig::from_hcl(PSAT_CONF, &Overrides::default()).unwrap();
+        let psat = c.k8s_psat.unwrap();
+        let demo = &psat.clusters["demo"];
+        assert_eq!(demo.service_account_allow_list, ["spire:spire-agent"]);
+        assert_eq!(demo.effective_audience(), ["spire-server"]);
+        assert_eq!(demo.kube_config_file, "/etc/kube/config");
+        assert_eq!(demo.allowed_node_label_keys, ["zone"]);
+        assert_eq!(psat.clusters["prod"].effective_audience(), ["sigil"]);
+        assert!(
+            ServerConfig::from_hcl(SPIRE_CONF, &Overrides::default())
+                .unwrap()
+                .k8s_psat
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn k8s_psat_errors_are_named() {
+        let with = |cluster: &str| {
+            format!(
+                "server {{\n trust_domain = \"a\"\n data_dir = \"/x\"\n}}\nplugins {{\n NodeAttestor \"k8s_psat\" {{\n plugin_data {{\n clusters = {{\n \"demo\" = {{\n {cluster}\n }}\n }}\n }}\n }}\n}}"
+            )
+        };
+        let err = |text: String| {
+            ServerConfig::from_hcl(&text, &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(with(
+                "service_account_allow_list = [\"a:b\"]\n audiences = [\"x\"]"
+            )),
+            r#"unsupported key "audiences" in k8s_psat cluster "demo""#
+        );
+        assert_eq!(
+            err(with("")),
+            r#"invalid value for NodeAttestor "k8s_psat": cluster "demo" configuration must have at least one service account allowed"#
+        );
+        assert_eq!(
+            err(with(
+                "service_account_allow_list = [\"a:b\"]\n use_pod_uid_for_agent_id = \"maybe\""
+            )),
+            "invalid value for use_pod_uid_for_agent_id: expected true or false"
+        );
     }
 }

@@ -7,8 +7,8 @@
 //! `watch` revision that the agent sync streams wait on: changes are pushed, never polled.
 
 use crate::entry::Entry;
-use crate::sync::{Subscription, SyncHub};
-use sigil_spiffe::{SpiffeId, TrustDomain, bundle::Bundle};
+use crate::sync::{Authorized, Subscription, SyncHub};
+use sigil_spiffe::{Selector, SpiffeId, TrustDomain, bundle::Bundle};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -50,12 +50,41 @@ pub struct AgentRecord {
     pub banned: bool,
     pub created_at: i64,
     pub last_seen: i64,
+    /// The node selectors its attestation produced (sorted, no duplicates): what node-alias
+    /// entries are matched against.
+    pub selectors: Vec<Selector>,
+    /// Whether it attests again (instead of renewing) to get a new SVID.
+    pub can_reattest: bool,
+}
+
+/// How a (re-)attestation was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attestation {
+    /// The agent is recorded with its new SVID and selectors.
+    Recorded,
+    /// The agent is banned: nothing changed.
+    Banned,
 }
 
 #[derive(Debug, Default)]
 struct Index {
     by_id: HashMap<String, Arc<Entry>>,
     by_parent: HashMap<SpiffeId, Vec<String>>,
+    /// Attested agents' node selectors (sorted), for node aliases.
+    agent_selectors: HashMap<SpiffeId, Vec<Selector>>,
+}
+
+/// `spiffe://<td>/spire/server`: entries parented to it are node aliases (SPIRE's
+/// `-node` entries).
+pub(crate) fn server_id(td: &TrustDomain) -> Option<SpiffeId> {
+    SpiffeId::from_path(td, SERVER_PATH).ok()
+}
+
+const SERVER_PATH: &str = "/spire/server";
+
+/// Whether an entry parented to `parent` is a node alias.
+pub(crate) fn is_node_alias_parent(parent: &SpiffeId) -> bool {
+    parent.path() == SERVER_PATH
 }
 
 // === impl Index ===
@@ -86,13 +115,34 @@ impl Index {
         }
     }
 
-    /// Entries an agent may hold: those parented to it, and (transitively) those parented to an
-    /// identity it holds — SPIRE's node-alias/descendant rule.
-    fn authorized(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
+    /// Entries an agent may hold: those parented to it or to a node alias it holds, and
+    /// (transitively) those parented to an identity it holds — SPIRE's node-alias/descendant
+    /// rule. A node alias is an entry parented to the server whose selectors are all among the
+    /// agent's node selectors; the alias entry itself is no SVID the agent gets.
+    fn authorized(&self, agent: &SpiffeId) -> Authorized {
         let mut out = Vec::new();
+        let mut aliases = Vec::new();
+        let server = server_id(&agent.trust_domain());
         let mut seen_ids: HashSet<&SpiffeId> = HashSet::new();
         let mut queue: VecDeque<&SpiffeId> = VecDeque::from([agent]);
         seen_ids.insert(agent);
+        if let Some(server) = &server {
+            // Alias entries are only ever reached as aliases, never as children of an entry
+            // that happens to name the server.
+            seen_ids.insert(server);
+            let selectors = self.agent_selectors.get(agent);
+            for id in self.by_parent.get(server).into_iter().flatten() {
+                let Some(e) = self.by_id.get(id) else {
+                    continue;
+                };
+                let holds = selectors
+                    .is_some_and(|own| e.selectors.iter().all(|s| own.binary_search(s).is_ok()));
+                if holds && seen_ids.insert(&e.spiffe_id) {
+                    aliases.push(e.spiffe_id.clone());
+                    queue.push_back(&e.spiffe_id);
+                }
+            }
+        }
         while let Some(parent) = queue.pop_front() {
             for id in self.by_parent.get(parent).into_iter().flatten() {
                 if let Some(e) = self.by_id.get(id) {
@@ -103,7 +153,10 @@ impl Index {
                 }
             }
         }
-        out
+        Authorized {
+            entries: out,
+            aliases,
+        }
     }
 }
 
@@ -207,6 +260,17 @@ impl DataStore {
         for r in &rows {
             index.insert(Arc::new(entry_from_row(r)?));
         }
+        for r in &sqlx::query("SELECT spiffe_id, selectors FROM agents")
+            .fetch_all(&pool)
+            .await?
+        {
+            let id: String = r.try_get("spiffe_id")?;
+            let id: SpiffeId = id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("agent id: {e}")))?;
+            let selectors = parse_list(&r.try_get::<String, _>("selectors")?, "agent selectors")?;
+            index.agent_selectors.insert(id, selectors);
+        }
         let (tx, _) = watch::channel(0);
         Ok(Self {
             pool,
@@ -239,9 +303,9 @@ impl DataStore {
     /// registration: every later write reaches the stream as a delta.
     pub fn subscribe_sync(&self, agent: &SpiffeId) -> (Subscription, Vec<Arc<Entry>>) {
         let idx = self.index_read();
-        let entries = idx.authorized(agent);
-        let sub = self.hub.subscribe(agent, &entries);
-        (sub, entries)
+        let authorized = idx.authorized(agent);
+        let sub = self.hub.subscribe(agent, &authorized);
+        (sub, authorized.entries)
     }
 
     /// The sync fan-out (for metrics and tests).
@@ -250,10 +314,16 @@ impl DataStore {
     }
 
     /// Tells the sync streams concerned about entries with these parents (index write lock
-    /// held, so in commit order).
+    /// held, so in commit order). A node-alias entry may concern any agent (whichever node
+    /// selectors match it, before or after the change): every stream is recomputed then, which
+    /// is fine for entries that are few and rarely change.
     fn entries_changed(&self, idx: &Index, parents: &[&SpiffeId]) {
-        self.hub
-            .entries_changed(parents, |agent| idx.authorized(agent));
+        let authorized = |agent: &SpiffeId| idx.authorized(agent);
+        if parents.iter().any(|p| is_node_alias_parent(p)) {
+            self.hub.all_changed(authorized);
+        } else {
+            self.hub.entries_changed(parents, authorized);
+        }
     }
 
     fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -460,7 +530,12 @@ impl DataStore {
 
     /// Entries the agent may obtain SVIDs for.
     pub fn authorized_entries(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
-        self.index_read().authorized(agent)
+        self.index_read().authorized(agent).entries
+    }
+
+    /// The node aliases (SPIFFE IDs of entries parented to the server) the agent holds.
+    pub fn node_aliases(&self, agent: &SpiffeId) -> Vec<SpiffeId> {
+        self.index_read().authorized(agent).aliases
     }
 
     // --- join tokens ---
@@ -511,6 +586,50 @@ impl DataStore {
         Ok(())
     }
 
+    /// Records a node attestation: a new agent, or an attested one again (k8s_psat after a
+    /// restart, an expired SVID, or to renew), which replaces its SVID serial (the previous
+    /// SVID is refused from now on, as in SPIRE), expiry, selectors and re-attestability and
+    /// keeps its creation time. A banned agent stays banned and unchanged. The agent's sync
+    /// streams get whatever its new selectors change (node aliases gained or lost).
+    pub async fn record_attestation(&self, a: &AgentRecord) -> Result<Attestation, StoreError> {
+        // Sorted and de-duplicated, as SPIRE stores node selectors.
+        let mut selectors = a.selectors.clone();
+        selectors.sort();
+        selectors.dedup();
+        let _w = self.write.lock().await;
+        let r = sqlx::query(
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, \
+             created_at, last_seen, selectors, can_reattest) VALUES (?,?,?,'',?,0,?,?,?,?) \
+             ON CONFLICT(spiffe_id) DO UPDATE SET attestation_type=excluded.attestation_type, \
+             serial=excluded.serial, new_serial='', expires_at=excluded.expires_at, \
+             last_seen=excluded.last_seen, selectors=excluded.selectors, \
+             can_reattest=excluded.can_reattest WHERE agents.banned = 0",
+        )
+        .bind(a.spiffe_id.as_str())
+        .bind(&a.attestation_type)
+        .bind(&a.serial)
+        .bind(a.expires_at)
+        .bind(a.created_at)
+        .bind(a.last_seen)
+        .bind(json_list(&selectors))
+        .bind(a.can_reattest as i64)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(Attestation::Banned);
+        }
+        let mut idx = self.index_write();
+        let changed = idx.agent_selectors.get(&a.spiffe_id) != Some(&selectors);
+        idx.agent_selectors.insert(a.spiffe_id.clone(), selectors);
+        if changed {
+            self.hub
+                .agent_changed(&a.spiffe_id, |agent| idx.authorized(agent));
+        }
+        drop(idx);
+        self.notify();
+        Ok(Attestation::Recorded)
+    }
+
     fn agent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreError> {
         let id: String = r.try_get("spiffe_id")?;
         Ok(AgentRecord {
@@ -524,6 +643,8 @@ impl DataStore {
             banned: r.try_get::<i64, _>("banned")? != 0,
             created_at: r.try_get("created_at")?,
             last_seen: r.try_get("last_seen")?,
+            selectors: parse_list(&r.try_get::<String, _>("selectors")?, "agent selectors")?,
+            can_reattest: r.try_get::<i64, _>("can_reattest")? != 0,
         })
     }
 
@@ -561,13 +682,15 @@ impl DataStore {
         rows.iter().map(Self::agent_from_row).collect()
     }
 
-    /// Removes an agent: it must attest again (with a new join token).
+    /// Removes an agent and its node selectors: it must attest again (with a new join token,
+    /// or its attestor's fresh evidence).
     pub async fn evict_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         let _w = self.write.lock().await;
         let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = ?")
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        self.index_write().agent_selectors.remove(id);
         self.hub.agent_removed(id, "was evicted");
         self.notify();
         Ok(r.rows_affected() == 1)
@@ -731,5 +854,173 @@ mod tests {
         assert!(!ds.consume_join_token("tok", 50).await.unwrap());
         ds.create_join_token("old", 10).await.unwrap();
         assert!(!ds.consume_join_token("old", 50).await.unwrap());
+    }
+
+    fn psat_agent(id: &str, selectors: &[&str]) -> AgentRecord {
+        AgentRecord {
+            spiffe_id: id.parse().unwrap(),
+            attestation_type: "k8s_psat".into(),
+            serial: "01".into(),
+            new_serial: String::new(),
+            expires_at: 100,
+            banned: false,
+            created_at: 1,
+            last_seen: 1,
+            selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
+            can_reattest: true,
+        }
+    }
+
+    fn ids(entries: &[Arc<Entry>]) -> Vec<String> {
+        let mut v: Vec<String> = entries.iter().map(|e| e.spiffe_id.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// A node alias (an entry parented to the server) is held by every agent whose node
+    /// selectors include all of its selectors: entries parented to the alias are authorized for
+    /// those agents and reach their sync streams, and for no other agent; re-attesting with
+    /// other selectors gains or loses the alias.
+    #[tokio::test]
+    async fn node_aliases_follow_agent_selectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite3");
+        let ds = DataStore::open(&path).await.unwrap();
+        let a: SpiffeId = "spiffe://td/spire/agent/k8s_psat/demo/node-a"
+            .parse()
+            .unwrap();
+        let b: SpiffeId = "spiffe://td/spire/agent/k8s_psat/other/node-b"
+            .parse()
+            .unwrap();
+        let demo = ["k8s_psat:cluster:demo", "k8s_psat:agent_ns:spire"];
+        assert_eq!(
+            ds.record_attestation(&psat_agent(a.as_str(), &demo))
+                .await
+                .unwrap(),
+            Attestation::Recorded
+        );
+        ds.record_attestation(&psat_agent(b.as_str(), &["k8s_psat:cluster:other"]))
+            .await
+            .unwrap();
+        let (sub_a, _) = ds.subscribe_sync(&a);
+        let (sub_b, _) = ds.subscribe_sync(&b);
+
+        let alias = "spiffe://td/k8s-cluster/demo";
+        let created = ds
+            .create_entries(vec![
+                entry(alias, "spiffe://td/spire/server", "k8s_psat:cluster:demo"),
+                // Needs a selector agent A does not have: not an alias of A.
+                Entry {
+                    selectors: vec![
+                        "k8s_psat:cluster:demo".parse().unwrap(),
+                        "k8s_psat:agent_ns:kube-system".parse().unwrap(),
+                    ],
+                    ..entry(
+                        "spiffe://td/k8s-cluster/demo-system",
+                        "spiffe://td/spire/server",
+                        "x:y",
+                    )
+                },
+            ])
+            .await;
+        let alias_id = created[0].as_ref().unwrap().id.clone();
+        // The alias alone changes no entry set (the alias entry is no SVID of the agent's).
+        assert!(sub_a.take().is_empty());
+        ds.create_entries(vec![
+            entry("spiffe://td/w", alias, "unix:uid:1"),
+            entry(
+                "spiffe://td/w-system",
+                "spiffe://td/k8s-cluster/demo-system",
+                "unix:uid:2",
+            ),
+        ])
+        .await;
+        assert_eq!(ids(&ds.authorized_entries(&a)), ["spiffe://td/w"]);
+        assert_eq!(ds.node_aliases(&a), [alias.parse::<SpiffeId>().unwrap()]);
+        assert!(ds.authorized_entries(&b).is_empty());
+        let pending = sub_a.take();
+        assert_eq!(pending.upserts.len(), 1, "{pending:?}");
+        assert!(sub_b.take().is_empty());
+
+        // B re-attests into the demo cluster: it gains the alias, A keeps it.
+        ds.record_attestation(&psat_agent(b.as_str(), &demo))
+            .await
+            .unwrap();
+        assert_eq!(ids(&ds.authorized_entries(&b)), ["spiffe://td/w"]);
+        assert_eq!(sub_b.take().upserts.len(), 1);
+        assert!(sub_a.take().is_empty());
+        // A re-attests elsewhere: it loses it.
+        ds.record_attestation(&psat_agent(a.as_str(), &["k8s_psat:cluster:other"]))
+            .await
+            .unwrap();
+        assert!(ds.authorized_entries(&a).is_empty());
+        assert_eq!(sub_a.take().deletes.len(), 1);
+
+        // Persisted: a restart knows B's selectors.
+        drop((sub_a, sub_b));
+        let ds = DataStore::open(&path).await.unwrap();
+        assert_eq!(ids(&ds.authorized_entries(&b)), ["spiffe://td/w"]);
+        let rec = ds.get_agent(&b).await.unwrap().unwrap();
+        let mut want: Vec<Selector> = demo.iter().map(|s| s.parse().unwrap()).collect();
+        want.sort();
+        assert_eq!(rec.selectors, want, "stored sorted");
+        assert!(rec.can_reattest);
+
+        // Deleting the alias reaches B's stream.
+        let (sub_b, _) = ds.subscribe_sync(&b);
+        ds.delete_entries(&[alias_id]).await;
+        assert!(ds.authorized_entries(&b).is_empty());
+        assert_eq!(sub_b.take().deletes.len(), 1);
+
+        // Evicted: no selectors, no alias.
+        ds.record_attestation(&psat_agent(a.as_str(), &demo))
+            .await
+            .unwrap();
+        ds.create_entries(vec![entry(
+            alias,
+            "spiffe://td/spire/server",
+            "k8s_psat:cluster:demo",
+        )])
+        .await;
+        assert_eq!(ids(&ds.authorized_entries(&a)), ["spiffe://td/w"]);
+        ds.evict_agent(&a).await.unwrap();
+        assert!(ds.authorized_entries(&a).is_empty());
+    }
+
+    /// A banned agent's attestation changes nothing; re-attesting replaces the serial (the
+    /// previous SVID is no longer current) and keeps the creation time.
+    #[tokio::test]
+    async fn reattestation_replaces_the_serial_unless_banned() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = DataStore::open(&dir.path().join("ds")).await.unwrap();
+        let id = "spiffe://td/spire/agent/k8s_psat/demo/n";
+        ds.record_attestation(&psat_agent(id, &["k8s_psat:cluster:demo"]))
+            .await
+            .unwrap();
+        let again = AgentRecord {
+            serial: "02".into(),
+            created_at: 50,
+            last_seen: 50,
+            ..psat_agent(id, &["k8s_psat:cluster:demo", "k8s_psat:agent_ns:x"])
+        };
+        ds.record_attestation(&again).await.unwrap();
+        let rec = ds.get_agent(&again.spiffe_id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.created_at, rec.last_seen),
+            ("02", 1, 50)
+        );
+        assert_eq!(rec.selectors.len(), 2);
+        ds.ban_agent(&again.spiffe_id).await.unwrap();
+        let third = AgentRecord {
+            serial: "03".into(),
+            ..again.clone()
+        };
+        assert_eq!(
+            ds.record_attestation(&third).await.unwrap(),
+            Attestation::Banned
+        );
+        let rec = ds.get_agent(&again.spiffe_id).await.unwrap().unwrap();
+        assert_eq!(rec.serial, "02");
+        assert!(rec.banned);
     }
 }

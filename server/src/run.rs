@@ -101,6 +101,10 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         ca: ca.clone(),
         ds: ds.clone(),
     };
+    let node_api = NodeApi::new(shared.clone()).context("configuring NodeAttestor \"k8s_psat\"")?;
+    if let Some(psat) = &node_api.psat {
+        tracing::info!(clusters = ?psat.clusters(), "k8s_psat node attestation enabled");
+    }
 
     let admin_listener = bind_admin_socket(&cfg.socket_path)?;
     let tcp = tokio::net::TcpListener::bind((cfg.bind_address, cfg.bind_port))
@@ -198,9 +202,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 
     let node = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(sigil_proto::agent::node_server::NodeServer::new(NodeApi {
-            shared: shared.clone(),
-        }))
+        .add_service(sigil_proto::agent::node_server::NodeServer::new(node_api))
         .serve_with_incoming_shutdown(
             crate::tls::incoming(tcp, acceptor, crate::tls::MAX_CONCURRENT_HANDSHAKES),
             stop(stop_rx.clone()),

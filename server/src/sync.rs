@@ -1,8 +1,9 @@
 //! Who must hear about a write: the per-agent fan-out behind `SyncEntries`.
 //!
 //! Each open stream is a subscriber holding what its agent was last sent (entry id → entry) and
-//! the identities it *reaches*: its own agent ID and the SPIFFE IDs of the entries it holds (an
-//! entry parented to any of them belongs to the agent: SPIRE's parent/alias rule). An index
+//! the identities it *reaches*: its own agent ID, the node aliases it holds and the SPIFFE IDs
+//! of the entries it holds (an entry parented to any of them belongs to the agent: SPIRE's
+//! parent/alias rule). An index
 //! from identity to subscribers answers "which agents does a write to an entry parented to P
 //! concern?" without looking at the others, so a pod created on one node costs one node's
 //! stream a delta and every other stream nothing.
@@ -31,6 +32,15 @@ pub struct Pending {
     pub bundle: bool,
     /// The agent was evicted or banned: end the stream with this message.
     pub closed: Option<String>,
+}
+
+/// What an agent holds, as the datastore's index computes it: the entries it may obtain SVIDs
+/// for, and the node aliases it holds (identities entries can be parented to without being
+/// among its entries themselves).
+#[derive(Debug, Default)]
+pub(crate) struct Authorized {
+    pub entries: Vec<Arc<Entry>>,
+    pub aliases: Vec<SpiffeId>,
 }
 
 /// The fan-out; one per datastore.
@@ -80,16 +90,23 @@ impl SyncHub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stream for `agent` whose current authorized set is `entries` (read from the
-    /// index under its lock, which the caller still holds).
-    pub fn subscribe(self: &Arc<Self>, agent: &SpiffeId, entries: &[Arc<Entry>]) -> Subscription {
+    /// Registers a stream for `agent` whose current authorized set is `authorized` (read from
+    /// the index under its lock, which the caller still holds).
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        agent: &SpiffeId,
+        authorized: &Authorized,
+    ) -> Subscription {
         let notify = Arc::new(Notify::new());
         let mut st = self.lock();
         let id = st.next_id;
         st.next_id += 1;
-        let known: HashMap<String, Arc<Entry>> =
-            entries.iter().map(|e| (e.id.clone(), e.clone())).collect();
-        let reach = reach_of(agent, entries);
+        let known: HashMap<String, Arc<Entry>> = authorized
+            .entries
+            .iter()
+            .map(|e| (e.id.clone(), e.clone()))
+            .collect();
+        let reach = reach_of(agent, authorized);
         for identity in &reach {
             st.holders.entry(identity.clone()).or_default().insert(id);
         }
@@ -122,10 +139,10 @@ impl SyncHub {
     /// Entries parented to any of `parents` were created, changed or deleted: recompute the
     /// sets of the agents reaching those parents (with `authorized`, the index's rule) and
     /// queue what changed for them.
-    pub fn entries_changed(
+    pub(crate) fn entries_changed(
         &self,
         parents: &[&SpiffeId],
-        authorized: impl Fn(&SpiffeId) -> Vec<Arc<Entry>>,
+        authorized: impl Fn(&SpiffeId) -> Authorized,
     ) {
         let mut st = self.lock();
         let affected: HashSet<u64> = parents
@@ -134,41 +151,30 @@ impl SyncHub {
             .flatten()
             .copied()
             .collect();
-        for id in affected {
-            let Some(sub) = st.subs.get_mut(&id) else {
-                continue;
-            };
-            let now = authorized(&sub.agent);
-            let mut changed = false;
-            let mut current: HashMap<String, Arc<Entry>> = HashMap::with_capacity(now.len());
-            for e in &now {
-                let same = sub.known.get(&e.id).is_some_and(|old| Arc::ptr_eq(old, e));
-                if !same {
-                    sub.pending.deletes.remove(&e.id);
-                    sub.pending.upserts.insert(e.id.clone(), e.clone());
-                    changed = true;
-                }
-                current.insert(e.id.clone(), e.clone());
-            }
-            for gone in sub.known.keys().filter(|k| !current.contains_key(*k)) {
-                sub.pending.upserts.remove(gone);
-                sub.pending.deletes.insert(gone.clone());
-                changed = true;
-            }
-            if !changed {
-                continue;
-            }
-            sub.known = current;
-            let reach = reach_of(&sub.agent, &now);
-            let old_reach = std::mem::replace(&mut sub.reach, reach.clone());
-            sub.notify.notify_one();
-            for identity in old_reach.difference(&reach) {
-                unhold(&mut st.holders, identity, id);
-            }
-            for identity in reach {
-                st.holders.entry(identity).or_default().insert(id);
-            }
-        }
+        recompute(&mut st, affected, authorized);
+    }
+
+    /// A change any agent may be concerned by (a node-alias entry): recompute every stream.
+    pub(crate) fn all_changed(&self, authorized: impl Fn(&SpiffeId) -> Authorized) {
+        let mut st = self.lock();
+        let all: HashSet<u64> = st.subs.keys().copied().collect();
+        recompute(&mut st, all, authorized);
+    }
+
+    /// The agent's node selectors changed (it attested again): recompute its streams.
+    pub(crate) fn agent_changed(
+        &self,
+        agent: &SpiffeId,
+        authorized: impl Fn(&SpiffeId) -> Authorized,
+    ) {
+        let mut st = self.lock();
+        let own: HashSet<u64> = st
+            .subs
+            .iter()
+            .filter(|(_, s)| &s.agent == agent)
+            .map(|(id, _)| *id)
+            .collect();
+        recompute(&mut st, own, authorized);
     }
 
     /// A bundle changed: every stream sends the bundles again.
@@ -195,9 +201,53 @@ impl SyncHub {
     }
 }
 
-fn reach_of(agent: &SpiffeId, entries: &[Arc<Entry>]) -> HashSet<SpiffeId> {
+/// Recomputes the sets of the subscribers `ids` and queues what changed for them.
+fn recompute(st: &mut HubState, ids: HashSet<u64>, authorized: impl Fn(&SpiffeId) -> Authorized) {
+    for id in ids {
+        let Some(sub) = st.subs.get_mut(&id) else {
+            continue;
+        };
+        let now = authorized(&sub.agent);
+        let mut changed = false;
+        let mut current: HashMap<String, Arc<Entry>> = HashMap::with_capacity(now.entries.len());
+        for e in &now.entries {
+            let same = sub.known.get(&e.id).is_some_and(|old| Arc::ptr_eq(old, e));
+            if !same {
+                sub.pending.deletes.remove(&e.id);
+                sub.pending.upserts.insert(e.id.clone(), e.clone());
+                changed = true;
+            }
+            current.insert(e.id.clone(), e.clone());
+        }
+        for gone in sub.known.keys().filter(|k| !current.contains_key(*k)) {
+            sub.pending.upserts.remove(gone);
+            sub.pending.deletes.insert(gone.clone());
+            changed = true;
+        }
+        let reach = reach_of(&sub.agent, &now);
+        // A new alias with nothing under it yet changes no entry, but must be reached from
+        // now on, so later entries parented to it find this stream.
+        if !changed && reach == sub.reach {
+            continue;
+        }
+        sub.known = current;
+        let old_reach = std::mem::replace(&mut sub.reach, reach.clone());
+        if changed {
+            sub.notify.notify_one();
+        }
+        for identity in old_reach.difference(&reach) {
+            unhold(&mut st.holders, identity, id);
+        }
+        for identity in reach {
+            st.holders.entry(identity).or_default().insert(id);
+        }
+    }
+}
+
+fn reach_of(agent: &SpiffeId, authorized: &Authorized) -> HashSet<SpiffeId> {
     std::iter::once(agent.clone())
-        .chain(entries.iter().map(|e| e.spiffe_id.clone()))
+        .chain(authorized.aliases.iter().cloned())
+        .chain(authorized.entries.iter().map(|e| e.spiffe_id.clone()))
         .collect()
 }
 

@@ -144,7 +144,7 @@ fn unsupported_configuration_is_a_clear_startup_error() {
     let conf = dir.path().join("server.conf");
     std::fs::write(
         &conf,
-        "server {\n trust_domain = \"example.org\"\n data_dir = \"/tmp/x\"\n}\nplugins {\n NodeAttestor \"k8s_psat\" {\n plugin_data {\n }\n }\n}\n",
+        "server {\n trust_domain = \"example.org\"\n data_dir = \"/tmp/x\"\n}\nplugins {\n NodeAttestor \"aws_iid\" {\n plugin_data {\n }\n }\n}\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sigil-server"))
@@ -156,7 +156,7 @@ fn unsupported_configuration_is_a_clear_startup_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("unsupported NodeAttestor plugin \"k8s_psat\""),
+        err.contains("unsupported NodeAttestor plugin \"aws_iid\""),
         "{err}"
     );
 

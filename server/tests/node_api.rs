@@ -152,6 +152,7 @@ async fn attest(
         .attest_agent(pb::AttestAgentRequest {
             join_token: token.into(),
             csr: csr(key),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -219,6 +220,7 @@ async fn attestation_authorization_and_eviction() {
         .attest_agent(pb::AttestAgentRequest {
             join_token: tok2.clone(),
             csr: b"nope".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

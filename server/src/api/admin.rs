@@ -568,5 +568,14 @@ fn agent_proto(a: &crate::datastore::AgentRecord) -> pb::Agent {
         banned: a.banned,
         created_at: a.created_at,
         last_seen: a.last_seen,
+        selectors: a
+            .selectors
+            .iter()
+            .map(|s| types::Selector {
+                r#type: s.kind.clone(),
+                value: s.value.clone(),
+            })
+            .collect(),
+        can_reattest: a.can_reattest,
     }
 }

@@ -96,6 +96,7 @@ mod tests {
                 ca: Arc::new(ca),
                 ds: ds.clone(),
             },
+            psat: None,
         };
         (api, ds)
     }
@@ -134,6 +135,7 @@ mod tests {
             .attest_agent(tonic::Request::new(pb::AttestAgentRequest {
                 join_token: "tok".into(),
                 csr: csr(),
+                ..Default::default()
             }))
             .await
             .unwrap()

@@ -1,18 +1,20 @@
 //! The agent API (`sigil.agent.v1.Node`), served over TLS.
 //!
-//! `AttestAgent` takes a join token; every other call requires the caller's verified agent SVID
-//! and an agent record that is neither evicted nor banned. Agents may only obtain SVIDs for the
-//! entries they are authorized for (parented to them, directly or through node aliases).
+//! `AttestAgent` takes a join token or a `k8s_psat` payload; every other call requires the
+//! caller's verified agent SVID and an agent record that is neither evicted nor banned. Agents
+//! may only obtain SVIDs for the entries they are authorized for (parented to them, directly or
+//! through node aliases).
 
 use super::{Shared, entry_status};
-use crate::datastore::AgentRecord;
+use crate::datastore::{AgentRecord, Attestation};
 use crate::tls::PeerIdentity;
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_server::Node;
 use sigil_proto::types;
-use sigil_spiffe::SpiffeId;
+use sigil_spiffe::{Selector, SpiffeId};
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -27,6 +29,16 @@ pub const MAX_CSRS_PER_CALL: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     pub shared: Shared,
+    /// `NodeAttestor "k8s_psat"`, if configured.
+    pub psat: Option<Arc<sigil_k8s_psat::Attestor>>,
+}
+
+/// What a node attestor says about the agent.
+struct AttestedNode {
+    id: SpiffeId,
+    attestation_type: &'static str,
+    selectors: Vec<Selector>,
+    can_reattest: bool,
 }
 
 pub(crate) fn bundle_to_proto(b: &sigil_spiffe::bundle::Bundle) -> types::Bundle {
@@ -50,6 +62,74 @@ pub(crate) fn bundle_to_proto(b: &sigil_spiffe::bundle::Bundle) -> types::Bundle
 // === impl NodeApi ===
 
 impl NodeApi {
+    /// The service with the node attestors the configuration names (join tokens always).
+    pub fn new(shared: Shared) -> Result<Self, sigil_k8s_psat::ConfigureError> {
+        let psat = shared
+            .cfg
+            .k8s_psat
+            .clone()
+            .map(|c| sigil_k8s_psat::Attestor::configure(Some(shared.cfg.trust_domain.clone()), c))
+            .transpose()?
+            .map(Arc::new);
+        Ok(Self { shared, psat })
+    }
+
+    /// Join-token attestation: the token is consumed (single use) and names the agent.
+    async fn attest_join_token(&self, token: &str) -> Result<AttestedNode, Status> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Status::invalid_argument("join_token is required"));
+        }
+        let id = SpiffeId::from_path(
+            self.shared.ca.trust_domain(),
+            &format!("/spire/agent/join_token/{token}"),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
+        let valid = self
+            .shared
+            .ds
+            .consume_join_token(token, crate::now_unix())
+            .await
+            .map_err(|e| super::internal("consuming the join token", &e))?;
+        if !valid {
+            tracing::warn!(agent = %id, "attestation refused: join token unknown, expired or already used");
+            return Err(Status::permission_denied(
+                "failed to attest: join token does not exist or has already been used",
+            ));
+        }
+        Ok(AttestedNode {
+            id,
+            attestation_type: "join_token",
+            selectors: Vec::new(),
+            can_reattest: false,
+        })
+    }
+
+    /// k8s_psat attestation: the cluster's API server vouches for the token (see
+    /// `sigil_k8s_psat`). Refusals carry SPIRE's code and reason; the token is never logged.
+    async fn attest_psat(&self, payload: &[u8]) -> Result<AttestedNode, Status> {
+        let psat = self.psat.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "error getting node attestor: could not find node attestor type \"k8s_psat\"",
+            )
+        })?;
+        let attested = psat.attest(payload).await.map_err(|e| {
+            tracing::warn!(attestor = sigil_k8s_psat::PLUGIN_NAME, reason = %e, "attestation refused");
+            let code = match e.code() {
+                sigil_k8s_psat::Code::InvalidArgument => tonic::Code::InvalidArgument,
+                sigil_k8s_psat::Code::PermissionDenied => tonic::Code::PermissionDenied,
+                sigil_k8s_psat::Code::Internal => tonic::Code::Internal,
+                sigil_k8s_psat::Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+            };
+            Status::new(code, e.to_string())
+        })?;
+        Ok(AttestedNode {
+            id: attested.agent_id,
+            attestation_type: sigil_k8s_psat::PLUGIN_NAME,
+            selectors: attested.selectors,
+            can_reattest: attested.can_reattest,
+        })
+    }
     /// The caller's agent ID, checked against the agent records: the agent must be attested,
     /// not banned, and present the agent SVID it was last issued. A renewed SVID becomes the
     /// only one accepted the first time the agent presents it; until then the previous one
@@ -213,46 +293,65 @@ impl Node for NodeApi {
         req: Request<pb::AttestAgentRequest>,
     ) -> Result<Response<pb::AttestAgentResponse>, Status> {
         let req = req.into_inner();
-        let token = req.join_token.trim();
-        if token.is_empty() {
-            return Err(Status::invalid_argument("join_token is required"));
-        }
-        // Verify the CSR before burning the token, so a malformed request does not waste it.
+        // Verify the CSR before anything else, so a malformed request neither burns a join
+        // token nor costs the API server a TokenReview.
         let pk = csr_public_key(req.csr.clone()).await?;
-        let id = SpiffeId::from_path(
-            self.shared.ca.trust_domain(),
-            &format!("/spire/agent/join_token/{token}"),
-        )
-        .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
-        let now = crate::now_unix();
-        let valid = self
-            .shared
-            .ds
-            .consume_join_token(token, now)
-            .await
-            .map_err(|e| super::internal("consuming the join token", &e))?;
-        if !valid {
-            tracing::warn!(agent = %id, "attestation refused: join token unknown, expired or already used");
-            return Err(Status::permission_denied(
-                "failed to attest: join token does not exist or has already been used",
+        let node = match req.attestation_type.as_str() {
+            "" | "join_token" => self.attest_join_token(&req.join_token).await?,
+            sigil_k8s_psat::PLUGIN_NAME => self.attest_psat(&req.payload).await?,
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "error getting node attestor: could not find node attestor type {other:?}"
+                )));
+            }
+        };
+        let id = node.id;
+        if crate::datastore::is_node_alias_parent(&id) {
+            return Err(Status::internal(
+                "agent ID cannot collide with the server ID",
             ));
         }
-        let svid = self.sign_agent_svid(&id, pk).await?;
-        self.shared
+        // Checked before signing, as SPIRE does; `record_attestation` checks again atomically.
+        let banned = || {
+            tracing::warn!(agent = %id, "attestation refused: agent is banned");
+            Status::permission_denied("failed to attest: agent is banned")
+        };
+        let existing = self
+            .shared
             .ds
-            .upsert_agent(&AgentRecord {
+            .get_agent(&id)
+            .await
+            .map_err(|e| super::internal("reading the agent record", &e))?;
+        if existing.as_ref().is_some_and(|a| a.banned) {
+            return Err(banned());
+        }
+        let svid = self.sign_agent_svid(&id, pk).await?;
+        let now = crate::now_unix();
+        let recorded = self
+            .shared
+            .ds
+            .record_attestation(&AgentRecord {
                 spiffe_id: id.clone(),
-                attestation_type: "join_token".into(),
+                attestation_type: node.attestation_type.into(),
                 serial: svid.serial_hex.clone(),
                 new_serial: String::new(),
                 expires_at: svid.expires_at,
                 banned: false,
                 created_at: now,
                 last_seen: now,
+                selectors: node.selectors,
+                can_reattest: node.can_reattest,
             })
             .await
             .map_err(|e| super::internal("recording the agent", &e))?;
-        tracing::info!(agent = %id, "agent attested");
+        if recorded == Attestation::Banned {
+            return Err(banned());
+        }
+        if existing.is_some() {
+            tracing::info!(agent = %id, attestor = node.attestation_type, "agent re-attested");
+        } else {
+            tracing::info!(agent = %id, attestor = node.attestation_type, "agent attested");
+        }
         Ok(Response::new(pb::AttestAgentResponse {
             svid: Some(svid_proto(&id, &svid)),
             bundle: Some(bundle_to_proto(&self.shared.ca.bundle())),
@@ -264,6 +363,13 @@ impl Node for NodeApi {
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let rec = self.authenticate(&req).await?;
+        // SPIRE's rule: an agent that can attest again renews that way, with fresh evidence,
+        // so its selectors stay current.
+        if rec.can_reattest {
+            return Err(Status::permission_denied(
+                "agent must reattest instead of renew",
+            ));
+        }
         let id = rec.spiffe_id.clone();
         let pk = csr_public_key(req.into_inner().csr).await?;
         let svid = self.sign_agent_svid(&id, pk).await?;

@@ -53,10 +53,15 @@ pub(super) async fn agent_show(socket: &str, p: &Parsed, out: Out) -> Result<i32
         .await?
         .into_inner();
     out.print(agent_json(&a), || {
-        format!(
+        // As spire-server: the agent's lines, a blank line, then its selectors.
+        let mut text = format!(
             "Found an attested agent given its SPIFFE ID\n\n{}",
             agent_text(&a)
-        )
+        );
+        for s in &a.selectors {
+            text.push_str(&format!("\nSelectors         : {}:{}", s.r#type, s.value));
+        }
+        text
     });
     Ok(0)
 }
@@ -88,13 +93,15 @@ fn agent_id_flag(p: &Parsed) -> Result<String> {
     Ok(id.to_string())
 }
 
+/// Go's default formatting of a `time.Time` in UTC (`2018-01-10 19:37:24 +0000 UTC`), as
+/// spire-server prints expiration times; a time `time` cannot represent prints as seconds.
 fn fmt_time(unix: i64) -> String {
+    const GO_UTC: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC"
+    );
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(GO_UTC).ok())
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -104,18 +111,29 @@ fn agent_json(a: &pb::Agent) -> Value {
         "attestation_type": a.attestation_type,
         "x509svid_serial_number": a.x509_svid_serial_number,
         "x509svid_expires_at": a.x509_svid_expires_at,
+        "selectors": a.selectors.iter().map(|s| json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
         "banned": a.banned,
-        "can_reattest": false,
+        "can_reattest": a.can_reattest,
     })
 }
 
+/// spire-server's lines for one agent: a banned agent shows `Banned` where the others show
+/// their serial number.
 fn agent_text(a: &pb::Agent) -> String {
-    format!(
-        "SPIFFE ID         : {}\nAttestation type  : {}\nExpiration time   : {}\nSerial number     : {}\nCan re-attest     : false\nBanned            : {}\n",
+    let mut s = format!(
+        "SPIFFE ID         : {}\nAttestation type  : {}\nExpiration time   : {}\n",
         a.spiffe_id,
         a.attestation_type,
         fmt_time(a.x509_svid_expires_at),
-        a.x509_svid_serial_number,
-        a.banned
-    )
+    );
+    if a.banned {
+        s.push_str("Banned            : true\n");
+    } else {
+        s.push_str(&format!(
+            "Serial number     : {}\n",
+            a.x509_svid_serial_number
+        ));
+    }
+    s.push_str(&format!("Can re-attest     : {}\n", a.can_reattest));
+    s
 }

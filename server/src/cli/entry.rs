@@ -28,7 +28,10 @@ pub(super) fn flags(cmd: &str) -> Option<FlagSet> {
             .value("data", "Path to a file containing registration JSON (optional). If set to '-', read the JSON from stdin.")
     };
     Some(match cmd {
-        "entry create" => socket_flag(entry_fields(FlagSet::new())),
+        "entry create" => socket_flag(entry_fields(FlagSet::new()).bool(
+            "node",
+            "If set, this entry will be applied to matching nodes rather than workloads",
+        )),
         "entry update" => socket_flag(entry_fields(FlagSet::new())),
         "entry show" => socket_flag(FlagSet::new())
             .value("entryID", "The Entry ID of the records to show")
@@ -98,13 +101,46 @@ fn ttl_flag(p: &Parsed, name: &str) -> Result<i32> {
     Ok(v)
 }
 
+/// `-node` (entry create only): a node-alias entry, parented to the server
+/// (`spiffe://<td>/spire/server`, in the trust domain of `-spiffeID`), that every agent whose
+/// node selectors include all of the entry's holds. As spire-server, `-node` wins over a
+/// `-parentID` and refuses `-federatesWith`.
+fn node_alias_flags(p: &Parsed) -> Result<Option<String>> {
+    if !p.flag("node") {
+        return Ok(None);
+    }
+    if p.all("selector").is_empty() {
+        bail!("at least one selector is required");
+    }
+    if !p.all("federatesWith").is_empty() {
+        bail!("node entries can not federate");
+    }
+    let spiffe_id = p
+        .get("spiffeID")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("a SPIFFE ID is required"))?;
+    let id = spiffe_id
+        .parse::<sigil_spiffe::SpiffeId>()
+        .map_err(|e| anyhow!("invalid -spiffeID {spiffe_id:?}: {e}"))?;
+    let server = sigil_spiffe::SpiffeId::from_path(&id.trust_domain(), "/spire/server")
+        .map_err(|e| anyhow!("invalid -spiffeID {spiffe_id:?}: {e}"))?;
+    Ok(Some(server.to_string()))
+}
+
 fn entry_from_flags(p: &Parsed, need_id: bool) -> Result<types::Entry> {
     let id = p.get("entryID").unwrap_or_default().to_string();
     if need_id && id.is_empty() {
         bail!("flag -entryID is required");
     }
+    let node_parent = if need_id { None } else { node_alias_flags(p)? };
     let spiffe_id = p.required("spiffeID")?.to_string();
-    let parent_id = p.required("parentID")?.to_string();
+    let parent_id = match node_parent {
+        Some(server) => server,
+        None if !need_id && p.get("parentID").is_none_or(str::is_empty) => {
+            bail!("a parent ID is required if the node flag is not set")
+        }
+        None => p.required("parentID")?.to_string(),
+    };
     // Check IDs here too, so the user gets the reason without a round trip.
     spiffe_id
         .parse::<sigil_spiffe::SpiffeId>()

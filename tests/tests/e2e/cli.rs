@@ -278,7 +278,7 @@ fn server_cli_rejects_malformed_input() {
             "-selector",
             "unix:uid:1",
         ]),
-        &["parentID"],
+        &["a parent ID is required if the node flag is not set"],
     );
     assert_rejected(s.cli(&["agent", "show"]), &["spiffeID"]);
     // unknown verb / command

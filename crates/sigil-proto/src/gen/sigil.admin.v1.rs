@@ -138,6 +138,12 @@ pub struct Agent {
     pub created_at: i64,
     #[prost(int64, tag = "7")]
     pub last_seen: i64,
+    /// The node selectors its attestation produced (k8s_psat), sorted.
+    #[prost(message, repeated, tag = "8")]
+    pub selectors: ::prost::alloc::vec::Vec<super::super::types::v1::Selector>,
+    /// Whether it attests again instead of renewing its SVID (k8s_psat).
+    #[prost(bool, tag = "9")]
+    pub can_reattest: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

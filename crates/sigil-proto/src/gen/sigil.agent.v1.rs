@@ -2,11 +2,18 @@
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttestAgentRequest {
+    /// With `attestation_type` empty or "join_token".
     #[prost(string, tag = "1")]
     pub join_token: ::prost::alloc::string::String,
     /// PKCS#10 DER certificate signing request for the agent SVID key.
     #[prost(bytes = "vec", tag = "2")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
+    /// The node attestor: empty (join token), "join_token" or "k8s_psat".
+    #[prost(string, tag = "3")]
+    pub attestation_type: ::prost::alloc::string::String,
+    /// The attestor's payload (k8s_psat: SPIRE's `{"cluster":"...","token":"..."}`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -193,7 +200,8 @@ pub mod node_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Attests the node with a join token and returns its first agent SVID.
+        /// Attests the node (a join token, or another attestor's payload) and returns an agent SVID.
+        /// An agent whose attestor can re-attest (k8s_psat) calls it again instead of RenewAgent.
         pub async fn attest_agent(
             &mut self,
             request: impl tonic::IntoRequest<super::AttestAgentRequest>,
@@ -335,7 +343,8 @@ pub mod node_server {
     /// Generated trait containing gRPC methods that should be implemented for use with NodeServer.
     #[async_trait]
     pub trait Node: std::marker::Send + std::marker::Sync + 'static {
-        /// Attests the node with a join token and returns its first agent SVID.
+        /// Attests the node (a join token, or another attestor's payload) and returns an agent SVID.
+        /// An agent whose attestor can re-attest (k8s_psat) calls it again instead of RenewAgent.
         async fn attest_agent(
             &self,
             request: tonic::Request<super::AttestAgentRequest>,
