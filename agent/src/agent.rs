@@ -30,7 +30,7 @@ pub enum AgentError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
-        "no join token configured and no usable agent SVID in {0}: set join_token (or -joinToken) to attest this node"
+        "no join token configured and no usable agent SVID in {0}: set join_token (or -joinToken), or configure NodeAttestor \"k8s_psat\", to attest this node"
     )]
     NoJoinToken(String),
     #[error("trust_bundle_path (or -trustBundle) is required unless insecure_bootstrap is set")]
@@ -50,7 +50,7 @@ pub enum AgentError {
     #[error("a background task failed: {0}")]
     Task(String),
     #[error(
-        "the server no longer accepts this agent (evicted or banned); its SVID was discarded, attest again with a new join token: {0}"
+        "the server no longer accepts this agent (evicted or banned); its SVID was discarded, attest again (a join token agent needs a new token): {0}"
     )]
     Rejected(#[source] NodeError),
 }
@@ -120,11 +120,22 @@ pub async fn run_until(
         ..Default::default()
     });
     let bundle = BundleRecord::from_proto(&bundle_proto).ok();
+    // An agent attested with k8s_psat attests again rather than renewing (SPIRE's rule; the
+    // server refuses it RenewAgent). Checked against the SVID too: one persisted from a join
+    // token attestation keeps renewing.
+    let reattest = config.node_attestor().filter(|a| {
+        a.can_reattest()
+            && boot
+                .svid
+                .id
+                .path()
+                .starts_with(&format!("/spire/agent/{}/", a.name()))
+    });
     let creds = Credentials {
         svid: Arc::new(boot.svid),
         roots: Arc::new(boot.roots),
     };
-    let (manager, handle) = Manager::new(
+    let (mut manager, handle) = Manager::new(
         endpoint,
         store.clone(),
         config.trust_domain.clone(),
@@ -132,6 +143,9 @@ pub async fn run_until(
         bundle,
         config.jwt_svid_cache_max_size,
     );
+    if let Some(attestor) = reattest {
+        manager = manager.reattest_with(attestor);
+    }
     let _ = handle_cell.set(handle.clone());
 
     let listener = workload::bind(&config.socket_path)?;
@@ -207,7 +221,8 @@ async fn attestors(config: &Config) -> Result<Attestors, AgentError> {
     Ok(Attestors::with_attestation(list, Arc::new(attestation)))
 }
 
-/// Re-uses a persisted SVID when there is a valid one; otherwise attests with the join token.
+/// Re-uses a persisted SVID when there is a valid one; otherwise attests (join token or
+/// k8s_psat).
 async fn bootstrap(
     config: &Config,
     endpoint: &ServerEndpoint,
@@ -235,13 +250,27 @@ async fn bootstrap(
         }
     }
 
-    let token = config.join_token.as_ref().ok_or_else(|| {
+    let attestor = config.node_attestor().ok_or_else(|| {
         AgentError::NoJoinToken(match store {
             Some(s) => s.dir().display().to_string(),
             None => "memory (KeyManager \"memory\")".to_string(),
         })
     })?;
-    let trust = if config.insecure_bootstrap {
+    // As spire-agent: the bundle persisted by an earlier run (kept up to date by the sync)
+    // wins over the bootstrap bundle, which may predate a CA rotation.
+    let stored = store.and_then(|s| match s.load_bundle() {
+        Ok(roots) => roots,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring unreadable persisted trust bundle");
+            None
+        }
+    });
+    let trust = if let Some(roots) = stored {
+        ServerTrust::Bundle {
+            roots: Arc::new(roots),
+            server_id: endpoint.server_id().clone(),
+        }
+    } else if config.insecure_bootstrap {
         tracing::warn!(
             "insecure_bootstrap is set: the server's identity is not verified for node attestation"
         );
@@ -265,10 +294,11 @@ async fn bootstrap(
             server_id: endpoint.server_id().clone(),
         }
     };
+    tracing::info!(attestor = attestor.name(), "attesting this node");
 
     let mut backoff = Backoff::reconnect();
     let attested = loop {
-        match endpoint.attest(token, trust.clone()).await {
+        match endpoint.attest(&attestor, trust.clone()).await {
             Ok(a) => break a,
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next_delay();

@@ -2,7 +2,7 @@
 //!
 //! Users paste their spire-agent configs, so the file format and flag names are SPIRE's. What
 //! Sigil does not implement is rejected at start-up with the offending key or plugin named: a
-//! silently ignored `NodeAttestor "k8s_psat"` would leave a node that never attests, which is far
+//! silently ignored `NodeAttestor "aws_iid"` would leave a node that never attests, which is far
 //! harder to debug than a refusal to start.
 
 use std::fmt;
@@ -14,7 +14,8 @@ use sigil_spiffe::{SpiffeId, TrustDomain};
 use sigil_workload_attestation::{TierRequest, UnixAttestorConfig};
 
 use crate::health::HealthConfig;
-use crate::node::config::{JoinToken, ServerHost};
+use crate::node::NodeAttestor;
+use crate::node::config::{DEFAULT_PSAT_TOKEN_PATH, JoinToken, PsatConfig, ServerHost};
 
 pub use sigil_config::{ConfigError, LogFormat, LogLevel};
 
@@ -46,6 +47,8 @@ pub struct Config {
     pub trust_bundle_path: Option<PathBuf>,
     pub insecure_bootstrap: bool,
     pub join_token: Option<JoinToken>,
+    /// `NodeAttestor "k8s_psat"`. A join token, when one is set, is used instead (as SPIRE).
+    pub k8s_psat: Option<PsatConfig>,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub key_manager: KeyManager,
@@ -77,13 +80,22 @@ struct Raw {
     log_level: Option<String>,
     log_format: Option<String>,
     key_manager: Option<RawKeyManager>,
-    node_attestor: Option<String>,
+    node_attestor: Option<RawNodeAttestor>,
     unix_attestor: Option<RawUnixAttestor>,
     k8s_attestor: Option<K8sAttestorConfig>,
     health: Option<HealthChecksBlock>,
     sds: Option<Block>,
     attestation_tier: Option<String>,
     jwt_svid_cache_max_size: Option<String>,
+}
+
+#[derive(Debug)]
+enum RawNodeAttestor {
+    JoinToken,
+    K8sPsat {
+        cluster: Option<String>,
+        token_path: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -172,6 +184,16 @@ impl Config {
         Raw::from_hcl(text)?.validate()
     }
 
+    /// How the agent attests its node: a configured join token wins over `k8s_psat` (as in
+    /// SPIRE); `None` if neither is configured.
+    pub fn node_attestor(&self) -> Option<NodeAttestor> {
+        match (&self.join_token, &self.k8s_psat) {
+            (Some(token), _) => Some(NodeAttestor::JoinToken(token.clone())),
+            (None, Some(psat)) => Some(NodeAttestor::K8sPsat(psat.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// The agent's own SPIFFE ID prefix check and the server's expected ID.
     pub fn server_id(&self) -> SpiffeId {
         crate::node::server_id(&self.trust_domain)
@@ -218,11 +240,16 @@ impl Raw {
     fn plugin(&mut self, mut plugin: Plugin) -> Result<(), ConfigError> {
         match plugin.kind.as_str() {
             "NodeAttestor" => {
-                if plugin.name != "join_token" {
-                    return Err(plugin.unsupported(None));
-                }
+                let attestor = match plugin.name.as_str() {
+                    "join_token" => RawNodeAttestor::JoinToken,
+                    "k8s_psat" => RawNodeAttestor::K8sPsat {
+                        cluster: plugin.data.string("cluster")?,
+                        token_path: plugin.data.string("token_path")?,
+                    },
+                    _ => return Err(plugin.unsupported(Some("join_token, k8s_psat"))),
+                };
                 plugin.data.finish()?;
-                if self.node_attestor.replace(plugin.name).is_some() {
+                if self.node_attestor.replace(attestor).is_some() {
                     return Err(ConfigError::DuplicatePlugin(plugin.kind));
                 }
             }
@@ -336,6 +363,27 @@ impl Raw {
             .join_token
             .filter(|s| !s.is_empty())
             .map(JoinToken::new);
+        let k8s_psat = match self.node_attestor {
+            Some(RawNodeAttestor::K8sPsat {
+                cluster,
+                token_path,
+            }) => Some(PsatConfig {
+                // SPIRE's message for a missing cluster.
+                cluster: cluster.filter(|c| !c.is_empty()).ok_or_else(|| {
+                    invalid(
+                        "NodeAttestor \"k8s_psat\"",
+                        "missing required cluster block",
+                    )
+                })?,
+                token_path: PathBuf::from(
+                    token_path
+                        .filter(|p| !p.is_empty())
+                        .as_deref()
+                        .unwrap_or(DEFAULT_PSAT_TOKEN_PATH),
+                ),
+            }),
+            Some(RawNodeAttestor::JoinToken) | None => None,
+        };
         let log_level = match self.log_level.as_deref() {
             None => LogLevel::Info,
             Some(s) => s.parse().map_err(|e: String| invalid("log_level", e))?,
@@ -426,6 +474,7 @@ impl Raw {
             trust_bundle_path,
             insecure_bootstrap,
             join_token,
+            k8s_psat,
             log_level,
             log_format,
             key_manager,
@@ -700,13 +749,12 @@ health_checks {
 
     #[test]
     fn unknown_plugin_is_named() {
-        let err = Config::from_hcl(
-            "plugins {\n NodeAttestor \"k8s_psat\" {\n plugin_data {\n cluster = \"c\"\n }\n }\n}\n",
-        )
-        .unwrap_err();
+        let err =
+            Config::from_hcl("plugins {\n NodeAttestor \"aws_iid\" {\n plugin_data {}\n }\n}\n")
+                .unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"unsupported NodeAttestor plugin "k8s_psat""#
+            r#"unsupported NodeAttestor plugin "aws_iid" (Sigil supports: join_token, k8s_psat)"#
         );
 
         let err =
@@ -797,7 +845,49 @@ health_checks {
             Config::from_hcl(r#"{"plugins": {"NodeAttestor": [{"aws_iid": {}}]}}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"unsupported NodeAttestor plugin "aws_iid""#
+            r#"unsupported NodeAttestor plugin "aws_iid" (Sigil supports: join_token, k8s_psat)"#
         );
+    }
+
+    #[test]
+    fn k8s_psat_node_attestor() {
+        let base = "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n";
+        let with = |data: &str| {
+            Config::from_hcl(&format!(
+                "{base}plugins {{\n NodeAttestor \"k8s_psat\" {{\n plugin_data {{\n {data}\n }}\n }}\n}}\n"
+            ))
+        };
+        let c = with("cluster = \"demo\"\n token_path = \"/t\"").unwrap();
+        let psat = PsatConfig {
+            cluster: "demo".into(),
+            token_path: "/t".into(),
+        };
+        assert_eq!(c.k8s_psat, Some(psat.clone()));
+        assert!(matches!(c.node_attestor(), Some(NodeAttestor::K8sPsat(p)) if p == psat));
+        let c = with("cluster = \"demo\"").unwrap();
+        assert_eq!(
+            c.k8s_psat.unwrap().token_path,
+            PathBuf::from("/var/run/secrets/tokens/spire-agent")
+        );
+        assert_eq!(
+            with("token_path = \"/t\"").unwrap_err().to_string(),
+            r#"invalid value for NodeAttestor "k8s_psat": missing required cluster block"#
+        );
+        assert_eq!(
+            with("cluster = \"demo\"\n audience = \"x\"")
+                .unwrap_err()
+                .to_string(),
+            r#"unsupported key "audience" in NodeAttestor "k8s_psat" plugin_data"#
+        );
+        // A join token, when set, is what the agent attests with (as spire-agent).
+        let flags = Config::flag_set().parse(["-joinToken", "tok"]).unwrap();
+        let mut c = with("cluster = \"demo\"").unwrap();
+        c.join_token = flags.get("joinToken").map(JoinToken::new);
+        assert!(matches!(
+            c.node_attestor(),
+            Some(NodeAttestor::JoinToken(_))
+        ));
+        let c = Config::from_hcl(base).unwrap();
+        assert!(c.node_attestor().is_none());
     }
 }

@@ -29,7 +29,8 @@ use self::rotation::{Backoff, lifetime_start, random_rotate_at_ms, rotate_at_ms}
 use crate::keys::{KeyError, KeyPair, PrivateKeyDer};
 use crate::node::client::Credentials;
 use crate::node::storage::DiskStore;
-use crate::node::{NodeError, ServerEndpoint};
+use crate::node::tls::ServerTrust;
+use crate::node::{AgentSvid, NodeAttestor, NodeError, ServerEndpoint};
 use crate::svid;
 
 /// At most this many CSRs per SignX509Svids call.
@@ -68,6 +69,9 @@ pub struct Manager {
     snapshot: watch::Sender<Arc<Snapshot>>,
     client: watch::Sender<Option<NodeClient<Channel>>>,
     jwt: JwtSigner,
+    /// Set for agents that attest again (k8s_psat) instead of renewing, and after the server
+    /// stopped accepting their SVID (evicted, or re-attested elsewhere).
+    reattest: Option<NodeAttestor>,
     state: State,
 }
 
@@ -131,6 +135,7 @@ impl Manager {
             snapshot: snapshot_tx,
             client: client_tx,
             jwt: jwt.clone(),
+            reattest: None,
             state: State {
                 trust_domain,
                 server_id,
@@ -152,13 +157,21 @@ impl Manager {
         (manager, handle)
     }
 
+    /// The agent gets new SVIDs by attesting again with `attestor` (k8s_psat), also when the
+    /// server stops accepting its SVID.
+    pub fn reattest_with(mut self, attestor: NodeAttestor) -> Self {
+        self.reattest = Some(attestor);
+        self
+    }
+
     /// Runs until the server rejects the agent.
     pub async fn run(mut self) -> Result<(), ManagerError> {
         let creds = self.creds.clone();
         let endpoint = self.endpoint.clone();
         let store = self.store.clone();
+        let reattest = self.reattest.clone();
         tokio::select! {
-            r = renew_agent_svid(&endpoint, store.as_ref(), &creds) => r,
+            r = renew_agent_svid(&endpoint, store.as_ref(), &creds, reattest.as_ref()) => r,
             r = self.sync_loop() => r,
         }
     }
@@ -169,11 +182,36 @@ impl Manager {
             let channel = self.endpoint.mtls_channel(self.creds.subscribe());
             let client = NodeClient::new(channel);
             self.client.send_replace(Some(client.clone()));
+            let svid_at_start = self.creds.borrow().svid.clone();
             match self.session(client, &mut backoff).await {
                 Ok(SessionEnd::Renewed) => {
                     tracing::debug!("reconnecting to the server with the renewed agent SVID");
                 }
-                Err(e) if e.is_agent_rejected() => return Err(ManagerError::Rejected(e)),
+                Err(e) if e.is_agent_rejected() => {
+                    let Some(attestor) = self.reattest.clone() else {
+                        return Err(ManagerError::Rejected(e));
+                    };
+                    // Re-attested meanwhile (the previous SVID is refused from then on):
+                    // reconnect with the new one.
+                    if !Arc::ptr_eq(&self.creds.borrow().svid, &svid_at_start) {
+                        continue;
+                    }
+                    tracing::warn!(error = %e, "the server refused the agent SVID; attesting again");
+                    let current = self.creds.borrow().clone();
+                    match reattest_agent(&self.endpoint, &attestor, &current).await {
+                        Ok(svid) => {
+                            publish_agent_svid(self.store.as_ref(), &self.creds, svid).await;
+                        }
+                        Err(e) if e.is_agent_rejected() => {
+                            return Err(ManagerError::Rejected(e));
+                        }
+                        Err(error) => {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "attesting again failed");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
@@ -657,11 +695,15 @@ async fn sign_batch(
     Ok(out)
 }
 
-/// Renews the agent SVID at half-life (RenewAgent), persisting and publishing each new one.
+/// Renews the agent SVID at half-life, persisting and publishing each new one: with
+/// RenewAgent, or by attesting again for agents whose attestor can (k8s_psat: fresh evidence,
+/// current selectors). A refused re-attestation is retried while the current SVID lasts (the
+/// token may be refused for a while, e.g. before kubelet rotated it).
 async fn renew_agent_svid(
     endpoint: &ServerEndpoint,
     store: Option<&DiskStore>,
     creds: &watch::Sender<Arc<Credentials>>,
+    reattest: Option<&NodeAttestor>,
 ) -> Result<(), ManagerError> {
     let mut backoff = Backoff::reconnect();
     let mut rx = creds.subscribe();
@@ -682,32 +724,25 @@ async fn renew_agent_svid(
                 }
             }
         }
-        let mut client = NodeClient::new(endpoint.mtls_channel(creds.subscribe()));
-        match endpoint.renew(&mut client, &current.roots).await {
+        let renewed = match reattest {
+            Some(attestor) => reattest_agent(endpoint, attestor, &current).await,
+            None => {
+                let mut client = NodeClient::new(endpoint.mtls_channel(creds.subscribe()));
+                endpoint.renew(&mut client, &current.roots).await
+            }
+        };
+        match renewed {
             Ok(svid) => {
                 backoff.reset();
                 tracing::info!(spiffe_id = %svid.id, expires_at = svid.not_after, "agent SVID renewed");
-                let svid = Arc::new(svid);
-                // Persisted before it is used, off the async workers (the write fsyncs).
-                if let Some(store) = store.cloned() {
-                    let saved = svid.clone();
-                    match tokio::task::spawn_blocking(move || store.save_svid(&saved)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "persisting the renewed agent SVID")
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "persisting the renewed agent SVID: task failed")
-                        }
-                    }
-                }
-                creds.send_modify(|c| {
-                    let mut next = (**c).clone();
-                    next.svid = svid;
-                    *c = Arc::new(next);
-                });
+                publish_agent_svid(store, creds, svid).await;
             }
-            Err(e) if e.is_agent_rejected() => return Err(ManagerError::Rejected(e)),
+            Err(e)
+                if e.is_agent_rejected()
+                    && (reattest.is_none() || current.svid.is_expired(svid::now_unix())) =>
+            {
+                return Err(ManagerError::Rejected(e));
+            }
             Err(error) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "renewing the agent SVID failed");
@@ -715,6 +750,46 @@ async fn renew_agent_svid(
             }
         }
     }
+}
+
+/// Node attestation again, verifying the server with the current bundle.
+async fn reattest_agent(
+    endpoint: &ServerEndpoint,
+    attestor: &NodeAttestor,
+    current: &Credentials,
+) -> Result<AgentSvid, NodeError> {
+    let trust = ServerTrust::Bundle {
+        roots: current.roots.clone(),
+        server_id: endpoint.server_id().clone(),
+    };
+    let attested = endpoint.attest(attestor, trust).await?;
+    if attested.svid.id != current.svid.id {
+        tracing::warn!(previous = %current.svid.id, now = %attested.svid.id, "attesting again gave this agent another SPIFFE ID");
+    }
+    Ok(attested.svid)
+}
+
+/// Persists a new agent SVID (before it is used, off the async workers: the write fsyncs) and
+/// publishes it, which makes the sync session reconnect with it.
+async fn publish_agent_svid(
+    store: Option<&DiskStore>,
+    creds: &watch::Sender<Arc<Credentials>>,
+    svid: AgentSvid,
+) {
+    let svid = Arc::new(svid);
+    if let Some(store) = store.cloned() {
+        let saved = svid.clone();
+        match tokio::task::spawn_blocking(move || store.save_svid(&saved)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "persisting the new agent SVID"),
+            Err(error) => tracing::warn!(%error, "persisting the new agent SVID: task failed"),
+        }
+    }
+    creds.send_modify(|c| {
+        let mut next = (**c).clone();
+        next.svid = svid;
+        *c = Arc::new(next);
+    });
 }
 
 fn now_unix_ms() -> i64 {

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sigil_proto::agent::RenewAgentRequest;
 use sigil_proto::agent::node_client::NodeClient;
-use sigil_proto::agent::{AttestAgentRequest, RenewAgentRequest};
 use sigil_spiffe::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use super::AgentSvid;
-use super::config::{JoinToken, ServerHost};
+use super::attestor::{EvidenceError, NodeAttestor};
+use super::config::ServerHost;
 use super::tls::{self, ServerTrust, TlsConnector};
 use crate::keys::KeyPair;
 use crate::svid;
@@ -41,6 +42,9 @@ pub enum NodeError {
     InvalidResponse(String),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// The node attestor's evidence (the projected token) could not be read.
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
 }
 
 /// What the agent presents and trusts on its mTLS connections. Re-read on every (re)connect.
@@ -92,7 +96,7 @@ impl NodeError {
                     | tonic::Code::Unknown
                     | tonic::Code::Cancelled
             ),
-            Self::Tls(_) | Self::InvalidResponse(_) | Self::Key(_) => false,
+            Self::Tls(_) | Self::InvalidResponse(_) | Self::Key(_) | Self::Evidence(_) => false,
         }
     }
 
@@ -145,23 +149,20 @@ impl ServerEndpoint {
             .keep_alive_while_idle(true)
     }
 
-    /// Node attestation with a join token: a fresh key, a CSR, and AgentAttest over
+    /// Node attestation: a fresh key, a CSR, the attestor's evidence, and AttestAgent over
     /// server-authenticated TLS.
     pub async fn attest(
         &self,
-        token: &JoinToken,
+        attestor: &NodeAttestor,
         trust: ServerTrust,
     ) -> Result<Attested, NodeError> {
         let key = KeyPair::generate()?;
-        let csr = key.csr_der()?;
+        let request = attestor.request(key.csr_der()?)?;
         let config = tls::client_config(trust, None)?;
         let connector = TlsConnector::new(&self.host, self.port, move || Ok(config.clone()));
         let channel = self.endpoint().connect_with_connector(connector).await?;
         let resp = NodeClient::new(channel)
-            .attest_agent(unary(AttestAgentRequest {
-                join_token: token.as_str().to_string(),
-                csr,
-            }))
+            .attest_agent(unary(request))
             .await?
             .into_inner();
         let bundle = resp.bundle.ok_or_else(|| {

@@ -1,8 +1,9 @@
-//! What the node subsystem is configured with: where the server is, the join token, the
-//! identity the server must present. The agent's `config` module parses SPIRE's keys and flags into these.
+//! What the node subsystem is configured with: where the server is, the join token or the
+//! k8s_psat settings, the identity the server must present. The agent's `config` module parses SPIRE's keys and flags into these.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use sigil_spiffe::{SpiffeId, TrustDomain};
@@ -14,6 +15,18 @@ pub struct ServerHost(String);
 /// A join token. Single-use, but still a credential until used: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken(String);
+
+/// Where kubelet projects the agent's service account token when `token_path` is not set
+/// (SPIRE's default).
+pub const DEFAULT_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/spire-agent";
+
+/// `NodeAttestor "k8s_psat"` (agent side): the cluster's name as the server knows it, and the
+/// projected service account token file, read again at every attestation (kubelet rotates it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PsatConfig {
+    pub cluster: String,
+    pub token_path: PathBuf,
+}
 
 /// `spiffe://<td>/spire/server`, the ID the server's TLS certificate must carry.
 pub fn server_id(td: &TrustDomain) -> SpiffeId {

@@ -1,6 +1,8 @@
-//! The agent's side of the server <-> agent (Node) API: node attestation, agent SVID renewal and
-//! the mTLS channel everything else runs over.
+//! The agent's side of the server <-> agent (Node) API: node attestation (join token or
+//! k8s_psat), agent SVID renewal or re-attestation, and the mTLS channel everything else runs
+//! over.
 
+pub mod attestor;
 pub mod client;
 pub mod config;
 pub mod storage;
@@ -13,6 +15,7 @@ use sigil_spiffe::SpiffeId;
 use crate::keys::PrivateKeyDer;
 use crate::svid::{self, SvidError};
 
+pub use self::attestor::NodeAttestor;
 pub use self::client::{NodeError, ServerEndpoint};
 pub use self::config::server_id;
 

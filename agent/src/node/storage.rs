@@ -100,6 +100,20 @@ impl DiskStore {
         Ok(Some(Persisted { svid, roots }))
     }
 
+    /// The persisted trust bundle alone (kept current by the sync), if there is one: what a
+    /// new attestation verifies the server with.
+    pub fn load_bundle(&self) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let path = self.dir.join(BUNDLE_FILE);
+        let Some(pem) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let roots = svid::certs_from_pem(&pem).map_err(|e| StoreError::Invalid {
+            path: path.clone(),
+            message: e.0,
+        })?;
+        Ok(Some(roots).filter(|r| !r.is_empty()))
+    }
+
     pub fn save_svid(&self, svid: &AgentSvid) -> Result<(), StoreError> {
         #[cfg(test)]
         self.record_write();
