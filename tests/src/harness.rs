@@ -411,6 +411,15 @@ impl Server {
         Self::start_on_with(dir, trust_domain, 0, 1, Some(&config))
     }
 
+    /// As [`Server::start`], with `config` as the whole config file (a `server {}` block,
+    /// `plugins {}`); the usual flags still apply on top.
+    pub fn start_with_config_file(dir: &Path, trust_domain: &str, config: &str) -> Self {
+        let path = dir.join("server.conf");
+        std::fs::create_dir_all(dir).expect("creating the test dir");
+        std::fs::write(&path, config).expect("writing the server config");
+        Self::start_on_with(dir, trust_domain, 0, 1, Some(&path))
+    }
+
     fn start_on(dir: &Path, trust_domain: &str, port: u16, starts: u32) -> Self {
         Self::start_on_with(dir, trust_domain, port, starts, None)
     }
@@ -599,6 +608,39 @@ impl Agent {
 
     /// Starts an agent without waiting for it. `extra` is appended to the `run` flags.
     pub fn spawn(dir: &Path, name: &str, server: &Server, token: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["-joinToken", token];
+        args.extend(extra);
+        Self::spawn_with(dir, name, server, &args)
+    }
+
+    /// Starts an agent under `dir/<name>` that attests with `NodeAttestor "k8s_psat"` (cluster
+    /// `cluster`, the projected token at `token_path`) and keeps its key in memory (so every
+    /// start attests), and waits until its Workload API socket accepts connections.
+    pub fn start_psat(
+        dir: &Path,
+        name: &str,
+        server: &Server,
+        cluster: &str,
+        token_path: &Path,
+    ) -> Self {
+        let config = dir.join(format!("{name}.conf"));
+        std::fs::create_dir_all(dir).expect("creating the test dir");
+        std::fs::write(
+            &config,
+            format!(
+                "plugins {{\n  NodeAttestor \"k8s_psat\" {{\n    plugin_data {{\n      cluster = \"{cluster}\"\n      token_path = \"{}\"\n    }}\n  }}\n  KeyManager \"memory\" {{\n    plugin_data {{}}\n  }}\n}}\n",
+                token_path.display()
+            ),
+        )
+        .expect("writing the agent config");
+        let config = config.to_str().expect("utf-8 path");
+        let mut a = Self::spawn_with(dir, name, server, &["-config", config]);
+        a.wait_ready();
+        a
+    }
+
+    /// Starts an agent with `args` (how it attests, and more) after the usual `run` flags.
+    fn spawn_with(dir: &Path, name: &str, server: &Server, args: &[&str]) -> Self {
         let adir = dir.join(name);
         let public = adir.join("public");
         let data_dir = adir.join("data");
@@ -613,7 +655,6 @@ impl Agent {
         cmd.arg("run")
             .arg("-dataDir")
             .arg(&data_dir)
-            .args(["-joinToken", token])
             .args(["-serverAddress", "127.0.0.1"])
             .args(["-serverPort", &server.port().to_string()])
             .arg("-socketPath")
@@ -622,7 +663,7 @@ impl Agent {
             .arg("-trustBundle")
             .arg(&bundle)
             .args(["-logLevel", "DEBUG"])
-            .args(extra)
+            .args(args)
             .env("NO_COLOR", "1")
             .current_dir(&adir);
         let proc = Proc::spawn(&format!("sigil-agent {name}"), cmd, adir.join("agent.log"));

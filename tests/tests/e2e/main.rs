@@ -9,6 +9,7 @@ mod cli;
 mod ebpf;
 mod envoy_sds;
 mod k8s;
+mod k8s_psat;
 mod lifecycle;
 mod python;
 mod rust_client;
