@@ -32,7 +32,7 @@ pub use self::secrets::{SECRET_TYPE_URL, SdsConfig, Validation};
 use crate::manager::ManagerHandle;
 use crate::manager::cache::Snapshot;
 use crate::selectors::{SelectorSet, WORKLOAD_ENDED, attest_status};
-use sigil_workload_attestation::{Attestors, PeerInfo, PidFd};
+use sigil_workload_attestation::{Attestors, PeerInfo, PidFd, WorkloadChange};
 
 /// How long a new stream waits for the caller's SVIDs (agent just started, entry just created).
 const IDENTITY_WAIT: Duration = Duration::from_secs(3);
@@ -118,17 +118,39 @@ impl SdsApi {
         }
     }
 
-    /// The caller's selectors, and what ends its stream (its pod deleted).
+    /// The caller's selectors, and what ends its stream (its pod deleted) or makes it attest
+    /// again (its pod's facts changed).
     async fn attest(
         &self,
         peer: &PeerInfo,
-    ) -> Result<(SelectorSet, BoxFuture<'static, ()>), Status> {
+    ) -> Result<(SelectorSet, BoxFuture<'static, WorkloadChange>), Status> {
         let attested = self
             .attestors
             .attest_session(peer)
             .await
             .map_err(attest_status)?;
-        Ok((attested.selectors.into_iter().collect(), attested.ended))
+        Ok((attested.selectors.into_iter().collect(), attested.change))
+    }
+
+    /// On a workload change: the stream ends if the workload is gone, else the caller is
+    /// attested again; returns its new selectors and what to watch next.
+    async fn reattest(
+        &self,
+        peer: &PeerInfo,
+        change: WorkloadChange,
+    ) -> Result<(SelectorSet, BoxFuture<'static, WorkloadChange>), Status> {
+        if change == WorkloadChange::Ended {
+            tracing::info!(
+                pid = peer.pid,
+                "SDS caller's pod was deleted; ending its stream"
+            );
+            return Err(Status::permission_denied(WORKLOAD_ENDED));
+        }
+        tracing::debug!(
+            pid = peer.pid,
+            "SDS caller's workload changed; attesting again"
+        );
+        self.attest(peer).await
     }
 
     /// The newest snapshot once the caller's SVIDs are there (or after the wait), and a receiver
@@ -358,7 +380,7 @@ impl SdsApi {
             return Ok(());
         };
         check_type(&first.type_url)?;
-        let (selectors, mut ended) = self.attest(peer).await?;
+        let (selectors, mut change) = self.attest(peer).await?;
         let mut state = SotwState {
             validation: secrets::validation_for(first.node.as_ref(), &self.cfg),
             selectors,
@@ -384,9 +406,16 @@ impl SdsApi {
                     tracing::debug!(pid = peer.pid, "SDS caller exited; ending its stream");
                     return Ok(());
                 }
-                _ = &mut ended => {
-                    tracing::info!(pid = peer.pid, "SDS caller's pod was deleted; ending its stream");
-                    return Err(Status::permission_denied(WORKLOAD_ENDED));
+                c = &mut change => {
+                    (state.selectors, change) = self.reattest(peer, c).await?;
+                    let snap = snapshots.borrow().clone();
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
+                    let resources = secrets::select(&available, &state.names)?;
+                    if state.sent.as_ref() != Some(&resources)
+                        && tx.send(Ok(state.response(resources))).await.is_err()
+                    {
+                        return Ok(());
+                    }
                 }
                 msg = inbound.message() => {
                     let Some(req) = msg? else { return Ok(()) };
@@ -440,7 +469,7 @@ impl SdsApi {
             return Ok(());
         };
         check_type(&first.type_url)?;
-        let (selectors, mut ended) = self.attest(peer).await?;
+        let (selectors, mut change) = self.attest(peer).await?;
         let mut state = DeltaState {
             validation: secrets::validation_for(first.node.as_ref(), &self.cfg),
             selectors,
@@ -475,9 +504,15 @@ impl SdsApi {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = &mut exit => return Ok(()),
-                _ = &mut ended => {
-                    tracing::info!(pid = peer.pid, "SDS caller's pod was deleted; ending its stream");
-                    return Err(Status::permission_denied(WORKLOAD_ENDED));
+                c = &mut change => {
+                    (state.selectors, change) = self.reattest(peer, c).await?;
+                    let snap = snapshots.borrow().clone();
+                    let available = self.available(&snap, &state.selectors, state.validation)?;
+                    if let Some(resp) = state.diff(&available)?
+                        && tx.send(Ok(resp)).await.is_err()
+                    {
+                        return Ok(());
+                    }
                 }
                 msg = inbound.message() => {
                     let Some(req) = msg? else { return Ok(()) };

@@ -16,7 +16,7 @@ use sigil_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 use sigil_spiffe::SpiffeId;
-use sigil_workload_attestation::{Attestors, PeerInfo};
+use sigil_workload_attestation::{Attestors, PeerInfo, WorkloadChange};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -33,6 +33,42 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 pub const IDENTITY_WAIT: Duration = Duration::from_secs(3);
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream's caller: its selectors, and what ends the stream or makes it attest again.
+struct Session {
+    attestors: Attestors,
+    peer: PeerInfo,
+    selectors: SelectorSet,
+    change: BoxFuture<'static, WorkloadChange>,
+}
+
+// === impl Session ===
+
+impl Session {
+    /// Acts on an attestor's `change`: a workload that is gone gets `PermissionDenied`; one
+    /// whose facts changed is attested again (new selectors, new watch).
+    async fn renew(&mut self, change: WorkloadChange) -> Result<(), Status> {
+        if change == WorkloadChange::Ended {
+            tracing::info!(
+                pid = self.peer.pid,
+                "caller's pod was deleted; ending its stream"
+            );
+            return Err(Status::permission_denied(WORKLOAD_ENDED));
+        }
+        let attested = self
+            .attestors
+            .attest_session(&self.peer)
+            .await
+            .map_err(attest_status)?;
+        tracing::debug!(
+            pid = self.peer.pid,
+            "caller's workload changed; attested again"
+        );
+        self.selectors = attested.selectors.into_iter().collect();
+        self.change = attested.change;
+        Ok(())
+    }
+}
 
 /// The Workload API service.
 #[derive(Clone, Debug)]
@@ -67,15 +103,12 @@ impl WorkloadApi {
     /// Checks the security header and attests the caller: the per-call attestation entry point
     /// of the Workload API.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
-        Ok(self.authenticate_session(req).await?.0)
+        Ok(self.authenticate_session(req).await?.selectors)
     }
 
     /// [`authenticate`](Self::authenticate) for a stream: also what ends it (the caller's pod
-    /// deleted).
-    async fn authenticate_session<T>(
-        &self,
-        req: &Request<T>,
-    ) -> Result<(SelectorSet, BoxFuture<'static, ()>), Status> {
+    /// deleted) or makes it attest again (the pod's facts changed).
+    async fn authenticate_session<T>(&self, req: &Request<T>) -> Result<Session, Status> {
         check_header(req)?;
         let peer = req
             .extensions()
@@ -92,7 +125,12 @@ impl WorkloadApi {
             selectors = attested.selectors.len(),
             "attested workload"
         );
-        Ok((attested.selectors.into_iter().collect(), attested.ended))
+        Ok(Session {
+            attestors: self.attestors.clone(),
+            peer: peer.clone(),
+            selectors: attested.selectors.into_iter().collect(),
+            change: attested.change,
+        })
     }
 
     /// The newest snapshot once `ready` holds for it, or whatever is there after the wait; with
@@ -133,12 +171,12 @@ impl WorkloadApi {
     fn stream<T, F>(
         first: T,
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        ended: BoxFuture<'static, ()>,
+        session: Session,
         build: F,
     ) -> ResponseStream<T>
     where
         T: Clone + PartialEq + Send + 'static,
-        F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
+        F: Fn(&Snapshot, &SelectorSet) -> Result<Option<T>, Status> + Send + 'static,
     {
         // No task or channel per stream: the first response is ready at once (one less
         // hand-off on every fetch), and dropping the stream when the client goes away ends it.
@@ -146,7 +184,7 @@ impl WorkloadApi {
             pending: Option<T>,
             last: Option<T>,
             snapshots: watch::Receiver<Arc<Snapshot>>,
-            ended: BoxFuture<'static, ()>,
+            session: Session,
             build: F,
             done: bool,
         }
@@ -154,7 +192,7 @@ impl WorkloadApi {
             pending: Some(first),
             last: None,
             snapshots,
-            ended,
+            session,
             build,
             done: false,
         };
@@ -169,15 +207,16 @@ impl WorkloadApi {
             loop {
                 tokio::select! {
                     biased;
-                    _ = &mut st.ended => {
-                        // The workload is gone (its pod deleted): it gets nothing more.
-                        st.done = true;
-                        return Some((Err(Status::permission_denied(WORKLOAD_ENDED)), st));
+                    change = &mut st.session.change => {
+                        if let Err(status) = st.session.renew(change).await {
+                            st.done = true;
+                            return Some((Err(status), st));
+                        }
                     }
                     r = st.snapshots.changed() => if r.is_err() { return None },
                 }
                 let snap = st.snapshots.borrow_and_update().clone();
-                match (st.build)(&snap) {
+                match (st.build)(&snap, &st.session.selectors) {
                     Ok(Some(resp)) if st.last.as_ref() != Some(&resp) => {
                         st.last = Some(resp.clone());
                         return Some((Ok(resp), st));
@@ -203,25 +242,28 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (selectors, ended) = self.authenticate_session(&req).await?;
-        let (snap, rx) = self.wait_for_svids(&selectors).await;
-        let first = x509_svid_response(&snap, &selectors)?.ok_or_else(|| {
+        let session = self.authenticate_session(&req).await?;
+        let (snap, rx) = self.wait_for_svids(&session.selectors).await;
+        let first = x509_svid_response(&snap, &session.selectors)?.ok_or_else(|| {
             Status::unavailable("X509-SVIDs for this workload are not yet available")
         })?;
-        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
-            x509_svid_response(s, &selectors)
-        })))
+        Ok(Response::new(Self::stream(
+            first,
+            rx,
+            session,
+            x509_svid_response,
+        )))
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let (selectors, ended) = self.authenticate_session(&req).await?;
+        let session = self.authenticate_session(&req).await?;
         let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
-        let first = x509_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
-            x509_bundles_response(s, &selectors).map(Some)
+        let first = x509_bundles_response(&snap, &session.selectors)?;
+        Ok(Response::new(Self::stream(first, rx, session, |s, sel| {
+            x509_bundles_response(s, sel).map(Some)
         })))
     }
 
@@ -280,11 +322,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let (selectors, ended) = self.authenticate_session(&req).await?;
+        let session = self.authenticate_session(&req).await?;
         let (snap, rx) = self.wait_for(|s| s.synced && s.bundle.is_some()).await;
-        let first = jwt_bundles_response(&snap, &selectors)?;
-        Ok(Response::new(Self::stream(first, rx, ended, move |s| {
-            jwt_bundles_response(s, &selectors).map(Some)
+        let first = jwt_bundles_response(&snap, &session.selectors)?;
+        Ok(Response::new(Self::stream(first, rx, session, |s, sel| {
+            jwt_bundles_response(s, sel).map(Some)
         })))
     }
 

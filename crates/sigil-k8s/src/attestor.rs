@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use sigil_spiffe::Selector;
-use sigil_workload_attestation::{AttestError, Caller, WorkloadAttestor};
+use sigil_workload_attestation::{AttestError, Caller, WorkloadAttestor, WorkloadChange};
 use tokio::task::JoinHandle;
 
 use crate::config::K8sAttestorConfig;
@@ -173,11 +173,16 @@ impl WorkloadAttestor for K8sAttestor {
         })
     }
 
-    fn ended(&self, caller: &Caller) -> Option<BoxFuture<'static, ()>> {
+    fn watch(&self, caller: &Caller) -> Option<BoxFuture<'static, WorkloadChange>> {
         let uid = caller.pod.as_ref()?.pod_uid.clone();
-        // Only a pod that is known can end; one that never appeared gave no selectors.
-        self.store.get(&uid)?;
         let store = self.store.clone();
-        Some(Box::pin(async move { store.gone(&uid).await }))
+        // What attestation is about to see (or newer): any later difference is a change.
+        let seen = store.get(&uid);
+        Some(Box::pin(async move {
+            match store.pod_changed(&uid, seen).await {
+                None => WorkloadChange::Ended,
+                Some(_) => WorkloadChange::Changed,
+            }
+        }))
     }
 }

@@ -111,7 +111,7 @@ impl PodStore {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn changed(&self) {
+    fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -151,7 +151,7 @@ impl PodStore {
                 }
             }
         }
-        self.changed();
+        self.notify();
     }
 
     /// Applies one namespace event from the watch.
@@ -181,7 +181,7 @@ impl PodStore {
                 }
             }
         }
-        self.changed();
+        self.notify();
     }
 
     /// Pods in the store.
@@ -262,17 +262,24 @@ impl PodStore {
         }
     }
 
-    /// Completes once the pod `uid` is no longer in the store (deleted, or gone from a relist).
-    pub async fn gone(&self, uid: &str) {
+    /// Waits until pod `uid` differs from `seen` (what the caller was attested with; `None`
+    /// if the pod was not known): `None` once it is gone (deleted, or missing from a relist),
+    /// else its new state. Fields selectors do not use are stripped, so a readiness flip does
+    /// not count as a change.
+    pub async fn pod_changed(&self, uid: &str, seen: Option<Arc<PodInfo>>) -> Option<Arc<PodInfo>> {
         let mut rx = self.subscribe();
         loop {
             rx.borrow_and_update();
-            if !self.read().pods.contains_key(uid) {
-                return;
+            let now = self.get(uid);
+            match (&seen, &now) {
+                (Some(_), None) => return None,
+                (None, Some(_)) => return now,
+                (Some(a), Some(b)) if !Arc::ptr_eq(a, b) && a != b => return now,
+                _ => {}
             }
             if rx.changed().await.is_err() {
-                // The store is being dropped with the agent: nothing will be served anymore.
-                return;
+                // The store is dropped with the agent: nothing will be served anymore.
+                return None;
             }
         }
     }
@@ -465,21 +472,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gone_completes_on_deletion() {
+    async fn changed_reports_updates_and_deletion() {
         let store = Arc::new(PodStore::new());
         store.apply_pods(StoreEvent::Apply(pod("u1", None)));
-        let gone = {
+        let watch = |seen: Option<Arc<PodInfo>>| {
             let store = store.clone();
-            tokio::spawn(async move { store.gone("u1").await })
+            tokio::spawn(async move { store.pod_changed("u1", seen).await })
         };
+        // The container appears in the status: a change.
+        let w = watch(store.get("u1"));
         tokio::task::yield_now().await;
         store.apply_pods(StoreEvent::Apply(pod("u2", None)));
+        store.apply_pods(StoreEvent::Apply(pod("u1", None)));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!gone.is_finished(), "another pod's change does not end it");
-        store.apply_pods(StoreEvent::Delete(pod("u1", None)));
-        tokio::time::timeout(Duration::from_secs(2), gone)
+        assert!(
+            !w.is_finished(),
+            "another pod, or the same state again, is no change"
+        );
+        store.apply_pods(StoreEvent::Apply(pod("u1", Some(CID_A))));
+        let now = tokio::time::timeout(Duration::from_secs(2), w)
             .await
-            .expect("ends on deletion")
+            .expect("reported")
             .expect("task");
+        assert_eq!(
+            now.and_then(|p| p.container_ids().next().map(str::to_string))
+                .as_deref(),
+            Some(CID_A)
+        );
+        // Deleted: gone.
+        let w = watch(store.get("u1"));
+        tokio::task::yield_now().await;
+        store.apply_pods(StoreEvent::Delete(pod("u1", Some(CID_A))));
+        let now = tokio::time::timeout(Duration::from_secs(2), w)
+            .await
+            .expect("reported")
+            .expect("task");
+        assert!(now.is_none());
+        // Not known yet, then created: a change.
+        let w = watch(None);
+        tokio::task::yield_now().await;
+        store.apply_pods(StoreEvent::Apply(pod("u1", None)));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), w)
+                .await
+                .expect("reported")
+                .expect("task")
+                .is_some()
+        );
     }
 }

@@ -48,19 +48,32 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
         caller: &'a Caller,
     ) -> BoxFuture<'a, Result<Vec<Selector>, AttestError>>;
 
-    /// Completes when the workload `caller` belongs to is gone (its pod deleted), so that its
-    /// open streams end: a deleted pod must stop getting SVIDs even while its processes
-    /// linger. `None` (the default): the attestor has no such notion.
-    fn ended(&self, _caller: &Caller) -> Option<BoxFuture<'static, ()>> {
+    /// Completes when what this attestor said about `caller` may no longer hold: the workload
+    /// is gone ([`WorkloadChange::Ended`], its pod deleted) or its facts changed
+    /// ([`WorkloadChange::Changed`], e.g. its container appeared in the pod's status), so that
+    /// open streams end or attest again. `None` (the default): the attestor's answer only
+    /// changes with the process, which streams watch themselves.
+    ///
+    /// Called before [`attest`](Self::attest), so a change while attesting is not missed.
+    fn watch(&self, _caller: &Caller) -> Option<BoxFuture<'static, WorkloadChange>> {
         None
     }
 }
 
-/// A caller's selectors, and what ends its streams.
+/// What became of the workload a caller was attested as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadChange {
+    /// Gone (its pod deleted): it gets nothing more.
+    Ended,
+    /// What an attestor knows about it changed: attest again.
+    Changed,
+}
+
+/// A caller's selectors, and what tells its streams to end or attest again.
 pub struct Attested {
     pub selectors: Vec<Selector>,
-    /// Completes when an attestor says the caller's workload is gone; never, if none can.
-    pub ended: BoxFuture<'static, ()>,
+    /// Completes at the first change any attestor reports; never, if none can.
+    pub change: BoxFuture<'static, WorkloadChange>,
 }
 
 impl fmt::Debug for Attested {
@@ -149,6 +162,7 @@ impl Attestors {
     pub async fn attest_session(&self, peer: &PeerInfo) -> Result<Attested, AttestError> {
         let caller = self.caller(peer).await?;
         let caller = &caller;
+        let watches: Vec<_> = self.list.iter().filter_map(|a| a.watch(caller)).collect();
         let results = futures::future::join_all(
             self.list
                 .iter()
@@ -169,15 +183,12 @@ impl Attestors {
         peer.verify_unchanged()?;
         selectors.sort();
         selectors.dedup();
-        let ends: Vec<_> = self.list.iter().filter_map(|a| a.ended(caller)).collect();
-        let ended: BoxFuture<'static, ()> = if ends.is_empty() {
+        let change: BoxFuture<'static, WorkloadChange> = if watches.is_empty() {
             Box::pin(std::future::pending())
         } else {
-            Box::pin(async move {
-                futures::future::select_all(ends).await;
-            })
+            Box::pin(async move { futures::future::select_all(watches).await.0 })
         };
-        Ok(Attested { selectors, ended })
+        Ok(Attested { selectors, change })
     }
 }
 

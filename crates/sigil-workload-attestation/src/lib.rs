@@ -27,7 +27,7 @@ mod tier;
 pub use self::attestation::{Attestation, Caller};
 pub use self::attestor::{
     Attested, Attestors, PodAttestor, UnixAttestor, UnixAttestorConfig, WorkloadAttestor,
-    group_name, user_name,
+    WorkloadChange, group_name, user_name,
 };
 pub use self::cgroup::{Cgroup, PodRef, mount_point, proc_path};
 pub use self::error::AttestError;

@@ -155,6 +155,24 @@ impl Cluster {
     }
 }
 
+/// The lines a child prints, read on a thread (a missing line must fail the test, not hang it).
+fn lines(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("no line for {what}: {e}"))
+}
+
 fn sa_id(server: &Server, sa: &str) -> String {
     server.id(&format!("/ns/default/sa/{sa}"))
 }
@@ -263,6 +281,53 @@ fn pods_get_their_service_account_identities_from_the_api_server() {
     c.kube.delete("Pod", Some("default"), "impostor");
     c.wait_for(&sleep_cg, &sa_id(&c.server, "sleep"));
 
+    // Container selectors follow the status, on an open stream too: a pod whose container is
+    // not listed yet (Istio's holdApplicationUntilProxyStarts: the status lags) first gets
+    // what its pod selectors give, then, with no reconnect, what its container's give.
+    let starting_uid = "cdcdcdcd-1212-4343-8565-787878787878";
+    let starting_cg = c.cgroups.systemd_containerd(starting_uid, &cid("f6"));
+    let app_id = c.server.id("/ns/default/sa/sleep/container/app");
+    c.server.create_entry(
+        &c.node_id,
+        &app_id,
+        &["k8s:sa:sleep", "k8s:container-name:starting"],
+        &[],
+    );
+    let mut waiting = pod("starting", starting_uid, "sleep", NODE, &cid("f6"));
+    let status = &mut waiting["status"]["containerStatuses"][0];
+    status
+        .as_object_mut()
+        .expect("a status")
+        .remove("containerID");
+    status["state"] = json!({"waiting": {"reason": "ContainerCreating"}});
+    status["started"] = json!(false);
+    c.kube.apply(waiting);
+    let mut cmd = Command::new(&c.peer);
+    cmd.arg("watch")
+        .arg("-socketPath")
+        .arg(&c.agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    in_cgroup(&mut cmd, &starting_cg);
+    let mut stream = cmd.spawn().expect("sigil-demo-peer watch");
+    let updates = lines(stream.stdout.take().expect("stdout"));
+    let first = next_line(&updates, "a first update");
+    assert_eq!(first, format!("update: {}", sa_id(&c.server, "sleep")));
+    c.kube
+        .apply(pod("starting", starting_uid, "sleep", NODE, &cid("f6")));
+    let next = next_line(&updates, "an update with the container's identity");
+    let mut got: Vec<&str> = next.trim_start_matches("update: ").split(',').collect();
+    got.sort();
+    let sleep_id = sa_id(&c.server, "sleep");
+    let mut want = vec![app_id.as_str(), sleep_id.as_str()];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the open stream did not pick up the container's identity"
+    );
+    let _ = stream.kill();
+    let _ = stream.wait();
+
     // A deleted pod stops getting SVIDs: its open stream ends.
     let mut cmd = Command::new(&c.peer);
     cmd.arg("watch")
@@ -272,8 +337,8 @@ fn pods_get_their_service_account_identities_from_the_api_server() {
         .stderr(Stdio::piped());
     in_cgroup(&mut cmd, &httpbin_cg);
     let mut watch = cmd.spawn().expect("sigil-demo-peer watch");
-    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a first update").expect("readable");
+    let updates = lines(watch.stdout.take().expect("stdout"));
+    let first = next_line(&updates, "a first update");
     assert_eq!(first, format!("update: {}", sa_id(&c.server, "httpbin")));
     c.kube.delete("Pod", Some("default"), "httpbin");
     let status = wait_until("the stream to end", Duration::from_secs(10), || {
