@@ -639,6 +639,18 @@ impl Agent {
         a
     }
 
+    /// Starts an agent with the config file `config` (written as `<name>.conf`; the usual
+    /// `run` flags still give the server, socket and data dir) and waits for its socket.
+    pub fn start_with_config(dir: &Path, name: &str, server: &Server, config: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("creating the test dir");
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, config).expect("writing the agent config");
+        let path = path.to_str().expect("utf-8 path");
+        let mut a = Self::spawn_with(dir, name, server, &["-config", path]);
+        a.wait_ready();
+        a
+    }
+
     /// Starts an agent with `args` (how it attests, and more) after the usual `run` flags.
     fn spawn_with(dir: &Path, name: &str, server: &Server, args: &[&str]) -> Self {
         let adir = dir.join(name);

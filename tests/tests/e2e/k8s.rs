@@ -1,10 +1,12 @@
 //! Kubernetes workload attestation (issue 11) with real processes: a fake API server on
 //! loopback (`sigil-fake-kube`: real list/watch wire protocol), pods standing in as kubelet-named
 //! cgroup v2 directories, processes inside them calling the agent's socket, and a real agent
-//! running `WorkloadAttestor "k8s"`.
+//! attested with `k8s_psat` (its DaemonSet pod's projected token) running
+//! `WorkloadAttestor "k8s"`.
 //!
 //! The seeds' flow: pods `sleep` and `httpbin` in namespace `default` with their service
-//! accounts, entries `k8s:ns:default` + `k8s:sa:<sa>`, each pod's process gets
+//! accounts, entries `k8s:ns:default` + `k8s:sa:<sa>` parented to the agent's k8s_psat ID,
+//! each pod's process gets
 //! `spiffe://<td>/ns/default/sa/<sa>` over the Workload API, and a real Envoy in the pod over
 //! SDS. Then what must not happen: a process asking before its pod exists (served once it
 //! appears), an unknown pod, a pod on another node, a container id claimed by two pods, a
@@ -100,31 +102,55 @@ impl Cluster {
             kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
                 "metadata": {"name": sa, "namespace": "default"}}));
         }
-        kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
+        // The agent's own pod (a DaemonSet's), whose projected token attests the node.
+        kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "spire"}}));
+        kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "spire-agent", "namespace": "spire"}}));
+        let node =
+            kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
+        let node_uid = node["metadata"]["uid"]
+            .as_str()
+            .expect("node uid")
+            .to_string();
+        kube.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "spire-agent-1", "namespace": "spire"},
+            "spec": {"nodeName": NODE, "serviceAccountName": "spire-agent"},
+            "status": {"hostIP": "10.0.0.1"}}));
         let kubeconfig = dir.path().join("kubeconfig");
         kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let token_path = dir.path().join("agent-token");
+        let token = kube
+            .issue_token(
+                "spire",
+                "spire-agent",
+                &["spire-server"],
+                Some("spire-agent-1"),
+                Duration::from_secs(3600),
+            )
+            .expect("a projected token for the agent");
+        std::fs::write(&token_path, token).expect("token file");
 
-        let server = Server::start(dir.path(), TD);
-        let node_id = server.id(&format!("/node/{name}"));
-        let token = server.token(Some(&node_id));
-        let config = dir.path().join("agent.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "plugins {{\n  WorkloadAttestor \"k8s\" {{\n    plugin_data {{\n      node_name = \"{NODE}\"\n      kube_config_file = \"{}\"\n      pod_wait_timeout = \"{POD_WAIT}\"\n      skip_kubelet_verification = true\n    }}\n  }}\n}}\n",
+        // The seeds' setup: k8s_psat node attestation, the k8s workload attestor.
+        let server = Server::start_with_config_file(
+            dir.path(),
+            TD,
+            &format!(
+                "plugins {{\n  NodeAttestor \"k8s_psat\" {{\n    plugin_data {{\n      clusters = {{\n        \"demo\" = {{\n          service_account_allow_list = [\"spire:spire-agent\"]\n          kube_config_file = \"{}\"\n        }}\n      }}\n    }}\n  }}\n}}\n",
                 kubeconfig.display()
             ),
-        )
-        .expect("agent config");
-        let config_arg = config.display().to_string();
-        let mut agent = Agent::spawn(
+        );
+        let agent = Agent::start_with_config(
             dir.path(),
             &format!("agent-{name}"),
             &server,
-            &token,
-            &["-config", &config_arg],
+            &format!(
+                "plugins {{\n  NodeAttestor \"k8s_psat\" {{\n    plugin_data {{\n      cluster = \"demo\"\n      token_path = \"{}\"\n    }}\n  }}\n  WorkloadAttestor \"k8s\" {{\n    plugin_data {{\n      node_name = \"{NODE}\"\n      kube_config_file = \"{}\"\n      pod_wait_timeout = \"{POD_WAIT}\"\n      skip_kubelet_verification = true\n    }}\n  }}\n}}\n",
+                token_path.display(),
+                kubeconfig.display()
+            ),
         );
-        agent.wait_ready();
+        // Entries are parented to the agent's k8s_psat ID, as the seeds register them.
+        let node_id = format!("spiffe://{TD}/spire/agent/k8s_psat/demo/{node_uid}");
         let peer = dir.install_bin(Path::new(env!("CARGO_BIN_EXE_sigil-demo-peer")));
         for sa in ["sleep", "httpbin", "late"] {
             server.create_entry(
@@ -352,7 +378,6 @@ fn pods_get_their_service_account_identities_from_the_api_server() {
         "{stderr}"
     );
     assert_denied(c.fetch(&httpbin_cg), "a process of a deleted pod");
-    let _ = (&c.rt, &c.node_id);
 }
 
 #[test]
