@@ -2,7 +2,8 @@
 //!
 //! kube-runtime's watcher lists then watches (resuming from the last resourceVersion, relisting
 //! after `410 Gone`), and on errors backs off exponentially from 0.8 s to 30 s with jitter, so
-//! a fleet of agents restarting together does not hammer the API server in lockstep.
+//! a fleet of agents restarting together does not hammer the API server in lockstep; their
+//! lists are served from the API server's watch cache (`resourceVersion=0`), not etcd.
 
 use std::sync::Arc;
 
@@ -14,11 +15,25 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::pod::PodInfo;
 use crate::store::{NamespaceInfo, PodStore, StoreEvent};
 
+/// Lists at `resourceVersion=0`, which the API server answers from its watch cache instead of
+/// a quorum read of etcd: what a DaemonSet of watchers, all listing at once after a rollout or
+/// an API server restart, must do to not stampede it. kube-runtime only sends
+/// `resourceVersion=0` on unpaginated lists; one node's pods (or the cluster's namespaces) are
+/// a small list, and the cache ignores `limit` for such lists anyway. The price: behind a
+/// lagging API server replica a list can be a moment old; the watch that follows, from that
+/// list's resourceVersion, delivers what it missed straight away.
+fn cached_lists(mut config: watcher::Config) -> watcher::Config {
+    config = config.any_semantic();
+    config.page_size = None;
+    config
+}
+
 /// Watches the pods of `node_name` (`fieldSelector=spec.nodeName=<node>`), forever: the task
 /// is aborted with its attestor.
 pub async fn watch_pods(client: kube::Client, store: Arc<PodStore>, node_name: String) {
     let api: Api<Pod> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let config =
+        cached_lists(watcher::Config::default().fields(&format!("spec.nodeName={node_name}")));
     let stream = watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
@@ -49,7 +64,7 @@ pub async fn watch_pods(client: kube::Client, store: Arc<PodStore>, node_name: S
 /// Watches every Namespace, for `ns-label` selectors.
 pub async fn watch_namespaces(client: kube::Client, store: Arc<PodStore>) {
     let api: Api<Namespace> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, cached_lists(watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         let event = match event {

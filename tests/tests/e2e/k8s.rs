@@ -387,6 +387,15 @@ fn api_server_outage_keeps_known_pods_and_catches_up() {
     let a_cg = c.cgroups.systemd_containerd(a_uid, &cid("f1"));
     c.kube.apply(pod("sleep", a_uid, "sleep", NODE, &cid("f1")));
     c.wait_for(&a_cg, &sa_id(&c.server, "sleep"));
+    // An agent's start-up list is served from the API server's cache (resourceVersion=0), not
+    // a quorum read: a DaemonSet restarting at once must not stampede etcd.
+    assert!(
+        c.kube.requests().iter().any(|r| !r.is_watch()
+            && r.path.ends_with("/pods")
+            && r.param("resourceVersion").as_deref() == Some("0")),
+        "no resourceVersion=0 list: {:?}",
+        c.kube.requests()
+    );
 
     // Down: pods already known keep being attested.
     c.rt.block_on(c.kube.stop());
