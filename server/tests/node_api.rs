@@ -1,137 +1,29 @@
 //! The agent API against a real `sigil-server` process: join-token attestation (single use),
 //! mTLS-only calls, authorization of CSRs, eviction/ban, and a 100k-entry sync.
 
-use rcgen::{CertificateParams, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+mod common;
+
+use common::{Launch, Server, TD, csr, node_client};
+use rcgen::KeyPair;
 use sigil_proto::admin as apb;
 use sigil_proto::agent as pb;
-use sigil_proto::agent::node_client::NodeClient;
 use sigil_proto::types;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
-const TD: &str = "example.org";
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    admin: PathBuf,
-    port: u16,
-    roots: Vec<Vec<u8>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A server configured by flags alone.
 async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let admin = dir.path().join("admin.sock");
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sigil-server"))
-        .args([
-            "run",
-            "-trustDomain",
-            TD,
-            "-bindAddress",
-            "127.0.0.1",
-            "-logLevel",
-            "warn",
-        ])
-        .arg("-serverPort")
-        .arg(port.to_string())
-        .arg("-dataDir")
-        .arg(dir.path().join("data"))
-        .arg("-socketPath")
-        .arg(&admin)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let roots = loop {
-        if let Ok(mut c) = sigil_server::cli::connect(admin.to_str().unwrap()).await
-            && let Ok(b) = c.get_bundle(apb::GetBundleRequest {}).await
-        {
-            break b.into_inner().x509_authorities;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Server {
-        child,
-        _dir: dir,
-        admin,
-        port,
-        roots,
-    }
-}
-
-async fn node_client(s: &Server, client_cert: Option<(Vec<u8>, &KeyPair)>) -> NodeClient<Channel> {
-    // The server's SVID, verified properly: chain to the bundle and the server's SPIFFE ID.
-    let verifier = sigil_tls::SvidVerifier::new(
-        sigil_tls::Roots::fixed(s.roots.clone()),
-        sigil_tls::Authorizer::Id(format!("spiffe://{TD}/spire/server").parse().unwrap()),
-    );
-    let b = rustls::ClientConfig::builder_with_provider(sigil_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
-    let mut cfg = match client_cert {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from(cert)],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let port = s.port;
-    let ch = tonic::transport::Endpoint::try_from("http://127.0.0.1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let tls = connector
-                    .connect(ServerName::try_from("sigil-server").unwrap(), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .unwrap();
-    NodeClient::new(ch).max_decoding_message_size(64 << 20)
-}
-
-fn csr(key: &KeyPair) -> Vec<u8> {
-    CertificateParams::default()
-        .serialize_request(key)
-        .unwrap()
-        .der()
-        .to_vec()
+    common::start_with(|_| {
+        Launch::Flags(
+            ["-trustDomain", TD, "-logLevel", "warn"]
+                .map(String::from)
+                .to_vec(),
+        )
+    })
+    .await
 }
 
 async fn token(s: &Server, alias: &str) -> String {
-    let mut c = sigil_server::cli::connect(s.admin.to_str().unwrap())
-        .await
-        .unwrap();
+    let mut c = s.admin_client().await;
     c.create_join_token(apb::CreateJoinTokenRequest {
         ttl: 600,
         spiffe_id: alias.into(),
@@ -172,9 +64,7 @@ fn entry(spiffe: &str, parent: &str, sel: &str) -> types::Entry {
 }
 
 async fn create(s: &Server, entries: Vec<types::Entry>) -> Vec<String> {
-    let mut c = sigil_server::cli::connect(s.admin.to_str().unwrap())
-        .await
-        .unwrap();
+    let mut c = s.admin_client().await;
     let r = c
         .batch_create_entry(apb::BatchCreateEntryRequest { entries })
         .await
@@ -315,9 +205,7 @@ async fn attestation_authorization_and_eviction() {
         .svid
         .unwrap();
     assert_eq!(renewed.spiffe_id, svid.spiffe_id);
-    let mut admin = sigil_server::cli::connect(s.admin.to_str().unwrap())
-        .await
-        .unwrap();
+    let mut admin = s.admin_client().await;
     admin
         .evict_agent(apb::AgentIdRequest {
             spiffe_id: svid.spiffe_id.clone(),
@@ -506,9 +394,7 @@ async fn writes_reach_only_the_agents_they_concern() {
     quiet(&mut b, "B").await;
 
     // An update: A gets the new revision; nobody else hears of it.
-    let mut admin = sigil_server::cli::connect(s.admin.to_str().unwrap())
-        .await
-        .unwrap();
+    let mut admin = s.admin_client().await;
     let mut updated = entry(&format!("spiffe://{TD}/web"), &a_id, "unix:uid:1");
     updated.id = web[0].clone();
     updated.dns_names = vec!["web.example.org".into()];

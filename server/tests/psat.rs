@@ -1,184 +1,78 @@
 //! k8s_psat node attestation against a real `sigil-server` process whose cluster's API server is
-//! a small stub (TokenReview, pod and node GETs over plain HTTP, reached through the
-//! `kube_config_file` it writes): attestation and its refusals as agents see them,
-//! re-attestation to the same ID, bans, node-alias entries (`entry create -node`) authorizing
-//! only the agents whose selectors match, and `agent show`.
+//! `sigil-fake-kube` (reached through the `kube_config_file` it writes), so tokens are signed
+//! JWTs bound to pods and TokenReview checks them for real: attestation and its refusals as
+//! agents see them, re-attestation to the same ID, bans, node-alias entries (`entry create
+//! -node`) authorizing only the agents whose selectors match, and `agent show`. Two refusals
+//! FakeKube cannot lead to are left to a minimal stub (`refusals_fake_kube_cannot_produce`).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Launch, Server, TD, csr, node_client};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rcgen::{CertificateParams, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rcgen::KeyPair;
 use serde_json::{Value, json};
+use sigil_fake_kube::FakeKube;
 use sigil_proto::admin as apb;
 use sigil_proto::agent as pb;
-use sigil_proto::agent::node_client::NodeClient;
-use tonic::transport::Channel;
 
-const TD: &str = "example.org";
+/// The audience the server asks TokenReview for: k8s_psat's default, which the config keeps.
+const AUDIENCE: &str = "spire-server";
+/// The service account the config allows.
+const AGENT_SA: (&str, &str) = ("spire", "spire-agent");
+const TOKEN_TTL: Duration = Duration::from_secs(600);
 
-// === the API server stub ===
+// === the cluster ===
 
-/// What the stub API server knows: tokens (→ the pod they are bound to) and objects.
-#[derive(Default)]
-struct Cluster {
-    /// token → (namespace, service account, pod name, pod UID).
-    tokens: HashMap<String, (String, String, String, String)>,
-    pods: HashMap<(String, String), Value>,
-    nodes: HashMap<String, Value>,
-    /// The audiences of every TokenReview asked.
-    asked: Vec<Value>,
+/// Node `node` labelled `zone`, with UID `uid-<node>`.
+fn apply_node(kube: &FakeKube, node: &str, zone: &str) {
+    kube.apply(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "uid": format!("uid-{node}"), "labels": {"zone": zone}}}));
 }
 
-#[derive(Clone, Default)]
-struct KubeStub(Arc<Mutex<Cluster>>);
-
-impl KubeStub {
-    /// Serves on a free port; returns the kubeconfig pointing at it.
-    async fn start(&self, dir: &Path) -> PathBuf {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let me = me.clone();
-                            async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: stub\n  context:\n    cluster: stub\n    user: stub\ncurrent-context: stub\nusers:\n- name: stub\n  user:\n    token: reviewer-token\n"
-            ),
-        )
-        .unwrap();
-        path
-    }
-
-    async fn answer(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-    ) -> hyper::Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let path = parts.uri.path().to_string();
-        let mut c = self.0.lock().unwrap();
-        let found = |v: Option<&Value>| match v {
-            Some(v) => (200, v.clone()),
-            None => (
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
-            ),
-        };
-        let (code, answer) = if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
-            let mut review: Value = serde_json::from_slice(&body).unwrap();
-            let audiences = review["spec"]["audiences"].clone();
-            c.asked.push(audiences.clone());
-            let token = review["spec"]["token"].as_str().unwrap_or_default();
-            review["status"] = match c.tokens.get(token) {
-                Some((ns, sa, pod, uid)) => json!({
-                    "authenticated": true,
-                    "user": {
-                        "username": format!("system:serviceaccount:{ns}:{sa}"),
-                        "extra": {
-                            "authentication.kubernetes.io/pod-name": [pod],
-                            "authentication.kubernetes.io/pod-uid": [uid]
-                        }
-                    },
-                    "audiences": audiences
-                }),
-                None => json!({"authenticated": false}),
-            };
-            (201, review)
-        } else if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
-            let (ns, name) = rest.split_once("/pods/").unwrap();
-            found(c.pods.get(&(ns.to_string(), name.to_string())))
-        } else if let Some(name) = path.strip_prefix("/api/v1/nodes/") {
-            found(c.nodes.get(name))
-        } else {
-            (404, json!({}))
-        };
-        hyper::Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(answer.to_string())))
-            .unwrap()
-    }
-
-    /// A node and a pod of service account `ns:sa` on it, with a token bound to the pod.
-    fn add(&self, token: &str, (ns, sa): (&str, &str), pod: &str, node: &str, zone: &str) {
-        let mut c = self.0.lock().unwrap();
-        let pod_uid = format!("uid-{pod}");
-        c.tokens.insert(
-            token.into(),
-            (ns.into(), sa.into(), pod.into(), pod_uid.clone()),
-        );
-        c.pods.insert(
-            (ns.into(), pod.into()),
-            json!({"metadata": {"namespace": ns, "name": pod, "uid": pod_uid,
-                                "labels": {"app": "spire-agent"}},
-                   "spec": {"nodeName": node}, "status": {"hostIP": "10.0.0.1"}}),
-        );
-        c.nodes.insert(
-            node.into(),
-            json!({"metadata": {"name": node, "uid": format!("uid-{node}"),
-                                "labels": {"zone": zone}}}),
-        );
-    }
+/// Pod `ns/pod` with UID `uid`, scheduled on `node`.
+fn apply_pod(kube: &FakeKube, ns: &str, pod: &str, uid: &str, node: &str) {
+    kube.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": ns, "name": pod, "uid": uid, "labels": {"app": "spire-agent"}},
+        "spec": {"nodeName": node}, "status": {"hostIP": "10.0.0.1"}}));
 }
 
-// === the server ===
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    admin: PathBuf,
-    port: u16,
-    roots: Vec<Vec<u8>>,
+/// Service account `ns:sa` and a pod of it on `node` (in `zone`); UIDs are `uid-<name>`.
+fn add(kube: &FakeKube, (ns, sa): (&str, &str), pod: &str, node: &str, zone: &str) {
+    kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"namespace": ns, "name": sa}}));
+    apply_node(kube, node, zone);
+    apply_pod(kube, ns, pod, &format!("uid-{pod}"), node);
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A server whose `demo` cluster is served by `kube`.
-async fn start(kube: &KubeStub) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kube.start(dir.path()).await;
-    let admin = dir.path().join("admin.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A token of `ns:sa` bound to `pod` (as kubelet projects one into the agent's pod) for
+/// `audience`.
+fn token(kube: &FakeKube, (ns, sa): (&str, &str), pod: &str, audience: &str) -> String {
+    kube.issue_token(ns, sa, &[audience], Some(pod), TOKEN_TTL)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("server.conf");
-    std::fs::write(
-        &conf,
-        format!(
+}
+
+/// How many TokenReviews `kube` was asked.
+fn token_reviews(kube: &FakeKube) -> usize {
+    kube.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/apis/authentication.k8s.io/v1/tokenreviews")
+        .count()
+}
+
+/// A server whose `demo` cluster is reached through the kubeconfig `write_kubeconfig` writes
+/// at the path it is given.
+async fn start(write_kubeconfig: impl FnOnce(&Path)) -> Server {
+    common::start_with(|l| {
+        let kubeconfig = l.dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig);
+        Launch::Config(format!(
             r#"
 server {{
     trust_domain = "{TD}"
@@ -196,7 +90,7 @@ plugins {{
         plugin_data {{
             clusters = {{
                 "demo" = {{
-                    service_account_allow_list = ["spire:spire-agent"]
+                    service_account_allow_list = ["{ns}:{sa}"]
                     kube_config_file = "{kubeconfig}"
                     allowed_node_label_keys = ["zone"]
                 }}
@@ -205,83 +99,20 @@ plugins {{
     }}
 }}
 "#,
-            data = dir.path().join("data").display(),
-            admin = admin.display(),
+            data = l.data_dir.display(),
+            port = l.port,
+            admin = l.admin.display(),
+            ns = AGENT_SA.0,
+            sa = AGENT_SA.1,
             kubeconfig = kubeconfig.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sigil-server"))
-        .arg("run")
-        .arg("-config")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let roots = loop {
-        if let Ok(mut c) = sigil_server::cli::connect(admin.to_str().unwrap()).await
-            && let Ok(b) = c.get_bundle(apb::GetBundleRequest {}).await
-        {
-            break b.into_inner().x509_authorities;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Server {
-        child,
-        _dir: dir,
-        admin,
-        port,
-        roots,
-    }
+        ))
+    })
+    .await
 }
 
-async fn node_client(s: &Server, client_cert: Option<(Vec<u8>, &KeyPair)>) -> NodeClient<Channel> {
-    let verifier = sigil_tls::SvidVerifier::new(
-        sigil_tls::Roots::fixed(s.roots.clone()),
-        sigil_tls::Authorizer::Id(format!("spiffe://{TD}/spire/server").parse().unwrap()),
-    );
-    let b = rustls::ClientConfig::builder_with_provider(sigil_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
-    let mut cfg = match client_cert {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from(cert)],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let port = s.port;
-    let ch = tonic::transport::Endpoint::try_from("http://127.0.0.1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let tls = connector
-                    .connect(ServerName::try_from("sigil-server").unwrap(), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .unwrap();
-    NodeClient::new(ch)
-}
-
-fn csr(key: &KeyPair) -> Vec<u8> {
-    CertificateParams::default()
-        .serialize_request(key)
-        .unwrap()
-        .der()
-        .to_vec()
+/// A server whose `demo` cluster is `kube`.
+async fn start_for(kube: &FakeKube) -> Server {
+    start(|path| kube.write_kubeconfig(path).unwrap()).await
 }
 
 fn payload(cluster: &str, token: &str) -> Vec<u8> {
@@ -311,14 +142,8 @@ async fn attest_psat(
     Ok((resp.svid.unwrap(), key))
 }
 
-async fn admin(s: &Server) -> sigil_proto::admin::admin_client::AdminClient<Channel> {
-    sigil_server::cli::connect(s.admin.to_str().unwrap())
-        .await
-        .unwrap()
-}
-
 async fn get_agent(s: &Server, id: &str) -> apb::Agent {
-    admin(s)
+    s.admin_client()
         .await
         .get_agent(apb::GetAgentRequest {
             spiffe_id: id.into(),
@@ -366,13 +191,16 @@ fn assert_refused(
 
 #[tokio::test]
 async fn attestation_reattestation_and_refusals() {
-    let kube = KubeStub::default();
-    kube.add("tok-a", ("spire", "spire-agent"), "agent-a", "node-1", "z1");
-    kube.add("tok-x", ("default", "intruder"), "evil", "node-1", "z1");
-    let s = start(&kube).await;
+    let kube = FakeKube::start().await.unwrap();
+    add(&kube, AGENT_SA, "agent-a", "node-1", "z1");
+    let intruder = ("default", "intruder");
+    add(&kube, intruder, "evil", "node-1", "z1");
+    let tok_a = token(&kube, AGENT_SA, "agent-a", AUDIENCE);
+    let tok_x = token(&kube, intruder, "evil", AUDIENCE);
+    let s = start_for(&kube).await;
     let id = format!("spiffe://{TD}/spire/agent/k8s_psat/demo/uid-node-1");
 
-    let (svid, key) = attest_psat(&s, payload("demo", "tok-a")).await.unwrap();
+    let (svid, key) = attest_psat(&s, payload("demo", &tok_a)).await.unwrap();
     assert_eq!(svid.spiffe_id, id);
     assert_eq!(
         sigil_spiffe::x509::verify_svid_chain(&svid.cert_chain, &s.roots, sigil_server::now_unix())
@@ -380,7 +208,10 @@ async fn attestation_reattestation_and_refusals() {
             .to_string(),
         id
     );
-    assert_eq!(kube.0.lock().unwrap().asked, [json!(["spire-server"])]);
+    // One TokenReview, which asked for "spire-server": the token carries only that audience,
+    // and a review authenticates a token only for requested audiences it carries. (The refusal
+    // of a token for another audience below quotes the audiences asked: exactly that one.)
+    assert_eq!(token_reviews(&kube), 1);
     let agent = get_agent(&s, &id).await;
     assert_eq!(agent.attestation_type, "k8s_psat");
     assert!(agent.can_reattest);
@@ -412,14 +243,9 @@ async fn attestation_reattestation_and_refusals() {
 
     // Kubelet rotated the token and the node moved zone: attesting again gives the same ID,
     // a new serial and the new selectors; the previous SVID is no longer accepted.
-    kube.add(
-        "tok-a2",
-        ("spire", "spire-agent"),
-        "agent-a",
-        "node-1",
-        "z2",
-    );
-    let (again, _) = attest_psat(&s, payload("demo", "tok-a2")).await.unwrap();
+    let tok_a2 = token(&kube, AGENT_SA, "agent-a", AUDIENCE);
+    apply_node(&kube, "node-1", "z2");
+    let (again, _) = attest_psat(&s, payload("demo", &tok_a2)).await.unwrap();
     assert_eq!(again.spiffe_id, id);
     let agent = get_agent(&s, &id).await;
     assert_ne!(agent.x509_svid_serial_number, first_serial);
@@ -434,19 +260,40 @@ async fn attestation_reattestation_and_refusals() {
         e.message()
     );
 
-    // Refusals reach the agent with SPIRE's code and reason.
+    // Refusals reach the agent with SPIRE's code and reason. The API server's TokenReview
+    // refuses with an error (which SPIRE reports as a failed review, Internal) a token signed by
+    // another cluster's API server, and one issued for another audience (its own, which a review
+    // asking for no audience would accept). `refusals_fake_kube_cannot_produce` covers a review
+    // that does not authenticate without an error.
+    let review_error = |reason: &str| {
+        format!(
+            "nodeattestor(k8s_psat): unable to validate token with TokenReview API for cluster \"demo\": token review API response contains an error: [invalid bearer token, {reason}"
+        )
+    };
+    let other_cluster = FakeKube::start().await.unwrap();
+    add(&other_cluster, AGENT_SA, "agent-a", "node-1", "z1");
+    let foreign = token(&other_cluster, AGENT_SA, "agent-a", AUDIENCE);
     assert_refused(
-        attest_psat(&s, payload("demo", "unknown-token")).await,
-        tonic::Code::PermissionDenied,
-        "nodeattestor(k8s_psat): token not authenticated according to TokenReview API for cluster \"demo\"",
+        attest_psat(&s, payload("demo", &foreign)).await,
+        tonic::Code::Internal,
+        &review_error("go-jose/go-jose: error in cryptographic primitive"),
+    );
+    let api_audience = token(&kube, AGENT_SA, "agent-a", sigil_fake_kube::API_AUDIENCE);
+    assert_refused(
+        attest_psat(&s, payload("demo", &api_audience)).await,
+        tonic::Code::Internal,
+        &review_error(&format!(
+            "token audiences [\"{}\"] is invalid for the target audiences [\"{AUDIENCE}\"]",
+            sigil_fake_kube::API_AUDIENCE
+        )),
     );
     assert_refused(
-        attest_psat(&s, payload("demo", "tok-x")).await,
+        attest_psat(&s, payload("demo", &tok_x)).await,
         tonic::Code::PermissionDenied,
         "nodeattestor(k8s_psat): \"default:intruder\" is not an allowed service account for cluster \"demo\"",
     );
     assert_refused(
-        attest_psat(&s, payload("prod", "tok-a2")).await,
+        attest_psat(&s, payload("prod", &tok_a2)).await,
         tonic::Code::InvalidArgument,
         "nodeattestor(k8s_psat): not configured for cluster \"prod\"",
     );
@@ -455,17 +302,21 @@ async fn attestation_reattestation_and_refusals() {
         tonic::Code::InvalidArgument,
         "nodeattestor(k8s_psat): failed to unmarshal data payload",
     );
-    // The pod was re-created under the same name: the old pod's token no longer attests.
-    kube.0
-        .lock()
-        .unwrap()
-        .pods
-        .get_mut(&("spire".into(), "agent-a".into()))
-        .unwrap()["metadata"]["uid"] = json!("uid-new");
+    // The pod was deleted, then re-created under the same name: the old pod's token no longer
+    // attests. TokenReview itself refuses it, as the real one does (the token is bound to the
+    // old pod's UID); `refusals_fake_kube_cannot_produce` covers the server's own UID check.
+    kube.delete("Pod", Some("spire"), "agent-a").unwrap();
+    let invalidated = review_error("service account token has been invalidated");
     assert_refused(
-        attest_psat(&s, payload("demo", "tok-a2")).await,
-        tonic::Code::PermissionDenied,
-        "pod UID mismatch for pod \"agent-a\" in cluster \"demo\": token bound to pod UID \"uid-agent-a\"",
+        attest_psat(&s, payload("demo", &tok_a2)).await,
+        tonic::Code::Internal,
+        &invalidated,
+    );
+    apply_pod(&kube, "spire", "agent-a", "uid-new", "node-1");
+    assert_refused(
+        attest_psat(&s, payload("demo", &tok_a2)).await,
+        tonic::Code::Internal,
+        &invalidated,
     );
     let key = KeyPair::generate().unwrap();
     let e = node_client(&s, None)
@@ -486,28 +337,23 @@ async fn attestation_reattestation_and_refusals() {
         e.message()
     );
 
-    // Evicted: the agent attests again with a fresh token. Banned: refused.
-    kube.add(
-        "tok-a3",
-        ("spire", "spire-agent"),
-        "agent-a",
-        "node-1",
-        "z2",
-    );
-    let mut a = admin(&s).await;
+    // Evicted: the agent (of the re-created pod, on the same node) attests again with a fresh
+    // token. Banned: refused.
+    let tok_a3 = token(&kube, AGENT_SA, "agent-a", AUDIENCE);
+    let mut a = s.admin_client().await;
     a.evict_agent(apb::AgentIdRequest {
         spiffe_id: id.clone(),
     })
     .await
     .unwrap();
-    attest_psat(&s, payload("demo", "tok-a3")).await.unwrap();
+    attest_psat(&s, payload("demo", &tok_a3)).await.unwrap();
     a.ban_agent(apb::AgentIdRequest {
         spiffe_id: id.clone(),
     })
     .await
     .unwrap();
     assert_refused(
-        attest_psat(&s, payload("demo", "tok-a3")).await,
+        attest_psat(&s, payload("demo", &tok_a3)).await,
         tonic::Code::PermissionDenied,
         "failed to attest: agent is banned",
     );
@@ -546,12 +392,14 @@ async fn attestation_reattestation_and_refusals() {
 /// agent in zone z1, and refused to an agent of the same cluster in zone z2.
 #[tokio::test]
 async fn node_alias_authorizes_matching_agents_only() {
-    let kube = KubeStub::default();
-    kube.add("tok-1", ("spire", "spire-agent"), "agent-1", "node-1", "z1");
-    kube.add("tok-2", ("spire", "spire-agent"), "agent-2", "node-2", "z2");
-    let s = start(&kube).await;
-    let (svid1, key1) = attest_psat(&s, payload("demo", "tok-1")).await.unwrap();
-    let (svid2, key2) = attest_psat(&s, payload("demo", "tok-2")).await.unwrap();
+    let kube = FakeKube::start().await.unwrap();
+    add(&kube, AGENT_SA, "agent-1", "node-1", "z1");
+    add(&kube, AGENT_SA, "agent-2", "node-2", "z2");
+    let tok_1 = token(&kube, AGENT_SA, "agent-1", AUDIENCE);
+    let tok_2 = token(&kube, AGENT_SA, "agent-2", AUDIENCE);
+    let s = start_for(&kube).await;
+    let (svid1, key1) = attest_psat(&s, payload("demo", &tok_1)).await.unwrap();
+    let (svid2, key2) = attest_psat(&s, payload("demo", &tok_2)).await.unwrap();
 
     let alias = format!("spiffe://{TD}/k8s-cluster/demo/z1");
     let (code, out, err) = cli(
@@ -653,4 +501,101 @@ async fn node_alias_authorizes_matching_agents_only() {
     let (code2, synced2) = sign(svid2, key2, web.clone()).await;
     assert_eq!(code2, tonic::Code::PermissionDenied as i32);
     assert!(synced2.is_empty(), "{synced2:?}");
+}
+
+// === what FakeKube cannot produce ===
+
+/// Two refusals FakeKube cannot lead to, from a minimal stub API server instead:
+/// - A review that does not authenticate and gives no error: the real API server answers so
+///   for a token none of its authenticators takes up (the service account one skips a token
+///   that is not a JWT of its issuer), but FakeKube's review always says why it refuses.
+/// - A pod re-created under the same name between the TokenReview and the pod GET: the server
+///   compares the pod UID the review vouched for with the pod it gets, so the old pod's token
+///   does not attest as the new pod. FakeKube serves both calls from one consistent store and
+///   has no hook between requests, so a re-created pod already fails the review (see
+///   `attestation_reattestation_and_refusals`).
+#[tokio::test]
+async fn refusals_fake_kube_cannot_produce() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(stub_answer),
+            );
+            tokio::spawn(conn);
+        }
+    });
+    let s = start(|path| {
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "stub", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
+            "users": [{"name": "stub", "user": {"token": "reviewer-token"}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
+            "current-context": "stub",
+        });
+        std::fs::write(path, config.to_string()).unwrap();
+    })
+    .await;
+    assert_refused(
+        attest_psat(&s, payload("demo", "unknown-token")).await,
+        tonic::Code::PermissionDenied,
+        "nodeattestor(k8s_psat): token not authenticated according to TokenReview API for cluster \"demo\"",
+    );
+    assert_refused(
+        attest_psat(&s, payload("demo", RACED_TOKEN)).await,
+        tonic::Code::PermissionDenied,
+        "nodeattestor(k8s_psat): pod UID mismatch for pod \"agent-a\" in cluster \"demo\": token bound to pod UID \"uid-agent-a\"",
+    );
+}
+
+/// The token the stub's review authenticates.
+const RACED_TOKEN: &str = "token-of-the-old-agent-a";
+
+/// The stub's answers: TokenReview authenticates [`RACED_TOKEN`] as `spire:spire-agent` bound
+/// to pod `agent-a` with UID `uid-agent-a` (checked before the re-creation), and no other
+/// token, without an error; the pod GET finds `agent-a` with UID `uid-new` (after it).
+async fn stub_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (code, answer) = match req.uri().path() {
+        "/apis/authentication.k8s.io/v1/tokenreviews" => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut review: Value = serde_json::from_slice(&body).unwrap();
+            review["status"] = if review["spec"]["token"] == RACED_TOKEN {
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": "system:serviceaccount:spire:spire-agent",
+                        "extra": {
+                            "authentication.kubernetes.io/pod-name": ["agent-a"],
+                            "authentication.kubernetes.io/pod-uid": ["uid-agent-a"]
+                        }
+                    },
+                    "audiences": review["spec"]["audiences"].clone(),
+                })
+            } else {
+                json!({"authenticated": false, "user": {}})
+            };
+            (201, review)
+        }
+        "/api/v1/namespaces/spire/pods/agent-a" => (
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"namespace": "spire", "name": "agent-a", "uid": "uid-new"},
+                   "spec": {"nodeName": "node-1"}}),
+        ),
+        path => (
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+        ),
+    };
+    Ok(hyper::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(answer.to_string())))
+        .unwrap())
 }
