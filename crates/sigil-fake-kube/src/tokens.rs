@@ -321,6 +321,11 @@ pub fn authenticate(
 
 /// The `status` of a TokenReview of `token` for `audiences`.
 pub fn review_status(store: &Store, signer: &Signer, token: &str, audiences: &[String]) -> Value {
+    // Not a JWT at all: the service account authenticator does not claim it and no other
+    // authenticator does either, so the real server answers "not authenticated" with no error.
+    if token.split('.').count() != 3 {
+        return json!({"authenticated": false, "user": {}});
+    }
     match authenticate(store, signer, token, audiences) {
         Ok(a) => json!({"authenticated": true, "user": a.user, "audiences": a.audiences}),
         Err(e) => json!({
@@ -402,6 +407,9 @@ mod tests {
         let forged = format!("{}x", &tok[..tok.len() - 1]);
         assert!(signer.verify(&forged).is_err());
         assert!(Signer::new().verify(&tok).is_err());
+        // Not a JWT: nobody claims it; not authenticated, and no error (as the real server).
+        let none = review_status(&s, &signer, "not-a-jwt", &["a".into()]);
+        assert_eq!(none, json!({"authenticated": false, "user": {}}));
     }
 
     #[test]
