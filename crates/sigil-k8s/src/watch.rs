@@ -46,10 +46,18 @@ pub async fn watch_pods(client: kube::Client, store: Arc<PodStore>, node_name: S
         };
         let strip = |p: &Pod| PodInfo::from_pod(p);
         let event = match event {
-            watcher::Event::Apply(p) => strip(&p).map(StoreEvent::Apply),
+            // The field selector already limits the watch to this node; the check is kept
+            // here too, so that an API server (or proxy) that ignored it could never make
+            // another node's pod attestable here.
+            watcher::Event::Apply(p) => strip(&p).map(|p| match p.node_name == node_name {
+                true => StoreEvent::Apply(p),
+                false => StoreEvent::Delete(p),
+            }),
             watcher::Event::Delete(p) => strip(&p).map(StoreEvent::Delete),
             watcher::Event::Init => Some(StoreEvent::InitStart),
-            watcher::Event::InitApply(p) => strip(&p).map(StoreEvent::InitApply),
+            watcher::Event::InitApply(p) => strip(&p)
+                .filter(|p| p.node_name == node_name)
+                .map(StoreEvent::InitApply),
             watcher::Event::InitDone => {
                 tracing::debug!(node = %node_name, "pod list complete");
                 Some(StoreEvent::InitDone)
