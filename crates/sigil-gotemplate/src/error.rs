@@ -189,7 +189,11 @@ impl Position {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-        Position { name: name.to_owned(), line, col }
+        Position {
+            name: name.to_owned(),
+            line,
+            col,
+        }
     }
 }
 

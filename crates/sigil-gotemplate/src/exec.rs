@@ -34,7 +34,14 @@ type Res<T> = Result<T, ExecError>;
 
 impl<'t, 'd> State<'t, 'd> {
     pub(crate) fn new(name: &'t str, src: &'t str, model: &'t DataModel) -> Self {
-        State { name, src, model, vars: Vec::new(), out: String::new(), steps: 0 }
+        State {
+            name,
+            src,
+            model,
+            vars: Vec::new(),
+            out: String::new(),
+            steps: 0,
+        }
     }
 
     pub(crate) fn run(mut self, root: &'t List, data: &'d Value) -> Res<String> {
@@ -46,7 +53,10 @@ impl<'t, 'd> State<'t, 'd> {
     }
 
     fn err(&self, pos: usize, kind: ExecErrorKind) -> ExecError {
-        ExecError { pos: Position::at(self.name, self.src, pos), kind }
+        ExecError {
+            pos: Position::at(self.name, self.src, pos),
+            kind,
+        }
     }
 
     fn step(&mut self, pos: usize) -> Res<()> {
@@ -169,10 +179,10 @@ impl<'t, 'd> State<'t, 'd> {
             self.step(pos)?;
             match b.pipe.decl.as_slice() {
                 [] => {}
-                [one] => self.bind(pos, one, elem.clone(), b.pipe.is_assign)?,
+                [one] => self.bind(pos, one, elem.clone())?,
                 [first, second, ..] => {
-                    self.bind(pos, first, index, b.pipe.is_assign)?;
-                    self.bind(pos, second, elem.clone(), b.pipe.is_assign)?;
+                    self.bind(pos, first, index)?;
+                    self.bind(pos, second, elem.clone())?;
                 }
             }
             let inner_mark = self.vars.len();
@@ -186,8 +196,8 @@ impl<'t, 'd> State<'t, 'd> {
         Ok(Flow::Normal)
     }
 
-    /// Sets a range variable: the innermost one of that name.
-    fn bind(&mut self, pos: usize, name: &str, v: Val<'d>, _assign: bool) -> Res<()> {
+    /// Sets a variable (range element or `$x = ...`): the innermost one of that name.
+    fn bind(&mut self, pos: usize, name: &str, v: Val<'d>) -> Res<()> {
         match self.vars.iter_mut().rev().find(|(n, _)| n == name) {
             Some(slot) => {
                 slot.1 = v;
@@ -202,7 +212,7 @@ impl<'t, 'd> State<'t, 'd> {
         let v = self.eval_cmds(dot, pipe)?;
         for name in &pipe.decl {
             if pipe.is_assign {
-                self.bind(pipe.pos, name, v.clone(), true)?;
+                self.bind(pipe.pos, name, v.clone())?;
             } else {
                 self.vars.push((name.clone(), v.clone()));
             }
@@ -231,7 +241,10 @@ impl<'t, 'd> State<'t, 'd> {
             return Err(self.err(*pos, ExecErrorKind::NilCommand));
         }
         if cmd.args.len() > 1 || fin.is_some() {
-            return Err(self.err(arg_pos(first), ExecErrorKind::ArgsToNonFunction(arg_text(first))));
+            return Err(self.err(
+                arg_pos(first),
+                ExecErrorKind::ArgsToNonFunction(arg_text(first)),
+            ));
         }
         self.eval_arg(dot, first)
     }
@@ -242,7 +255,9 @@ impl<'t, 'd> State<'t, 'd> {
             Arg::Variable { pos, name, chain } => {
                 let v = match self.vars.iter().rev().find(|(n, _)| n == name) {
                     Some((_, v)) => v.clone(),
-                    None => return Err(self.err(*pos, ExecErrorKind::UndefinedVariable(name.clone()))),
+                    None => {
+                        return Err(self.err(*pos, ExecErrorKind::UndefinedVariable(name.clone())));
+                    }
                 };
                 self.chain(*pos, v, chain)
             }
@@ -274,32 +289,67 @@ impl<'t, 'd> State<'t, 'd> {
             Val::NoValue | Val::NilMap => Ok(Val::NoValue),
             Val::Nil | Val::NilPtr => Err(self.err(
                 pos,
-                ExecErrorKind::NilPointer { field: name.to_owned(), ty: recv.type_name() },
+                ExecErrorKind::NilPointer {
+                    field: name.to_owned(),
+                    ty: recv.type_name(),
+                },
             )),
-            Val::Map(m) => Ok(m.get(name).map_or(Val::NoValue, |v| Val::from_json(v, Ctx::Any))),
+            Val::Map(m) => Ok(m
+                .get(name)
+                .map_or(Val::NoValue, |v| Val::from_json(v, Ctx::Any))),
             Val::Struct(m) => match m.get(name) {
                 Some(v) => Ok(Val::from_json(v, self.model.field_ctx(name))),
                 None if self.model.is_map_field(name) => Ok(Val::NilMap),
                 None => Err(self.err(
                     pos,
-                    ExecErrorKind::CantEvaluateField { field: name.to_owned(), ty: recv.type_name() },
+                    ExecErrorKind::CantEvaluateField {
+                        field: name.to_owned(),
+                        ty: recv.type_name(),
+                    },
                 )),
             },
             other => Err(self.err(
                 pos,
-                ExecErrorKind::CantEvaluateField { field: name.to_owned(), ty: other.type_name() },
+                ExecErrorKind::CantEvaluateField {
+                    field: name.to_owned(),
+                    ty: other.type_name(),
+                },
             )),
         }
     }
 
-    fn call(&mut self, dot: &Val<'d>, pos: usize, name: &str, args: &'t [Arg], fin: Option<Val<'d>>) -> Res<Val<'d>> {
+    fn call(
+        &mut self,
+        dot: &Val<'d>,
+        pos: usize,
+        name: &str,
+        args: &'t [Arg],
+        fin: Option<Val<'d>>,
+    ) -> Res<Val<'d>> {
         let Some(arity) = funcs::arity(name) else {
-            return Err(self.err(pos, ExecErrorKind::Call { func: name.to_owned(), msg: "not defined".into() }));
+            return Err(self.err(
+                pos,
+                ExecErrorKind::Call {
+                    func: name.to_owned(),
+                    msg: "not defined".into(),
+                },
+            ));
         };
         let n = args.len() + usize::from(fin.is_some());
         if (arity.variadic && n < arity.fixed) || (!arity.variadic && n != arity.fixed) {
-            let want = if arity.variadic { format!("at least {}", arity.fixed) } else { arity.fixed.to_string() };
-            return Err(self.err(pos, ExecErrorKind::WrongArgCount { func: name.to_owned(), want, got: n }));
+            let want = if arity.variadic {
+                format!("at least {}", arity.fixed)
+            } else {
+                arity.fixed.to_string()
+            };
+            return Err(self.err(
+                pos,
+                ExecErrorKind::WrongArgCount {
+                    func: name.to_owned(),
+                    want,
+                    got: n,
+                },
+            ));
         }
         if name == "and" || name == "or" {
             // Go 1.18+: evaluate left to right, stop at the first false (and) / true (or)
@@ -328,16 +378,36 @@ impl<'t, 'd> State<'t, 'd> {
             match vals.first() {
                 Some(Val::Str(_)) => {}
                 Some(Val::NoValue) => {
-                    return Err(self.err(pos, ExecErrorKind::WrongType { expected: "string".into(), got: "invalid value".into() }));
+                    return Err(self.err(
+                        pos,
+                        ExecErrorKind::WrongType {
+                            expected: "string".into(),
+                            got: "invalid value".into(),
+                        },
+                    ));
                 }
                 Some(other) => {
                     let got = other.type_name();
-                    return Err(self.err(pos, ExecErrorKind::WrongType { expected: "string".into(), got }));
+                    return Err(self.err(
+                        pos,
+                        ExecErrorKind::WrongType {
+                            expected: "string".into(),
+                            got,
+                        },
+                    ));
                 }
                 None => {}
             }
         }
-        let r = funcs::call(name, vals).map_err(|msg| self.err(pos, ExecErrorKind::Call { func: name.to_owned(), msg }))?;
+        let r = funcs::call(name, vals).map_err(|msg| {
+            self.err(
+                pos,
+                ExecErrorKind::Call {
+                    func: name.to_owned(),
+                    msg,
+                },
+            )
+        })?;
         if self.out.len() + r_len(&r) > MAX_OUTPUT {
             return Err(self.err(pos, ExecErrorKind::LimitExceeded));
         }
@@ -355,7 +425,12 @@ fn r_len(v: &Val<'_>) -> usize {
 fn arg_pos(a: &Arg) -> usize {
     match a {
         Arg::Field { pos, .. } | Arg::Variable { pos, .. } | Arg::Pipe { pos, .. } => *pos,
-        Arg::Dot(p) | Arg::Nil(p) | Arg::Bool(p, _) | Arg::Number(p, _) | Arg::Str(p, _) | Arg::Func(p, _) => *p,
+        Arg::Dot(p)
+        | Arg::Nil(p)
+        | Arg::Bool(p, _)
+        | Arg::Number(p, _)
+        | Arg::Str(p, _)
+        | Arg::Func(p, _) => *p,
     }
 }
 
@@ -363,7 +438,10 @@ fn arg_pos(a: &Arg) -> usize {
 fn arg_text(a: &Arg) -> String {
     match a {
         Arg::Field { chain, .. } => chain.iter().map(|f| format!(".{f}")).collect(),
-        Arg::Variable { name, chain, .. } => format!("{name}{}", chain.iter().map(|f| format!(".{f}")).collect::<String>()),
+        Arg::Variable { name, chain, .. } => format!(
+            "{name}{}",
+            chain.iter().map(|f| format!(".{f}")).collect::<String>()
+        ),
         Arg::Dot(_) => ".".into(),
         Arg::Nil(_) => "nil".into(),
         Arg::Bool(_, b) => b.to_string(),

@@ -109,7 +109,9 @@ pub(crate) fn sprintf(format: &str, args: &[Val<'_>]) -> String {
             if chars.peek().is_some_and(|&(_, c)| c == '*') {
                 chars.next();
                 match args.get(arg_i) {
-                    Some(Val::Int(p)) if (0..=MAX_WIDTH as i64).contains(p) => spec.prec = Some(*p as usize),
+                    Some(Val::Int(p)) if (0..=MAX_WIDTH as i64).contains(p) => {
+                        spec.prec = Some(*p as usize)
+                    }
                     _ => out.push_str("%!(BADPREC)"),
                 }
                 arg_i += 1;
@@ -334,19 +336,38 @@ fn format_int(out: &mut String, neg: bool, mag: u64, v: &Val<'_>, verb: char, sp
         'x' => (16, false),
         'X' => (16, true),
         'c' => {
-            let c = if neg { None } else { u32::try_from(mag).ok().and_then(char::from_u32) };
+            let c = if neg {
+                None
+            } else {
+                u32::try_from(mag).ok().and_then(char::from_u32)
+            };
             pad(out, &c.unwrap_or('\u{FFFD}').to_string(), spec);
             return;
         }
         'q' => {
-            let c = if neg { None } else { u32::try_from(mag).ok().and_then(char::from_u32) };
-            pad(out, &quote(&c.unwrap_or('\u{FFFD}').to_string(), '\'', spec.plus), spec);
+            let c = if neg {
+                None
+            } else {
+                u32::try_from(mag).ok().and_then(char::from_u32)
+            };
+            pad(
+                out,
+                &quote(&c.unwrap_or('\u{FFFD}').to_string(), '\'', spec.plus),
+                spec,
+            );
             return;
         }
         'U' => {
-            let mut s = if neg { format!("U+-{mag:04X}") } else { format!("U+{mag:04X}") };
+            let mut s = if neg {
+                format!("U+-{mag:04X}")
+            } else {
+                format!("U+{mag:04X}")
+            };
             if spec.sharp
-                && let Some(c) = u32::try_from(mag).ok().and_then(char::from_u32).filter(|c| is_print(*c))
+                && let Some(c) = u32::try_from(mag)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .filter(|c| is_print(*c))
                 && !neg
             {
                 s.push_str(&format!(" '{c}'"));
@@ -380,7 +401,9 @@ fn format_int(out: &mut String, neg: bool, mag: u64, v: &Val<'_>, verb: char, sp
             0
         }
         Some(p) => p,
-        None if spec.zero && spec.width.is_some() => spec.width.unwrap_or(0).saturating_sub(sign.len()),
+        None if spec.zero && spec.width.is_some() => {
+            spec.width.unwrap_or(0).saturating_sub(sign.len())
+        }
         None => 0,
     };
     if digits.len() < min_digits {
@@ -395,7 +418,10 @@ fn format_int(out: &mut String, neg: bool, mag: u64, v: &Val<'_>, verb: char, sp
         _ => "",
     };
     let s = format!("{sign}{prefix}{digits}");
-    let unzero = Spec { zero: false, ..spec.clone() };
+    let unzero = Spec {
+        zero: false,
+        ..spec.clone()
+    };
     pad(out, &s, &unzero);
 }
 
@@ -438,7 +464,10 @@ fn format_float(out: &mut String, f: f64, v: &Val<'_>, verb: char, spec: &Spec) 
         out.extend(std::iter::repeat_n('0', width - len));
         out.push_str(&body);
     } else {
-        let unzero = Spec { zero: false, ..spec.clone() };
+        let unzero = Spec {
+            zero: false,
+            ..spec.clone()
+        };
         pad(out, &format!("{sign}{body}"), &unzero);
     }
 }
@@ -533,8 +562,10 @@ pub(crate) fn quote(s: &str, q: char, ascii: bool) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if is_print(c) && !(ascii && !c.is_ascii()) => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if (c.is_ascii() || !ascii) && is_print(c) => out.push(c),
             c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push_str(&format!("\\U{:08x}", c as u32)),
         }
@@ -571,52 +602,64 @@ mod tests {
         for (f, want) in cases {
             assert_eq!(format_v(&Val::Float(f)), want, "{f}");
         }
-        assert_eq!(sprintf("%.2f|%e|%g|%.3g|%8.3f|%-8.2f|%08.3f", &[
-            Val::Float(3.14159),
-            Val::Float(1234.5678),
-            Val::Float(1e21),
-            Val::Float(1234.5678),
-            Val::Float(-3.14159),
-            Val::Float(2.5),
-            Val::Float(-3.14159),
-        ]), "3.14|1.234568e+03|1e+21|1.23e+03|  -3.142|2.50    |-003.142");
+        assert_eq!(
+            sprintf(
+                "%.2f|%e|%g|%.3g|%8.3f|%-8.2f|%08.3f",
+                &[
+                    Val::Float(3.24159),
+                    Val::Float(1234.5678),
+                    Val::Float(1e21),
+                    Val::Float(1234.5678),
+                    Val::Float(-3.24159),
+                    Val::Float(2.5),
+                    Val::Float(-3.24159),
+                ]
+            ),
+            "3.24|1.234568e+03|1e+21|1.23e+03|  -3.242|2.50    |-003.242"
+        );
     }
 
     #[test]
     fn ints_and_strings_like_go() {
         assert_eq!(
-            sprintf("%d|%5d|%-5d|%05d|%x|%X|%#x|%o|%#o|%b|%c|%q|%U|%+d|%.3d", &[
-                Val::Int(42),
-                Val::Int(42),
-                Val::Int(42),
-                Val::Int(-42),
-                Val::Int(255),
-                Val::Int(255),
-                Val::Int(255),
-                Val::Int(8),
-                Val::Int(8),
-                Val::Int(5),
-                Val::Int(65),
-                Val::Int(65),
-                Val::Int(0x1F600),
-                Val::Int(3),
-                Val::Int(7),
-            ]),
+            sprintf(
+                "%d|%5d|%-5d|%05d|%x|%X|%#x|%o|%#o|%b|%c|%q|%U|%+d|%.3d",
+                &[
+                    Val::Int(42),
+                    Val::Int(42),
+                    Val::Int(42),
+                    Val::Int(-42),
+                    Val::Int(255),
+                    Val::Int(255),
+                    Val::Int(255),
+                    Val::Int(8),
+                    Val::Int(8),
+                    Val::Int(5),
+                    Val::Int(65),
+                    Val::Int(65),
+                    Val::Int(0x1F600),
+                    Val::Int(3),
+                    Val::Int(7),
+                ]
+            ),
             "42|   42|42   |-0042|ff|FF|0xff|10|010|101|A|'A'|U+1F600|+3|007"
         );
         assert_eq!(
-            sprintf("%s|%10s|%-10s|%.2s|%q|%x|% x|%v|%t|%5t", &[
-                s("abc"),
-                s("abc"),
-                s("abc"),
-                s("abc"),
-                s("a\"b\n"),
-                s("hi"),
-                s("hi"),
-                s("v"),
-                Val::Bool(true),
-                Val::Bool(false),
-            ]),
+            sprintf(
+                "%s|%10s|%-10s|%.2s|%q|%x|% x|%v|%t|%5t",
+                &[
+                    s("abc"),
+                    s("abc"),
+                    s("abc"),
+                    s("abc"),
+                    s("a\"b\n"),
+                    s("hi"),
+                    s("hi"),
+                    s("v"),
+                    Val::Bool(true),
+                    Val::Bool(false),
+                ]
+            ),
             "abc|       abc|abc       |ab|\"a\\\"b\\n\"|6869|68 69|v|true|false"
         );
     }
@@ -626,7 +669,10 @@ mod tests {
         assert_eq!(sprintf("%d", &[s("x")]), "%!d(string=x)");
         assert_eq!(sprintf("%s", &[Val::Int(1)]), "%!s(int=1)");
         assert_eq!(sprintf("%s %s", &[s("a")]), "a %!s(MISSING)");
-        assert_eq!(sprintf("%s", &[s("a"), Val::Int(1), s("b")]), "a%!(EXTRA int=1, string=b)");
+        assert_eq!(
+            sprintf("%s", &[s("a"), Val::Int(1), s("b")]),
+            "a%!(EXTRA int=1, string=b)"
+        );
         assert_eq!(sprintf("%", &[]), "%!(NOVERB)");
         assert_eq!(sprintf("%z", &[Val::Int(1)]), "%!z(int=1)");
         assert_eq!(sprintf("%s", &[Val::Nil]), "%!s(<nil>)");

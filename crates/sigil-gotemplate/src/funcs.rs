@@ -104,7 +104,12 @@ fn index_arg(v: &Val<'_>, cap: usize, inclusive: bool) -> Result<usize, String> 
         Val::Int(i) => i128::from(*i),
         Val::Uint(u) => i128::from(*u),
         Val::NoValue | Val::Nil => return Err("cannot index slice/array with nil".into()),
-        other => return Err(format!("cannot index slice/array with type {}", other.type_name())),
+        other => {
+            return Err(format!(
+                "cannot index slice/array with type {}",
+                other.type_name()
+            ));
+        }
     };
     let cap = cap as i128;
     if x < 0 || x > cap || (!inclusive && x == cap) {
@@ -134,8 +139,15 @@ fn index<'d>(args: Vec<Val<'d>>) -> Result<Val<'d>, String> {
             Val::Map(_) | Val::NilMap => {
                 let key = match &idx {
                     Val::Str(k) => k.clone(),
-                    Val::NoValue | Val::Nil => return Err("value is nil; should be of type string".into()),
-                    other => return Err(format!("value has type {}; should be string", other.type_name())),
+                    Val::NoValue | Val::Nil => {
+                        return Err("value is nil; should be of type string".into());
+                    }
+                    other => {
+                        return Err(format!(
+                            "value has type {}; should be string",
+                            other.type_name()
+                        ));
+                    }
                 };
                 let found = match &item {
                     Val::Map(m) => m.get(key.as_ref()),
@@ -180,19 +192,29 @@ fn slice<'d>(args: Vec<Val<'d>>) -> Result<Val<'d>, String> {
         bounds[i] = index_arg(v, len, true)?;
     }
     if bounds[0] > bounds[1] {
-        return Err(format!("invalid slice index: {} > {}", bounds[0], bounds[1]));
+        return Err(format!(
+            "invalid slice index: {} > {}",
+            bounds[0], bounds[1]
+        ));
     }
     if idx.len() == 3 && bounds[1] > bounds[2] {
-        return Err(format!("invalid slice index: {} > {}", bounds[1], bounds[2]));
+        return Err(format!(
+            "invalid slice index: {} > {}",
+            bounds[1], bounds[2]
+        ));
     }
     Ok(match item {
         Val::Str(Cow::Borrowed(s)) => match s.get(bounds[0]..bounds[1]) {
             Some(sub) => Val::Str(Cow::Borrowed(sub)),
             // Go slices bytes; a cut inside a character gives invalid UTF-8, which a
             // Rust string cannot hold: replacement characters stand in.
-            None => owned(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned()),
+            None => {
+                owned(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned())
+            }
         },
-        Val::Str(Cow::Owned(s)) => owned(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned()),
+        Val::Str(Cow::Owned(s)) => {
+            owned(String::from_utf8_lossy(&s.as_bytes()[bounds[0]..bounds[1]]).into_owned())
+        }
         Val::List(l, ctx) => Val::List(&l[bounds[0]..bounds[1]], ctx),
         _ => Val::NoValue,
     })
@@ -256,7 +278,9 @@ pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             b => out.push_str(&format!("%{b:02X}")),
         }
@@ -332,7 +356,11 @@ fn compare(a: &Val<'_>, b: &Val<'_>) -> Result<Ordering, String> {
         _ => {
             let (ka, kb) = (kind(a), kind(b));
             let basic = |k| matches!(k, Kind::Int | Kind::Uint | Kind::Float | Kind::Str);
-            if !basic(ka) || !basic(kb) { Err(BAD_COMPARISON_TYPE.into()) } else { Err(BAD_COMPARISON.into()) }
+            if !basic(ka) || !basic(kb) {
+                Err(BAD_COMPARISON_TYPE.into())
+            } else {
+                Err(BAD_COMPARISON.into())
+            }
         }
     }
 }
@@ -343,8 +371,14 @@ mod tests {
 
     #[test]
     fn escapers_like_go() {
-        assert_eq!(html_escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&#34;x&#34;&gt;&#39;&amp;&#39;&lt;/a&gt;");
-        assert_eq!(js_escape("a'b\"c<d>&=\\\n"), "a\\'b\\\"c\\u003Cd\\u003E\\u0026\\u003D\\\\\\u000A");
+        assert_eq!(
+            html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&#34;x&#34;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(
+            js_escape("a'b\"c<d>&=\\\n"),
+            "a\\'b\\\"c\\u003Cd\\u003E\\u0026\\u003D\\\\\\u000A"
+        );
         assert_eq!(query_escape("a b&c=d/é~"), "a+b%26c%3Dd%2F%C3%A9~");
     }
 }

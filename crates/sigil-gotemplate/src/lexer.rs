@@ -69,7 +69,11 @@ fn is_alnum(c: char) -> bool {
 
 /// Lexes the whole source. Errors carry the byte offset where they happened.
 pub(crate) fn lex(src: &str) -> Result<Vec<Token>, (usize, ParseErrorKind)> {
-    let mut lx = Lexer { src, pos: 0, out: Vec::new() };
+    let mut lx = Lexer {
+        src,
+        pos: 0,
+        out: Vec::new(),
+    };
     lx.run()?;
     Ok(lx.out)
 }
@@ -99,7 +103,11 @@ impl Lexer<'_> {
     }
 
     fn push(&mut self, tok: Tok, pos: usize, space_before: bool) {
-        self.out.push(Token { tok, pos, space_before });
+        self.out.push(Token {
+            tok,
+            pos,
+            space_before,
+        });
     }
 
     /// `{{- ` at the start of `s`'s action: the `-` and one space.
@@ -128,7 +136,8 @@ impl Lexer<'_> {
                 text = text.trim_start_matches(is_space);
             }
             let after_delim = text_end + 2;
-            let left_trim = at_delim && Self::left_trim_marker(self.src.get(after_delim..).unwrap_or(""));
+            let left_trim =
+                at_delim && Self::left_trim_marker(self.src.get(after_delim..).unwrap_or(""));
             if left_trim {
                 text = text.trim_end_matches(is_space);
             }
@@ -222,7 +231,10 @@ impl Lexer<'_> {
                 }
                 '`' => {
                     let Some(end) = self.rest().find('`') else {
-                        return Err((pos, ParseErrorKind::BadLiteral("unterminated raw quoted string".into())));
+                        return Err((
+                            pos,
+                            ParseErrorKind::BadLiteral("unterminated raw quoted string".into()),
+                        ));
                     };
                     let s = self.rest()[..end].to_owned();
                     self.pos += end + 1;
@@ -326,11 +338,17 @@ impl Lexer<'_> {
         loop {
             match self.bump() {
                 None | Some('\n') => {
-                    return Err((start, ParseErrorKind::BadLiteral("unterminated quoted string".into())));
+                    return Err((
+                        start,
+                        ParseErrorKind::BadLiteral("unterminated quoted string".into()),
+                    ));
                 }
                 Some('\\') => {
                     if self.bump().is_none() {
-                        return Err((start, ParseErrorKind::BadLiteral("unterminated quoted string".into())));
+                        return Err((
+                            start,
+                            ParseErrorKind::BadLiteral("unterminated quoted string".into()),
+                        ));
                     }
                 }
                 Some('"') => break,
@@ -347,7 +365,10 @@ impl Lexer<'_> {
         loop {
             match self.bump() {
                 None | Some('\n') => {
-                    return Err((start, ParseErrorKind::BadLiteral("unterminated character constant".into())));
+                    return Err((
+                        start,
+                        ParseErrorKind::BadLiteral("unterminated character constant".into()),
+                    ));
                 }
                 Some('\\') => {
                     self.bump();
@@ -413,7 +434,8 @@ pub(crate) fn unescape(body: &str, quote: char) -> Result<String, String> {
                 return Err(format!("escape \\{e}{s} is not valid UTF-8 on its own"));
             }
         }
-        let ch = char::from_u32(v).ok_or_else(|| format!("escape \\{e}{s} is an invalid Unicode code point"))?;
+        let ch = char::from_u32(v)
+            .ok_or_else(|| format!("escape \\{e}{s} is an invalid Unicode code point"))?;
         out.push(ch);
     }
     Ok(out)
@@ -445,21 +467,42 @@ mod tests {
 
     #[test]
     fn negative_number_is_not_a_trim_marker() {
-        assert_eq!(toks("{{-3}}"), vec![Tok::LeftDelim, Tok::Number("-3".into()), Tok::RightDelim]);
+        assert_eq!(
+            toks("{{-3}}"),
+            vec![Tok::LeftDelim, Tok::Number("-3".into()), Tok::RightDelim]
+        );
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(lex("{{ .A"), Err((_, ParseErrorKind::UnclosedAction))));
-        assert!(matches!(lex("{{/* x"), Err((_, ParseErrorKind::UnclosedComment))));
-        assert!(matches!(lex("{{/* x */ }}"), Err((_, ParseErrorKind::CommentNotClosedByDelim))));
-        assert!(matches!(lex("{{ .A\"x\" }}"), Err((_, ParseErrorKind::BadCharacter('"')))));
-        assert!(matches!(lex("{{ ( }}"), Err((_, ParseErrorKind::UnbalancedParens))));
+        assert!(matches!(
+            lex("{{ .A"),
+            Err((_, ParseErrorKind::UnclosedAction))
+        ));
+        assert!(matches!(
+            lex("{{/* x"),
+            Err((_, ParseErrorKind::UnclosedComment))
+        ));
+        assert!(matches!(
+            lex("{{/* x */ }}"),
+            Err((_, ParseErrorKind::CommentNotClosedByDelim))
+        ));
+        assert!(matches!(
+            lex("{{ .A\"x\" }}"),
+            Err((_, ParseErrorKind::BadCharacter('"')))
+        ));
+        assert!(matches!(
+            lex("{{ ( }}"),
+            Err((_, ParseErrorKind::UnbalancedParens))
+        ));
     }
 
     #[test]
     fn escapes() {
-        assert_eq!(unescape(r#"a\n\t\x41\u00e9\101\""#, '"').unwrap(), "a\n\tAéA\"");
+        assert_eq!(
+            unescape(r#"a\n\t\x41\u00e9\101\""#, '"').unwrap(),
+            "a\n\tAéA\""
+        );
         assert!(unescape(r"\q", '"').is_err());
         assert!(unescape(r"\xff", '"').is_err());
     }

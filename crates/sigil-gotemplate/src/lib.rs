@@ -115,10 +115,19 @@ struct Inner {
 impl Template {
     /// Parses `text`; `name` appears in error messages (Go's template name).
     pub fn parse(name: &str, text: &str) -> Result<Template, ParseError> {
-        let err = |(pos, kind): (usize, ParseErrorKind)| ParseError { pos: Position::at(name, text, pos), kind };
+        let err = |(pos, kind): (usize, ParseErrorKind)| ParseError {
+            pos: Position::at(name, text, pos),
+            kind,
+        };
         let tokens = lexer::lex(text).map_err(err)?;
         let root = parse::parse(tokens, text.len()).map_err(err)?;
-        Ok(Template { inner: Arc::new(Inner { name: name.to_owned(), src: text.to_owned(), root }) })
+        Ok(Template {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                src: text.to_owned(),
+                root,
+            }),
+        })
     }
 
     /// The name given to [`Template::parse`].

@@ -56,9 +56,16 @@ pub(crate) struct Cmd {
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
     /// `.A.B`: fields of dot.
-    Field { pos: usize, chain: Vec<String> },
+    Field {
+        pos: usize,
+        chain: Vec<String>,
+    },
     /// `$x.A.B`.
-    Variable { pos: usize, name: String, chain: Vec<String> },
+    Variable {
+        pos: usize,
+        name: String,
+        chain: Vec<String>,
+    },
     /// `.`.
     Dot(usize),
     Nil(usize),
@@ -68,7 +75,11 @@ pub(crate) enum Arg {
     /// A builtin function name.
     Func(usize, String),
     /// `(pipeline).A.B`; `chain` may be empty.
-    Pipe { pos: usize, pipe: Box<Pipe>, chain: Vec<String> },
+    Pipe {
+        pos: usize,
+        pipe: Box<Pipe>,
+        chain: Vec<String>,
+    },
 }
 
 /// A numeric constant. Go gives untyped constants the type `int` when they are written as
@@ -82,12 +93,19 @@ pub(crate) enum Number {
 
 /// Parses a whole token stream into a list.
 pub(crate) fn parse(tokens: Vec<Token>, src_len: usize) -> Result<List, (usize, ParseErrorKind)> {
-    let mut p = Parser { toks: tokens, i: 0, vars: vec!["$".to_owned()], range_depth: 0, depth: 0, src_len };
+    let mut p = Parser {
+        toks: tokens,
+        i: 0,
+        vars: vec!["$".to_owned()],
+        range_depth: 0,
+        depth: 0,
+        src_len,
+    };
     let (list, end) = p.list()?;
     match end {
-        End::Eof => Ok(list),
-        End::End(pos) => Err((pos, unexpected("{{end}}", "input"))),
-        End::Else(pos) => Err((pos, unexpected("{{else}}", "input"))),
+        Stop::Eof => Ok(list),
+        Stop::End(pos) => Err((pos, unexpected("{{end}}", "input"))),
+        Stop::Else(pos) => Err((pos, unexpected("{{else}}", "input"))),
     }
 }
 
@@ -96,11 +114,14 @@ pub(crate) fn parse(tokens: Vec<Token>, src_len: usize) -> Result<List, (usize, 
 const MAX_DEPTH: usize = 100;
 
 fn unexpected(found: &str, context: &str) -> ParseErrorKind {
-    ParseErrorKind::Unexpected { found: found.to_owned(), context: context.to_owned() }
+    ParseErrorKind::Unexpected {
+        found: found.to_owned(),
+        context: context.to_owned(),
+    }
 }
 
 /// What ended a list.
-enum End {
+enum Stop {
     Eof,
     /// `{{end}}`, already consumed.
     End(usize),
@@ -140,7 +161,8 @@ impl Parser {
     /// The next token, which must exist: the lexer always closes an action with
     /// `RightDelim`, so running out inside one means the stream ended early.
     fn next_in_action(&mut self) -> Result<Token, (usize, ParseErrorKind)> {
-        self.next().ok_or((self.src_len, ParseErrorKind::UnexpectedEof))
+        self.next()
+            .ok_or((self.src_len, ParseErrorKind::UnexpectedEof))
     }
 
     fn expect_right_delim(&mut self, context: &str) -> Result<(), (usize, ParseErrorKind)> {
@@ -154,15 +176,19 @@ impl Parser {
 
     fn enter(&mut self, pos: usize) -> Result<(), (usize, ParseErrorKind)> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH { Err((pos, ParseErrorKind::TooDeep)) } else { Ok(()) }
+        if self.depth > MAX_DEPTH {
+            Err((pos, ParseErrorKind::TooDeep))
+        } else {
+            Ok(())
+        }
     }
 
     /// Nodes up to `{{end}}`, `{{else` or the end of input.
-    fn list(&mut self) -> Result<(List, End), (usize, ParseErrorKind)> {
+    fn list(&mut self) -> Result<(List, Stop), (usize, ParseErrorKind)> {
         let mut list = Vec::new();
         loop {
             let Some(t) = self.next() else {
-                return Ok((list, End::Eof));
+                return Ok((list, Stop::Eof));
             };
             match t.tok {
                 Tok::Text(s) => list.push(Node::Text(s)),
@@ -175,11 +201,11 @@ impl Parser {
                         Some((w, pos)) if w == "end" => {
                             self.i += 1;
                             self.expect_right_delim("end")?;
-                            return Ok((list, End::End(pos)));
+                            return Ok((list, Stop::End(pos)));
                         }
                         Some((w, pos)) if w == "else" => {
                             self.i += 1;
-                            return Ok((list, End::Else(pos)));
+                            return Ok((list, Stop::Else(pos)));
                         }
                         Some((w, pos)) if w == "if" || w == "with" || w == "range" => {
                             self.i += 1;
@@ -191,7 +217,11 @@ impl Parser {
                                 return Err((pos, ParseErrorKind::OutsideRange(w)));
                             }
                             self.expect_right_delim(&format!("{{{{{w}}}}}"))?;
-                            list.push(if w == "break" { Node::Break } else { Node::Continue });
+                            list.push(if w == "break" {
+                                Node::Break
+                            } else {
+                                Node::Continue
+                            });
                         }
                         Some((w, pos)) if w == "define" || w == "template" || w == "block" => {
                             return Err((pos, ParseErrorKind::Unsupported(w)));
@@ -220,15 +250,17 @@ impl Parser {
             self.range_depth -= 1;
         }
         let else_body = match end {
-            End::Eof => return Err((self.src_len, ParseErrorKind::UnexpectedEof)),
-            End::End(_) => None,
-            End::Else(else_pos) => {
+            Stop::Eof => return Err((self.src_len, ParseErrorKind::UnexpectedEof)),
+            Stop::End(_) => None,
+            Stop::Else(else_pos) => {
                 // `{{else if ...}}` / `{{else with ...}}` chains: the nested control owns
                 // the single `{{end}}`, as in Go.
                 let chained = match self.peek() {
-                    Some(Token { tok: Tok::Ident(w), pos, .. }) if (w == "if" || w == "with") && kw != "range" => {
-                        Some((w.clone(), *pos))
-                    }
+                    Some(Token {
+                        tok: Tok::Ident(w),
+                        pos,
+                        ..
+                    }) if (w == "if" || w == "with") && kw != "range" => Some((w.clone(), *pos)),
                     _ => None,
                 };
                 if let Some((w, p)) = chained {
@@ -238,16 +270,25 @@ impl Parser {
                     self.expect_right_delim("else")?;
                     let (else_body, end) = self.list()?;
                     match end {
-                        End::End(_) => Some(else_body),
-                        End::Else(p) => return Err((p, unexpected("{{else}}", kw))),
-                        End::Eof => return Err((self.src_len.max(else_pos), ParseErrorKind::UnexpectedEof)),
+                        Stop::End(_) => Some(else_body),
+                        Stop::Else(p) => return Err((p, unexpected("{{else}}", kw))),
+                        Stop::Eof => {
+                            return Err((
+                                self.src_len.max(else_pos),
+                                ParseErrorKind::UnexpectedEof,
+                            ));
+                        }
                     }
                 }
             }
         };
         self.vars.truncate(vars_before);
         self.depth -= 1;
-        let branch = Branch { pipe, body, else_body };
+        let branch = Branch {
+            pipe,
+            body,
+            else_body,
+        };
         Ok(match kw {
             "if" => Node::If(branch),
             "with" => Node::With(branch),
@@ -257,7 +298,12 @@ impl Parser {
 
     /// A pipeline up to (and consuming) `}}`, or up to (not consuming) `)` inside parens.
     fn pipeline(&mut self, context: &str, pos: usize) -> Result<Pipe, (usize, ParseErrorKind)> {
-        let mut pipe = Pipe { pos, decl: Vec::new(), is_assign: false, cmds: Vec::new() };
+        let mut pipe = Pipe {
+            pos,
+            decl: Vec::new(),
+            is_assign: false,
+            cmds: Vec::new(),
+        };
         self.declarations(&mut pipe, context)?;
         loop {
             let Some(t) = self.peek() else {
@@ -284,7 +330,10 @@ impl Parser {
         }
         for (i, c) in pipe.cmds.iter().enumerate().skip(1) {
             if let Some(a) = c.args.first()
-                && matches!(a, Arg::Bool(..) | Arg::Dot(_) | Arg::Nil(_) | Arg::Number(..) | Arg::Str(..))
+                && matches!(
+                    a,
+                    Arg::Bool(..) | Arg::Dot(_) | Arg::Nil(_) | Arg::Number(..) | Arg::Str(..)
+                )
             {
                 return Err((c.pos, ParseErrorKind::NonExecutable(i + 1)));
             }
@@ -297,8 +346,17 @@ impl Parser {
         Ok(pipe)
     }
 
-    fn declarations(&mut self, pipe: &mut Pipe, context: &str) -> Result<(), (usize, ParseErrorKind)> {
-        let Some(Token { tok: Tok::Variable(v), pos, .. }) = self.peek().cloned() else {
+    fn declarations(
+        &mut self,
+        pipe: &mut Pipe,
+        context: &str,
+    ) -> Result<(), (usize, ParseErrorKind)> {
+        let Some(Token {
+            tok: Tok::Variable(v),
+            pos,
+            ..
+        }) = self.peek().cloned()
+        else {
             return Ok(());
         };
         match self.peek_at(1).map(|t| &t.tok) {
@@ -318,12 +376,21 @@ impl Parser {
                 let second = self.peek_at(2).cloned();
                 let third = self.peek_at(3).map(|t| t.tok.clone());
                 match (second, third) {
-                    (Some(Token { tok: Tok::Variable(v2), .. }), Some(Tok::Declare | Tok::Assign)) => {
+                    (
+                        Some(Token {
+                            tok: Tok::Variable(v2),
+                            ..
+                        }),
+                        Some(Tok::Declare | Tok::Assign),
+                    ) => {
                         let assign = matches!(third_tok(self.peek_at(3)), Some(Tok::Assign));
                         if assign {
                             for name in [&v, &v2] {
                                 if !self.vars.contains(name) {
-                                    return Err((pos, ParseErrorKind::UndefinedVariable(name.clone())));
+                                    return Err((
+                                        pos,
+                                        ParseErrorKind::UndefinedVariable(name.clone()),
+                                    ));
                                 }
                             }
                         }
@@ -331,14 +398,31 @@ impl Parser {
                         pipe.is_assign = assign;
                         pipe.decl.push(v);
                         pipe.decl.push(v2);
-                        if let Some(Token { tok: Tok::Comma, pos, .. }) = self.peek() {
-                            return Err((*pos, ParseErrorKind::TooManyDeclarations(context.to_owned())));
+                        if let Some(Token {
+                            tok: Tok::Comma,
+                            pos,
+                            ..
+                        }) = self.peek()
+                        {
+                            return Err((
+                                *pos,
+                                ParseErrorKind::TooManyDeclarations(context.to_owned()),
+                            ));
                         }
                     }
-                    (Some(Token { tok: Tok::Variable(_), pos, .. }), Some(Tok::Comma)) => {
+                    (
+                        Some(Token {
+                            tok: Tok::Variable(_),
+                            pos,
+                            ..
+                        }),
+                        Some(Tok::Comma),
+                    ) => {
                         return Err((pos, ParseErrorKind::TooManyDeclarations(context.to_owned())));
                     }
-                    (Some(t), _) => return Err((t.pos, unexpected(&describe(&t.tok), "range declaration"))),
+                    (Some(t), _) => {
+                        return Err((t.pos, unexpected(&describe(&t.tok), "range declaration")));
+                    }
                     (None, _) => return Err((self.src_len, ParseErrorKind::UnexpectedEof)),
                 }
             }
@@ -391,17 +475,27 @@ impl Parser {
         let t = self.next_in_action()?;
         let pos = t.pos;
         let mut arg = match t.tok {
-            Tok::Field(f) => Arg::Field { pos, chain: vec![f] },
+            Tok::Field(f) => Arg::Field {
+                pos,
+                chain: vec![f],
+            },
             Tok::Variable(name) => {
                 if !self.vars.contains(&name) {
                     return Err((pos, ParseErrorKind::UndefinedVariable(name)));
                 }
-                Arg::Variable { pos, name, chain: Vec::new() }
+                Arg::Variable {
+                    pos,
+                    name,
+                    chain: Vec::new(),
+                }
             }
             Tok::Dot => Arg::Dot(pos),
             Tok::Nil => Arg::Nil(pos),
             Tok::Bool(b) => Arg::Bool(pos, b),
-            Tok::Number(n) => Arg::Number(pos, parse_number(&n).ok_or((pos, ParseErrorKind::BadNumber(n)))?),
+            Tok::Number(n) => Arg::Number(
+                pos,
+                parse_number(&n).ok_or((pos, ParseErrorKind::BadNumber(n)))?,
+            ),
             Tok::Str(s) => Arg::Str(pos, s),
             Tok::Ident(name) => {
                 if !is_builtin(&name) {
@@ -414,26 +508,51 @@ impl Parser {
                 let pipe = self.pipeline("parenthesized pipeline", pos)?;
                 self.depth -= 1;
                 match self.next_in_action()? {
-                    Token { tok: Tok::RParen, .. } => {}
-                    other => return Err((other.pos, unexpected(&describe(&other.tok), "parenthesized pipeline"))),
+                    Token {
+                        tok: Tok::RParen, ..
+                    } => {}
+                    other => {
+                        return Err((
+                            other.pos,
+                            unexpected(&describe(&other.tok), "parenthesized pipeline"),
+                        ));
+                    }
                 }
-                Arg::Pipe { pos, pipe: Box::new(pipe), chain: Vec::new() }
+                Arg::Pipe {
+                    pos,
+                    pipe: Box::new(pipe),
+                    chain: Vec::new(),
+                }
             }
             other => return Err((pos, unexpected(&describe(&other), "operand"))),
         };
-        while let Some(Token { tok: Tok::Field(f), space_before: false, pos: fpos }) = self.peek().cloned() {
+        while let Some(Token {
+            tok: Tok::Field(f),
+            space_before: false,
+            pos: fpos,
+        }) = self.peek().cloned()
+        {
             self.i += 1;
             match &mut arg {
-                Arg::Field { chain, .. } | Arg::Variable { chain, .. } | Arg::Pipe { chain, .. } => chain.push(f),
+                Arg::Field { chain, .. }
+                | Arg::Variable { chain, .. }
+                | Arg::Pipe { chain, .. } => chain.push(f),
                 Arg::Func(p, name) => {
                     // Go evaluates `fn.Field` by calling `fn` with no arguments.
                     let call = Pipe {
                         pos: *p,
                         decl: Vec::new(),
                         is_assign: false,
-                        cmds: vec![Cmd { pos: *p, args: vec![Arg::Func(*p, name.clone())] }],
+                        cmds: vec![Cmd {
+                            pos: *p,
+                            args: vec![Arg::Func(*p, name.clone())],
+                        }],
                     };
-                    arg = Arg::Pipe { pos: *p, pipe: Box::new(call), chain: vec![f] };
+                    arg = Arg::Pipe {
+                        pos: *p,
+                        pipe: Box::new(call),
+                        chain: vec![f],
+                    };
                 }
                 other => return Err((fpos, ParseErrorKind::FieldAfterTerm(term_text(other)))),
             }
@@ -490,14 +609,22 @@ pub(crate) fn parse_number(text: &str) -> Option<Number> {
         let s = crate::lexer::unescape(body, '\'').ok()?;
         let mut cs = s.chars();
         let c = cs.next()?;
-        return if cs.next().is_none() { Some(Number::Int(i64::from(u32::from(c)))) } else { None };
+        return if cs.next().is_none() {
+            Some(Number::Int(i64::from(u32::from(c))))
+        } else {
+            None
+        };
     }
     let (neg, unsigned) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
-    if unsigned.is_empty() || unsigned.starts_with('_') || unsigned.ends_with('_') || unsigned.contains("__") {
+    if unsigned.is_empty()
+        || unsigned.starts_with('_')
+        || unsigned.ends_with('_')
+        || unsigned.contains("__")
+    {
         return None;
     }
     let lower = unsigned.to_ascii_lowercase();
@@ -507,7 +634,10 @@ pub(crate) fn parse_number(text: &str) -> Option<Number> {
         (8, d)
     } else if let Some(d) = lower.strip_prefix("0b") {
         (2, d)
-    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+    } else if lower.len() > 1
+        && lower.starts_with('0')
+        && lower.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    {
         (8, &lower[1..])
     } else {
         (10, lower.as_str())
@@ -520,7 +650,10 @@ pub(crate) fn parse_number(text: &str) -> Option<Number> {
         // Rust's float grammar is a superset of Go's decimal floats except that it takes
         // "inf"/"nan", which cannot reach here (the lexer starts numbers with a digit,
         // sign or '.').
-        if !digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'+' | b'-')) {
+        if !digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'+' | b'-'))
+        {
             return None;
         }
         let f: f64 = digits.parse().ok()?;
@@ -528,7 +661,11 @@ pub(crate) fn parse_number(text: &str) -> Option<Number> {
     }
     match u64::from_str_radix(&digits, radix) {
         Ok(u) => {
-            let i = if neg { 0i64.checked_sub_unsigned(u)? } else { i64::try_from(u).ok()? };
+            let i = if neg {
+                0i64.checked_sub_unsigned(u)?
+            } else {
+                i64::try_from(u).ok()?
+            };
             Some(Number::Int(i))
         }
         Err(_) => None,

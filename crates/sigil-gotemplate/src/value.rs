@@ -49,7 +49,10 @@ impl DataModel {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        DataModel { structs: true, map_fields: map_fields.into_iter().map(Into::into).collect() }
+        DataModel {
+            structs: true,
+            map_fields: map_fields.into_iter().map(Into::into).collect(),
+        }
     }
 
     /// [`DataModel::structs`] with [`KUBERNETES_MAP_FIELDS`]: spire-controller-manager's
@@ -66,7 +69,11 @@ impl DataModel {
 
     /// The context of the value of field `name` of a struct.
     pub(crate) fn field_ctx(&self, name: &str) -> Ctx {
-        if self.map_fields.contains(name) { Ctx::MapField } else { Ctx::Struct }
+        if self.map_fields.contains(name) {
+            Ctx::MapField
+        } else {
+            Ctx::Struct
+        }
     }
 
     pub(crate) fn is_map_field(&self, name: &str) -> bool {
@@ -133,7 +140,14 @@ impl<'d> Val<'d> {
                 }
             }
             Value::String(s) => Val::Str(Cow::Borrowed(s)),
-            Value::Array(a) => Val::List(a, if ctx == Ctx::Struct { Ctx::Struct } else { Ctx::Any }),
+            Value::Array(a) => Val::List(
+                a,
+                if ctx == Ctx::Struct {
+                    Ctx::Struct
+                } else {
+                    Ctx::Any
+                },
+            ),
             Value::Object(m) => match ctx {
                 Ctx::Struct => Val::Struct(m),
                 Ctx::Any | Ctx::MapField => Val::Map(m),
