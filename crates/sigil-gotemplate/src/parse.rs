@@ -253,14 +253,15 @@ impl Parser {
             Stop::Eof => return Err((self.src_len, ParseErrorKind::UnexpectedEof)),
             Stop::End(_) => None,
             Stop::Else(else_pos) => {
-                // `{{else if ...}}` / `{{else with ...}}` chains: the nested control owns
-                // the single `{{end}}`, as in Go.
+                // `{{else if ...}}` in an `if`, `{{else with ...}}` in a `with` (Go 1.23):
+                // the nested control owns the single `{{end}}`, as in Go. Any other
+                // keyword after `else` is an error, as in Go.
                 let chained = match self.peek() {
                     Some(Token {
                         tok: Tok::Ident(w),
                         pos,
                         ..
-                    }) if (w == "if" || w == "with") && kw != "range" => Some((w.clone(), *pos)),
+                    }) if w == kw && kw != "range" => Some((w.clone(), *pos)),
                     _ => None,
                 };
                 if let Some((w, p)) = chained {

@@ -65,6 +65,8 @@ fn renders_like_go() {
         ("{{with .Empty}}x{{else}}empty{{end}}", "empty"),
         ("{{with .Missing}}x{{else with .Str}}{{.}}{{end}}", "hello"),
         ("{{with .Nested}}{{$.Str}}{{.Inner.Deep}}{{end}}", "hellox"),
+        ("{{with $x := .Str}}{{$x}}{{.}}{{end}}", "hellohello"),
+        ("{{if $x := .Int}}{{$x}}{{end}}", "3"),
         // range over lists, maps (sorted keys), integers (Go 1.22); break/continue (1.18).
         ("{{range .List}}{{.}},{{end}}", "a,b,c,"),
         (
@@ -300,6 +302,15 @@ fn parse_errors_like_go() {
     ));
     assert!(matches!(
         parse_err("{{if 1}}{{else}}{{else}}{{end}}"),
+        ParseErrorKind::Unexpected { .. }
+    ));
+    // `else with` belongs to `with`, `else if` to `if`; neither to `range`.
+    assert!(matches!(
+        parse_err("{{if 1}}{{else with 2}}{{end}}"),
+        ParseErrorKind::Unexpected { .. }
+    ));
+    assert!(matches!(
+        parse_err("{{range 1}}{{else if 2}}{{end}}"),
         ParseErrorKind::Unexpected { .. }
     ));
     assert_eq!(
