@@ -1,10 +1,12 @@
 //! `sigil-controller`: spire-controller-manager's CRDs (`spire.spiffe.io/v1alpha1`) for Sigil.
 //!
 //! So far: the custom resource types ([`crd`]), their TTL type ([`duration`]), the CRDs
-//! generated from them ([`crds`]) and the command line ([`cli`]). Watching the API and writing
+//! generated from them ([`crds`]), spire-controller-manager's config file ([`config`]) and the
+//! command line ([`cli`]). Watching the API and writing
 //! entries come later.
 
 pub mod cli;
+pub mod config;
 pub mod crd;
 pub mod crds;
 pub mod duration;

@@ -2,6 +2,11 @@
 
 /// `$VAR` and `${VAR}` expansion (spire-agent's `-expandEnv`); unset variables expand to "".
 pub fn expand_env(text: &str) -> String {
+    expand_env_with(text, |name| std::env::var(name).ok())
+}
+
+/// [`expand_env`] with `lookup` standing in for the process environment.
+pub fn expand_env_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -35,7 +40,7 @@ pub fn expand_env(text: &str) -> String {
             }
             name
         };
-        out.push_str(&std::env::var(&name).unwrap_or_default());
+        out.push_str(&lookup(&name).unwrap_or_default());
     }
     out
 }

@@ -23,7 +23,7 @@ mod plugin;
 mod port;
 
 pub use self::block::{Block, parse};
-pub use self::env::expand_env;
+pub use self::env::{expand_env, expand_env_with};
 pub use self::error::ConfigError;
 pub use self::health::{HealthChecksBlock, HealthListener};
 pub use self::logging::{LogFormat, LogLevel};
