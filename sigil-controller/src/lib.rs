@@ -1,7 +1,8 @@
 //! `sigil-controller`: spire-controller-manager's CRDs (`spire.spiffe.io/v1alpha1`) for Sigil.
 //!
 //! So far: the custom resource types ([`crd`]), their TTL type ([`duration`]), the CRDs
-//! generated from them ([`crds`]), spire-controller-manager's config file ([`config`]) and the
+//! generated from them ([`crds`]), spire-controller-manager's config file ([`config`]), a pod's entry from a ClusterSPIFFEID
+//! ([`render`]) and the
 //! command line ([`cli`]). Watching the API and writing
 //! entries come later.
 
@@ -10,3 +11,4 @@ pub mod config;
 pub mod crd;
 pub mod crds;
 pub mod duration;
+pub mod render;
