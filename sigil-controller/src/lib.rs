@@ -2,7 +2,7 @@
 //!
 //! So far: the custom resource types ([`crd`]), their TTL type ([`duration`]), the CRDs
 //! generated from them ([`crds`]), spire-controller-manager's config file ([`config`]), a pod's entry from a ClusterSPIFFEID
-//! ([`render`]) and the
+//! ([`render`]) and the entries and stats of a whole pass ([`plan`]) and the
 //! command line ([`cli`]). Watching the API and writing
 //! entries come later.
 
@@ -11,4 +11,5 @@ pub mod config;
 pub mod crd;
 pub mod crds;
 pub mod duration;
+pub mod plan;
 pub mod render;

@@ -1,0 +1,278 @@
+//! The entries the cluster's ClusterSPIFFEIDs declare, and their status stats: the pure half of
+//! spire-controller-manager's reconcile (`addClusterSPIFFEIDEntriesState` and the masking in
+//! `reconcile`), over a snapshot of the cluster. Writing the entries is the caller's job.
+//!
+//! - Only ClusterSPIFFEIDs of this controller's class (`className`; classless ones with
+//!   `watchClassless`) count.
+//! - Non-fallback ClusterSPIFFEIDs go first; a `fallback` one renders only pods no other one
+//!   rendered.
+//! - Namespaces: the `namespaceSelector` (labels, expressions, and `matchNames`), minus the
+//!   `ignoreNamespaces` expressions; pods: the `podSelector`. Pods not scheduled yet are skipped
+//!   quietly (upstream fails to render them on every pass).
+//! - Entries with the same SPIFFE ID, parent and selectors are one entry: the oldest resource
+//!   wins (creation time, then uid), the others count it as masked.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::config::IgnoreNamespaces;
+use crate::crd::{LabelSelector, LabelSelectorRequirement, NamespaceSelector};
+use crate::render::{
+    ParsedSpec, RenderContext, RenderedEntry, ServiceRef, entry_key, render_pod_entry,
+};
+
+/// One ClusterSPIFFEID as the plan needs it.
+#[derive(Clone, Debug)]
+pub struct ClusterSpiffeId {
+    pub name: String,
+    pub uid: String,
+    /// RFC 3339, as the API server writes it (sorts by time).
+    pub creation_timestamp: String,
+    pub class_name: String,
+    pub fallback: bool,
+    pub auto_populate_dns_names: bool,
+    pub namespace_selector: Option<NamespaceSelector>,
+    pub pod_selector: Option<LabelSelector>,
+    /// The parsed templates, or why they did not parse (reported, nothing rendered).
+    pub spec: Result<ParsedSpec, String>,
+}
+
+/// The cluster as seen by one pass.
+#[derive(Debug, Default)]
+pub struct Snapshot<'a> {
+    /// Namespace objects (JSON).
+    pub namespaces: Vec<&'a Value>,
+    /// Pod objects by namespace.
+    pub pods: HashMap<String, Vec<&'a Value>>,
+    /// Node objects by name.
+    pub nodes: HashMap<String, &'a Value>,
+    /// Services targeting each pod (by pod UID), from EndpointSlices.
+    pub services: HashMap<String, Vec<ServiceRef>>,
+}
+
+/// Which ClusterSPIFFEIDs this controller serves and which namespaces it ignores.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub class_name: String,
+    pub watch_classless: bool,
+    pub ignore: IgnoreNamespaces,
+}
+
+/// A ClusterSPIFFEID's `status.stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub namespaces_selected: i64,
+    pub namespaces_ignored: i64,
+    pub pods_selected: i64,
+    pub pod_entry_render_failures: i64,
+    pub entries_masked: i64,
+    pub entries_to_set: i64,
+}
+
+/// An entry to have, and the ClusterSPIFFEID that wins it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    pub entry: RenderedEntry,
+    pub by: String,
+}
+
+/// The outcome of a pass.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// By entry key.
+    pub entries: BTreeMap<String, Declared>,
+    /// By ClusterSPIFFEID name (only those in scope).
+    pub stats: BTreeMap<String, Stats>,
+    /// Spec and render failures, for the resource's status and events: (name, message).
+    pub failures: Vec<(String, String)>,
+}
+
+// === impl Scope ===
+
+impl Scope {
+    /// upstream's `reconcileClass`.
+    pub fn serves(&self, class_name: &str) -> bool {
+        (class_name.is_empty() && self.watch_classless) || class_name == self.class_name
+    }
+}
+
+/// Plans one pass.
+pub fn plan(
+    ctx: &RenderContext,
+    scope: &Scope,
+    csids: &[ClusterSpiffeId],
+    cluster: &Snapshot<'_>,
+) -> Plan {
+    let mut out = Plan::default();
+    let mut ordered: Vec<&ClusterSpiffeId> = csids
+        .iter()
+        .filter(|c| scope.serves(&c.class_name))
+        .collect();
+    // Stable: non-fallback first, otherwise as given.
+    ordered.sort_by_key(|c| c.fallback);
+    let mut rendered_by_non_fallback: HashSet<String> = HashSet::new();
+    let mut declared: BTreeMap<String, Vec<(&ClusterSpiffeId, RenderedEntry)>> = BTreeMap::new();
+    for csid in ordered {
+        let stats = out.stats.entry(csid.name.clone()).or_default();
+        let spec = match &csid.spec {
+            Ok(s) => s,
+            Err(e) => {
+                out.failures.push((csid.name.clone(), e.clone()));
+                continue;
+            }
+        };
+        for ns in &cluster.namespaces {
+            if !namespace_selected(csid.namespace_selector.as_ref(), ns) {
+                continue;
+            }
+            stats.namespaces_selected += 1;
+            let ns_name = ns["metadata"]["name"].as_str().unwrap_or_default();
+            if scope.ignore.is_ignored(ns_name) {
+                stats.namespaces_ignored += 1;
+                continue;
+            }
+            for pod in cluster.pods.get(ns_name).into_iter().flatten() {
+                if !labels_match(csid.pod_selector.as_ref(), &pod["metadata"]["labels"]) {
+                    continue;
+                }
+                stats.pods_selected += 1;
+                let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                if csid.fallback && rendered_by_non_fallback.contains(uid) {
+                    continue;
+                }
+                let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+                if node_name.is_empty() {
+                    continue; // not scheduled yet: its turn comes with the update that binds it
+                }
+                let Some(node) = cluster.nodes.get(node_name) else {
+                    stats.pod_entry_render_failures += 1;
+                    out.failures.push((
+                        csid.name.clone(),
+                        format!(
+                            "pod {ns_name}/{}: node {node_name} not found",
+                            pod_name(pod)
+                        ),
+                    ));
+                    continue;
+                };
+                let services: &[ServiceRef] = if csid.auto_populate_dns_names {
+                    cluster
+                        .services
+                        .get(uid)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                } else {
+                    &[]
+                };
+                match render_pod_entry(ctx, spec, pod, node, services) {
+                    Ok(entry) => {
+                        let key = entry_key(
+                            &entry.spiffe_id.to_string(),
+                            &entry.parent_id.to_string(),
+                            &entry.selectors,
+                        );
+                        declared.entry(key).or_default().push((csid, entry));
+                        if !csid.fallback {
+                            rendered_by_non_fallback.insert(uid.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        stats.pod_entry_render_failures += 1;
+                        out.failures.push((
+                            csid.name.clone(),
+                            format!("pod {ns_name}/{}: {e}", pod_name(pod)),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (key, mut candidates) in declared {
+        // upstream's objectCmp: oldest first, then by uid.
+        candidates.sort_by(|(a, _), (b, _)| {
+            (&a.creation_timestamp, &a.uid).cmp(&(&b.creation_timestamp, &b.uid))
+        });
+        let mut it = candidates.into_iter();
+        let Some((winner, entry)) = it.next() else {
+            continue;
+        };
+        if let Some(s) = out.stats.get_mut(&winner.name) {
+            s.entries_to_set += 1;
+        }
+        for (masked, _) in it {
+            if let Some(s) = out.stats.get_mut(&masked.name) {
+                s.entries_masked += 1;
+            }
+        }
+        out.entries.insert(
+            key,
+            Declared {
+                entry,
+                by: winner.name.clone(),
+            },
+        );
+    }
+    out
+}
+
+fn pod_name(pod: &Value) -> &str {
+    pod["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// `namespaceSelector`: labels and expressions as a label selector, and `matchNames` (Sigil's
+/// addition, ANDed) on the name. No selector selects every namespace.
+fn namespace_selected(sel: Option<&NamespaceSelector>, ns: &Value) -> bool {
+    let Some(sel) = sel else {
+        return true;
+    };
+    if let Some(names) = &sel.match_names {
+        let name = ns["metadata"]["name"].as_str().unwrap_or_default();
+        if !names.iter().any(|n| n == name) {
+            return false;
+        }
+    }
+    selector_matches(
+        sel.match_labels.as_ref(),
+        sel.match_expressions.as_deref(),
+        &ns["metadata"]["labels"],
+    )
+}
+
+/// A label selector against an object's labels. No selector selects everything.
+pub fn labels_match(sel: Option<&LabelSelector>, labels: &Value) -> bool {
+    match sel {
+        None => true,
+        Some(s) => selector_matches(
+            s.match_labels.as_ref(),
+            s.match_expressions.as_deref(),
+            labels,
+        ),
+    }
+}
+
+/// Kubernetes' label selector semantics (`matchLabels` AND every expression; `In`, `NotIn`,
+/// `Exists`, `DoesNotExist`; an unknown operator selects nothing, as the API server would have
+/// refused it).
+fn selector_matches(
+    match_labels: Option<&BTreeMap<String, String>>,
+    exprs: Option<&[LabelSelectorRequirement]>,
+    labels: &Value,
+) -> bool {
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
+    if let Some(m) = match_labels
+        && !m.iter().all(|(k, v)| get(k) == Some(v.as_str()))
+    {
+        return false;
+    }
+    exprs.into_iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => get(&e.key).is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" => get(&e.key).is_none_or(|v| !values.iter().any(|x| x == v)),
+            "Exists" => get(&e.key).is_some(),
+            "DoesNotExist" => get(&e.key).is_none(),
+            _ => false,
+        }
+    })
+}
