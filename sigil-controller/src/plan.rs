@@ -168,8 +168,8 @@ pub fn plan(
                 match render_pod_entry(ctx, spec, pod, node, services) {
                     Ok(entry) => {
                         let key = entry_key(
-                            &entry.spiffe_id.to_string(),
-                            &entry.parent_id.to_string(),
+                            entry.spiffe_id.as_ref(),
+                            entry.parent_id.as_ref(),
                             &entry.selectors,
                         );
                         declared.entry(key).or_default().push((csid, entry));
