@@ -96,7 +96,7 @@ fn creates_updates_and_deletes_only_what_it_owns() {
 
     // Nothing recorded: everything declared is created, nothing deleted.
     let c = diff(
-        &declared(&[a.clone()]),
+        &declared(std::slice::from_ref(&a)),
         &cur,
         &Ownership::new("", None, HashSet::new()),
     );
@@ -125,7 +125,7 @@ fn entry_id_prefix_and_cleanup() {
     // `cluster1` and `cluster1.` are the same prefix; new IDs are `cluster1.<uuid>`.
     for prefix in ["cluster1", "cluster1."] {
         let c = diff(
-            &declared(&[a.clone()]),
+            &declared(std::slice::from_ref(&a)),
             &cur,
             &Ownership::new(prefix, None, HashSet::new()),
         );
