@@ -40,9 +40,13 @@
 //! # Ok(()) }
 //! ```
 
+mod catalog;
+mod discovery;
 mod http;
+mod patch;
 mod proto;
 mod resources;
+mod rest;
 mod selectors;
 mod store;
 mod tls;
@@ -138,8 +142,9 @@ impl FakeKube {
             address: addr.to_string(),
         });
         // What every cluster has before anyone writes to it.
+        let namespaces = resources::by_plural("namespaces").expect("a resource of the table");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            shared.write(by_kind("Namespace"), json!({"metadata": {"name": ns}}));
+            shared.write(namespaces, json!({"metadata": {"name": ns}}));
         }
         let server = tokio::spawn(http::serve(
             listener,
@@ -195,24 +200,32 @@ impl FakeKube {
         std::fs::write(path, serde_json::to_vec_pretty(&config)?)
     }
 
-    /// Creates or replaces an object, by its `kind`, `metadata.namespace` (default `default`)
-    /// and `metadata.name`, and returns it as stored. Fills what the API server fills (uid if
-    /// missing, creationTimestamp, resourceVersion); watchers see ADDED or MODIFIED (a new
-    /// `metadata.uid` makes it a re-created object: DELETED, then ADDED). Unlike a POST, it
-    /// keeps `status` and needs no namespace to exist: it sets up fixtures.
+    /// Creates or replaces an object, by its `apiVersion` (optional: without it, the first
+    /// resource of that kind, core group first) and `kind`, `metadata.namespace` (default
+    /// `default`) and `metadata.name`, and returns it as stored. Fills what the API server
+    /// fills (uid if missing, creationTimestamp, resourceVersion); watchers see ADDED or
+    /// MODIFIED (a new `metadata.uid` makes it a re-created object: DELETED, then ADDED).
+    /// Unlike a POST, it keeps `status` and needs no namespace to exist: it sets up fixtures.
+    /// A CustomResourceDefinition starts serving its resources at once.
     ///
     /// # Panics
-    /// If `kind` is not one this server serves (Pod, Node, Namespace, ServiceAccount), or the
-    /// object has no name: a mistake in the test.
+    /// If `kind` is not one this server serves (Pod, Node, Namespace, ServiceAccount,
+    /// EndpointSlice, Lease, CustomResourceDefinition, or a kind of a CRD it holds), the
+    /// object has no name, or is a CRD the API server would refuse: a mistake in the test.
     pub fn apply(&self, obj: Value) -> Value {
         let kind = obj["kind"].as_str().unwrap_or_default();
-        let res = by_kind(kind);
+        let res = self.resource(obj["apiVersion"].as_str(), kind);
         assert!(
             obj.pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty()),
             "apply: the object has no metadata.name: {obj}"
         );
+        if catalog::is_crd(res)
+            && let Err(why) = catalog::resources_of(&obj)
+        {
+            panic!("apply: the API server would refuse this CRD ({why}): {obj}");
+        }
         self.shared.write(res, obj)
     }
 
@@ -223,7 +236,7 @@ impl FakeKube {
     /// If `kind` is not one this server serves.
     pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         self.shared
-            .remove(&Key::new(by_kind(kind), namespace, name))
+            .remove(&Key::new(self.resource(None, kind), namespace, name))
     }
 
     /// An object as stored. `kind` as in [`FakeKube::delete`].
@@ -231,10 +244,8 @@ impl FakeKube {
     /// # Panics
     /// If `kind` is not one this server serves.
     pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-        self.shared
-            .store()
-            .get(&Key::new(by_kind(kind), namespace, name))
-            .cloned()
+        let key = Key::new(self.resource(None, kind), namespace, name);
+        self.shared.store().get(&key).cloned()
     }
 
     /// Issues a token as TokenRequest would (same checks: the ServiceAccount and the bound
@@ -318,6 +329,23 @@ impl FakeKube {
         ));
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(())
+    }
+
+    /// The resource of `kind` (a kind like `Pod`, or a resource like `pods`), of
+    /// `api_version` if given.
+    ///
+    /// # Panics
+    /// If this server does not serve it: only the handle calls this, with kinds from the test.
+    fn resource(&self, api_version: Option<&str>, kind: &str) -> &'static Resource {
+        self.shared
+            .store()
+            .catalog
+            .by_kind(api_version, kind)
+            .unwrap_or_else(|| {
+                panic!(
+                    "sigil-fake-kube serves Pod, Node, Namespace, ServiceAccount, EndpointSlice, Lease, CustomResourceDefinition and the kinds of its CRDs, not {kind:?} ({api_version:?})"
+                )
+            })
     }
 
     /// Every request received so far, oldest first.
@@ -432,13 +460,20 @@ impl Shared {
     }
 
     /// Stores `obj` and wakes the watches. A new namespace gets its `default`
-    /// ServiceAccount, as the service account controller would create.
-    pub(crate) fn write(&self, res: &'static Resource, obj: Value) -> Value {
+    /// ServiceAccount, as the service account controller would create; a CRD is accepted
+    /// (its status says so) and its resources are served from this write on.
+    pub(crate) fn write(&self, res: &'static Resource, mut obj: Value) -> Value {
         let mut store = self.store();
         let created = store.get(&Key::of(res, &obj)).is_none();
+        if catalog::is_crd(res) {
+            obj["status"] = catalog::crd_status(&obj);
+        }
         let stored = store.put(res, obj);
-        if created && res.plural == "namespaces" {
-            let sa = by_kind("ServiceAccount");
+        if catalog::is_crd(res) {
+            store.catalog.serve(&stored);
+        }
+        if created && res.group.is_empty() && res.plural == "namespaces" {
+            let sa = resources::by_plural("serviceaccounts").expect("a resource of the table");
             let name = stored["metadata"]["name"].as_str().unwrap_or_default();
             if store.get(&Key::new(sa, Some(name), "default")).is_none() {
                 store.put(
@@ -451,11 +486,19 @@ impl Shared {
         stored
     }
 
-    /// Deletes the object at `key` (a namespace with its contents) and wakes the watches.
+    /// Deletes the object at `key` (a namespace with its contents, a CRD with its objects,
+    /// whose resources stop being served) and wakes the watches.
     pub(crate) fn remove(&self, key: &Key) -> Option<Value> {
         let mut store = self.store();
         let last = store.remove(key)?;
-        if key.resource == "namespaces" {
+        if key.is(&resources::CRDS) {
+            for res in store.catalog.unserve(&key.name) {
+                for k in store.keys_of(res) {
+                    store.remove(&k);
+                }
+            }
+        }
+        if key.group.is_empty() && key.resource == "namespaces" {
             let inside: Vec<Key> = store.keys_in_namespace(&key.name);
             for k in inside {
                 store.remove(&k);
@@ -471,16 +514,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The resource of `kind` (a kind like `Pod`, or a resource like `pods`).
-///
-/// # Panics
-/// If this server does not serve it: only the handle calls this, with kinds from the test.
-fn by_kind(kind: &str) -> &'static Resource {
-    resources::by_kind(kind).unwrap_or_else(|| {
-        panic!("sigil-fake-kube serves Pod, Node, Namespace and ServiceAccount, not {kind:?}")
-    })
 }
 
 pub(crate) fn now_unix() -> u64 {

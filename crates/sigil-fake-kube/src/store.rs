@@ -2,6 +2,7 @@
 //! (etcd's revision: every write takes the next number), and a bounded history of changes that
 //! watches resume from and paginated lists read their snapshot from.
 
+use crate::catalog::Catalog;
 use crate::resources::Resource;
 use serde_json::{Value, json};
 use std::borrow::Cow;
@@ -11,10 +12,11 @@ use std::collections::{BTreeMap, VecDeque};
 /// or a continue token older than that gets 410 Gone.
 const HISTORY: usize = 10_000;
 
-/// Where an object lives. The order (resource, namespace, name) is etcd's key order, which is
-/// the order lists return.
+/// Where an object lives: one place for all the versions of a resource. The order (group,
+/// resource, namespace, name) is etcd's key order, which is the order lists return.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
+    pub group: &'static str,
     pub resource: &'static str,
     /// Empty for cluster-scoped resources.
     pub namespace: String,
@@ -50,6 +52,8 @@ pub struct Store {
     /// Every change with a resourceVersion above this is in `history`: resuming from a
     /// version below it would miss changes.
     floor: u64,
+    /// What is served, CRDs' resources included.
+    pub catalog: Catalog,
 }
 
 /// The answer to "what happened after version X".
@@ -76,6 +80,7 @@ impl EventType {
 impl Key {
     pub fn new(res: &Resource, namespace: Option<&str>, name: &str) -> Self {
         Key {
+            group: res.group,
             resource: res.plural,
             namespace: if res.namespaced {
                 namespace.unwrap_or("default").to_string()
@@ -94,6 +99,11 @@ impl Key {
             .and_then(Value::as_str)
             .unwrap_or_default();
         Key::new(res, ns, name)
+    }
+
+    /// Whether this is the key of a `res` (at any version).
+    pub fn is(&self, res: &Resource) -> bool {
+        self.resource == res.plural && self.group == res.group
     }
 }
 
@@ -241,9 +251,14 @@ impl Store {
         res: &'a Resource,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
-        state.iter().filter(move |(k, _)| {
-            k.resource == res.plural && namespace.is_none_or(|ns| k.namespace == ns)
-        })
+        state
+            .iter()
+            .filter(move |(k, _)| k.is(res) && namespace.is_none_or(|ns| k.namespace == ns))
+    }
+
+    /// The keys of every object of `res` (at any version).
+    pub fn keys_of(&self, res: &Resource) -> Vec<Key> {
+        self.objects.keys().filter(|k| k.is(res)).cloned().collect()
     }
 }
 
@@ -253,7 +268,7 @@ fn normalize(res: &Resource, key: &Key, obj: &mut Value) {
         *obj = json!({});
     }
     obj["kind"] = json!(res.kind);
-    obj["apiVersion"] = json!("v1");
+    obj["apiVersion"] = json!(res.api_version());
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
@@ -265,7 +280,7 @@ fn normalize(res: &Resource, key: &Key, obj: &mut Value) {
     } else {
         meta.remove("namespace");
     }
-    if res.plural == "namespaces" {
+    if res.group.is_empty() && res.plural == "namespaces" {
         // Since 1.21 every namespace carries its name as a label, so selectors can pick it.
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
         if let Some(l) = labels.as_object_mut() {

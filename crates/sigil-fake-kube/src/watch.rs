@@ -38,7 +38,7 @@ impl WatchRequest {
     /// that starts matching is ADDED, one that stops is DELETED (its previous state with the
     /// change's version).
     fn event(&self, c: &Change) -> Option<Value> {
-        if c.key.resource != self.res.plural
+        if !c.key.is(self.res)
             || self
                 .namespace
                 .as_ref()
@@ -59,7 +59,7 @@ impl WatchRequest {
             }
             (false, false) => return None,
         };
-        Some(json!({"type": kind.as_str(), "object": object}))
+        Some(json!({"type": kind.as_str(), "object": self.res.present(object)}))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Value {
@@ -67,7 +67,7 @@ impl WatchRequest {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        json!({"type": "BOOKMARK", "object": {"kind": self.res.kind, "apiVersion": "v1", "metadata": meta}})
+        json!({"type": "BOOKMARK", "object": {"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta}})
     }
 
     /// The first events and the version they bring the watcher to; `None` as the version
@@ -83,11 +83,14 @@ impl WatchRequest {
                 let Ok(state) = store.state_at(rv) else {
                     return (Vec::new(), Some(rv)); // the current state is always there
                 };
-                let mut events: Vec<Value> =
-                    Store::objects(&state, self.res, self.namespace.as_deref())
-                        .filter(|(_, o)| self.matches(o))
-                        .map(|(_, o)| json!({"type": "ADDED", "object": o}))
-                        .collect();
+                let mut events: Vec<Value> = Store::objects(
+                    &state,
+                    self.res,
+                    self.namespace.as_deref(),
+                )
+                .filter(|(_, o)| self.matches(o))
+                .map(|(_, o)| json!({"type": "ADDED", "object": self.res.present(o.clone())}))
+                .collect();
                 if self.send_initial_events && self.bookmarks {
                     events.push(self.bookmark(rv, true));
                 }
