@@ -319,3 +319,168 @@ async fn kubectl_create_token_passes_token_review() {
     let err = k.fails(&["create", "token", "nope"]).await;
     assert!(err.contains(r#"serviceaccounts "nope" not found"#), "{err}");
 }
+
+/// The upstream ClusterSPIFFEID CRD (spire-controller-manager's, unmodified).
+fn crd_file() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/spire.spiffe.io_clusterspiffeids.yaml")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn kubectl_apply_crd_and_custom_resources() {
+    let Some(k) = Kubectl::start().await else {
+        return;
+    };
+    assert_eq!(
+        k.ok(&["apply", "-f", &crd_file()]).await.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/clusterspiffeids.spire.spiffe.io created"
+    );
+    let crd = k
+        .kube
+        .get(
+            "CustomResourceDefinition",
+            None,
+            "clusterspiffeids.spire.spiffe.io",
+        )
+        .unwrap();
+    assert!(
+        crd["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+
+    let file = k.dir.path().join("id.yaml");
+    let manifest = |class: &str| {
+        format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\n\
+             kind: ClusterSPIFFEID\n\
+             metadata:\n  name: default\n\
+             spec:\n  spiffeIDTemplate: \"spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}\"\n  \
+             className: {class}\n  podSelector:\n    matchLabels:\n      app: web\n"
+        )
+    };
+    std::fs::write(&file, manifest("a")).unwrap();
+    let file = file.to_str().unwrap();
+    assert_eq!(
+        k.ok(&["apply", "-f", file]).await.trim(),
+        "clusterspiffeid.spire.spiffe.io/default created"
+    );
+    let list: Value =
+        serde_json::from_str(&k.ok(&["get", "clusterspiffeids", "-o", "json"]).await).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["apiVersion"], "spire.spiffe.io/v1alpha1");
+    assert_eq!(
+        items[0]["spec"]["spiffeIDTemplate"],
+        "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}"
+    );
+    assert_eq!(items[0]["spec"]["podSelector"]["matchLabels"]["app"], "web");
+
+    // Applied again, changed: kubectl patches it (a merge patch, for a kind it does not know).
+    std::fs::write(file, manifest("b")).unwrap();
+    assert_eq!(
+        k.ok(&["apply", "-f", file]).await.trim(),
+        "clusterspiffeid.spire.spiffe.io/default configured"
+    );
+    let stored = k.kube.get("ClusterSPIFFEID", None, "default").unwrap();
+    assert_eq!(stored["spec"]["className"], "b");
+    // Server-side apply, and a JSON patch.
+    std::fs::write(file, manifest("c")).unwrap();
+    let out = k.ok(&["apply", "--server-side", "-f", file]).await;
+    assert_eq!(
+        out.trim(),
+        "clusterspiffeid.spire.spiffe.io/default serverside-applied"
+    );
+    assert!(
+        k.kube
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.param("fieldManager").as_deref() == Some("kubectl"))
+    );
+    let stored = k.kube.get("ClusterSPIFFEID", None, "default").unwrap();
+    assert_eq!(stored["spec"]["className"], "c");
+    k.ok(&[
+        "patch",
+        "clusterspiffeid",
+        "default",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/className", "value": "d"}]"#,
+    ])
+    .await;
+    let stored = k.kube.get("ClusterSPIFFEID", None, "default").unwrap();
+    assert_eq!(stored["spec"]["className"], "d");
+
+    assert_eq!(
+        k.ok(&["delete", "clusterspiffeid", "default"]).await.trim(),
+        r#"clusterspiffeid.spire.spiffe.io "default" deleted"#
+    );
+    assert!(k.kube.get("ClusterSPIFFEID", None, "default").is_none());
+    k.ok(&["apply", "-f", file]).await;
+    // Deleting the CRD takes its objects and its resource with it.
+    k.ok(&["delete", "-f", &crd_file()]).await;
+    // kubectl's discovery cache still knows the resource (as it would against a real
+    // server), so it asks, and is told it is gone.
+    let err = k.fails(&["get", "clusterspiffeids"]).await;
+    assert!(
+        err.contains("the server could not find the requested resource"),
+        "{err}"
+    );
+    assert!(
+        k.kube
+            .get(
+                "CustomResourceDefinition",
+                None,
+                "clusterspiffeids.spire.spiffe.io"
+            )
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn kubectl_endpoint_slices_by_service() {
+    let Some(k) = Kubectl::start().await else {
+        return;
+    };
+    for (name, service) in [("web-abc", "web"), ("web-def", "web"), ("db-xyz", "db")] {
+        k.kube.apply(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+        );
+    }
+    let web = k
+        .ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(
+        lines(&web),
+        [
+            "endpointslice.discovery.k8s.io/web-abc",
+            "endpointslice.discovery.k8s.io/web-def"
+        ]
+    );
+    k.ok(&["delete", "endpointslice", "web-abc"]).await;
+    assert!(
+        k.kube
+            .get("EndpointSlice", Some("default"), "web-abc")
+            .is_none()
+    );
+    let left = k.ok(&["get", "endpointslices", "-o", "name"]).await;
+    assert_eq!(
+        lines(&left),
+        [
+            "endpointslice.discovery.k8s.io/db-xyz",
+            "endpointslice.discovery.k8s.io/web-def"
+        ]
+    );
+}
