@@ -17,15 +17,36 @@
 //! - bearer-token authentication (401 without one) and `Status` errors as the API server
 //!   writes them.
 //!
-//! Resources served: Pods (with `status`), Nodes, Namespaces, ServiceAccounts (with `token`),
-//! TokenReviews, SelfSubjectReviews; discovery, `/version`, and just enough of `/openapi/v3`
-//! for kubectl to leave field validation to the server. Nothing is persisted; there are no
-//! controllers, except that a namespace gets its `default` ServiceAccount and deleting a
-//! namespace deletes what is in it.
+//! Resources served: Pods (with `status`), Nodes, Namespaces, ServiceAccounts (with `token`)
+//! in the core group (`/api/v1`); EndpointSlices (`discovery.k8s.io/v1`), Leases
+//! (`coordination.k8s.io/v1`) and CustomResourceDefinitions (`apiextensions.k8s.io/v1`) under
+//! `/apis`; TokenReviews, SelfSubjectReviews; discovery, `/version`, and just enough of
+//! `/openapi/v3` for kubectl to leave field validation to the server. Every resource has the
+//! same list/watch/get/create/update/patch/delete (and `/status`) endpoints, with optimistic
+//! concurrency on `metadata.resourceVersion` (a stale update is a 409 Conflict, what leader
+//! election on a Lease relies on).
+//!
+//! A CRD, once created (by POST or [`FakeKube::apply`]), serves its resource at
+//! `/apis/{group}/{version}/{plural}` for each served version, with its scope, its `status`
+//! subresource if it declares one, discovery and watch; its status says it is Established.
+//! Deleting it deletes its objects and stops serving them. Objects are stored once for all
+//! versions and differ between them only in `apiVersion` (conversion strategy `None`). Only
+//! `apiVersion` and `kind` are checked against the request: objects are not validated against
+//! the CRD's schema, and unknown fields are not pruned.
+//!
+//! Patches: JSON merge patch; strategic merge patch (as a merge patch); JSON patch (RFC 6902);
+//! server-side apply (`application/apply-patch+yaml`, YAML or JSON, `fieldManager` required),
+//! which creates a missing object and otherwise deep-merges the applied fields over the
+//! stored ones (maps merge, the rest is replaced). Field ownership (`managedFields`), apply
+//! conflicts and the removal of fields a manager no longer applies are not modelled: every
+//! apply succeeds as a forced one would.
+//!
+//! Nothing is persisted; there are no controllers, except that a namespace gets its `default`
+//! ServiceAccount, deleting a namespace deletes what is in it, and deleting a CRD deletes its
+//! objects.
 //!
 //! Not modelled (a client that needs them gets an error, not a silent difference): Table
-//! output (kubectl falls back to its own columns), server-side apply and JSON patch (415;
-//! merge and strategic merge patches work, the latter as a merge patch), protobuf bodies other
+//! output (kubectl falls back to its own columns), `deletecollection`, protobuf bodies other
 //! than TokenRequest, graceful deletion (a delete removes the object at once), admission and
 //! schema validation, authorization (every authenticated caller may do anything).
 //!
