@@ -343,3 +343,59 @@ async fn handle_applies_crds_and_their_objects() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn namespaced_crd_with_two_versions() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.apply(
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {"name": "v1", "served": true, "storage": true},
+                {"name": "v2", "served": true, "storage": false},
+            ]}}),
+    );
+    kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}));
+    let c = client(&kube).await;
+    let api = |version: &str, ns: &str| -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("example.com", version, "Widget");
+        Api::namespaced_with(
+            c.clone(),
+            ns,
+            &ApiResource::from_gvk_with_plural(&gvk, "widgets"),
+        )
+    };
+    let w: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1",
+        "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}))
+    .unwrap();
+    api("v1", "team")
+        .create(&PostParams::default(), &w)
+        .await
+        .unwrap();
+    // The same object at the other version, which differs only in apiVersion.
+    let v2 = api("v2", "team").get("w").await.unwrap();
+    assert_eq!(v2.types.unwrap().api_version, "example.com/v2");
+    assert_eq!(v2.data["spec"]["size"], 3);
+    assert!(
+        api("v1", "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // A wrong apiVersion in the body is refused, as the API server does.
+    let err = api("v2", "team")
+        .create(&PostParams::default(), &w)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
+    // A namespace takes its custom resources with it.
+    kube.delete("Namespace", None, "team");
+    assert!(kube.get("Widget", Some("team"), "w").is_none());
+}
