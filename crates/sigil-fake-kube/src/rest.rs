@@ -566,12 +566,12 @@ fn delete(
         }
     }
     if call.dry_run() {
-        return ok(old);
+        return ok(res.present(old));
     }
     let last = shared
         .remove(&Key::new(res, ns, name))
         .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
-    ok(last)
+    ok(res.present(last))
 }
 
 fn random_suffix() -> String {
