@@ -61,11 +61,13 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod catalog;
 mod discovery;
 mod http;
 mod patch;
 mod proto;
+mod reply;
 mod resources;
 mod rest;
 mod selectors;
@@ -416,7 +418,7 @@ impl Drop for FakeKube {
 impl RequestRecord {
     /// A query parameter, percent-decoded.
     pub fn param(&self, name: &str) -> Option<String> {
-        http::parse_query(&self.query).remove(name)
+        reply::parse_query(&self.query).remove(name)
     }
 
     /// Whether this was a watch (`?watch=true` or `1`).

@@ -2,9 +2,10 @@
 //! alike: list (pages from a consistent snapshot), watch, get, create, update, patch (merge,
 //! JSON, server-side apply), delete, and `/status`.
 
+use crate::auth;
 use crate::catalog;
-use crate::http::{self, Body, Call, Reply, json_response, method_not_allowed, not_served, ok};
 use crate::patch;
+use crate::reply::{Body, Call, Reply, json_response, method_not_allowed, not_served, ok};
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Key, Store};
@@ -67,7 +68,7 @@ pub fn serve(
             patch(shared, call, res, ns, name, true)
         }
         ["serviceaccounts", name, "token"] if res.group.is_empty() && *m == Method::POST => {
-            http::token_request(shared, call, ns, name)
+            auth::token_request(shared, call, ns, name)
         }
         [_] | [_, _] | [_, _, "status"] => Err(method_not_allowed()),
         _ => Err(not_served()),
@@ -587,7 +588,7 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::parse_query;
+    use crate::reply::parse_query;
     use crate::resources::PODS;
     use bytes::Bytes;
 
