@@ -1,6 +1,7 @@
 //! The HTTP side: the accept loop (which owns every connection, so stopping it drops them
-//! all), authentication, routing, and the handlers for TokenRequest and TokenReview. The
-//! resources' endpoints are in `rest`, discovery documents in `discovery`.
+//! all), authentication and routing. The resources' endpoints are in `rest`, TokenRequest and
+//! TokenReview in `auth`, discovery documents in `discovery`, the shared request and response
+//! types in `reply`.
 
 use crate::reply::{Body, Call, Reply, json_response, not_served, ok, parse_query, text_response};
 use crate::{ApiError, RequestRecord, Shared, auth, discovery, resources, rest, tokens};
