@@ -139,6 +139,24 @@ impl ClusterConfig {
 mod tests {
     use super::*;
 
+    /// SPIRE's Helm chart renders `server.conf` as JSON, where HCL's blocks and maps become
+    /// arrays of one-key objects.
+    #[test]
+    fn reads_the_helm_charts_json_form() {
+        let c = ServerConfig::from_hcl(
+            r#"{"clusters": [{"demo": [{"service_account_allow_list": ["spire:spire-agent"],
+                 "audience": ["spire-server"], "allowed_node_label_keys": [],
+                 "allowed_pod_label_keys": []}]},
+                {"other": {"service_account_allow_list": ["x:y"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.clusters["demo"].service_account_allow_list,
+            ["spire:spire-agent"]
+        );
+        assert_eq!(c.clusters["other"].service_account_allow_list, ["x:y"]);
+    }
+
     #[test]
     fn reads_every_key() {
         let c = ServerConfig::from_hcl(
