@@ -849,6 +849,27 @@ health_checks {
         );
     }
 
+    /// The agent config SPIRE's Helm chart renders (JSON): k8s_psat and the k8s attestor.
+    #[test]
+    fn helm_chart_json_config() {
+        let c = Config::from_hcl(
+            r#"{"agent": {"trust_domain": "example.org", "server_address": "spire-server.spire-server",
+                          "server_port": 443, "data_dir": "/var/lib/spire", "log_level": "info",
+                          "socket_path": "/tmp/spire-agent/public/spire-agent.sock"},
+                "plugins": {
+                  "KeyManager": [{"memory": {"plugin_data": null}}],
+                  "NodeAttestor": [{"k8s_psat": {"plugin_data": {"cluster": "example-cluster"}}}],
+                  "WorkloadAttestor": [{"k8s": {"plugin_data": {
+                      "disable_container_selectors": false, "skip_kubelet_verification": true,
+                      "use_new_container_locator": true, "verbose_container_locator_logs": false,
+                      "node_name": "worker-1"}}}]}}"#,
+        )
+        .unwrap();
+        let k8s = c.k8s_attestor.expect("k8s attestor");
+        assert_eq!(k8s.node_name, "worker-1");
+        assert!(c.unix_attestor.is_none());
+    }
+
     #[test]
     fn k8s_psat_node_attestor() {
         let base = "agent {\n trust_domain = \"td\"\n server_address = \"x\"\n}\n";

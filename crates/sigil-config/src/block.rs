@@ -149,6 +149,9 @@ impl Block {
 /// One object or an array of objects (a repeated block), else an error naming `key`.
 pub(crate) fn objects(key: &str, value: Value) -> Result<Vec<Map<String, Value>>, ConfigError> {
     match value {
+        // JSON configs write an empty block as `null` (SPIRE's Helm chart:
+        // `"memory": {"plugin_data": null}`); HCL's decoder takes it as empty.
+        Value::Null => Ok(Vec::new()),
         Value::Object(m) => Ok(vec![m]),
         Value::Array(items) => items
             .into_iter()
