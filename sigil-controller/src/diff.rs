@@ -32,6 +32,7 @@ pub struct CurrentEntry {
     pub downstream: bool,
     pub dns_names: Vec<String>,
     pub hint: String,
+    pub store_svid: bool,
 }
 
 /// Which current entries are the controller's.
@@ -56,6 +57,7 @@ pub enum Field {
     Downstream,
     DnsNames,
     Hint,
+    StoreSvid,
 }
 
 /// The writes of one pass.
@@ -208,6 +210,9 @@ fn outdated(new: &RenderedEntry, old: &CurrentEntry) -> Vec<Field> {
     }
     if new.hint != old.hint {
         out.push(Field::Hint);
+    }
+    if new.store_svid != old.store_svid {
+        out.push(Field::StoreSvid);
     }
     out
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sigil_gotemplate::{DataModel, Template};
 use sigil_spiffe::{SpiffeId, TrustDomain};
 
-use crate::crd::ClusterSPIFFEIDSpec;
+use crate::crd::{ClusterSPIFFEIDSpec, ClusterStaticEntrySpec};
 
 /// spire-controller-manager's default `parentIDTemplate`: the agent IDs of `k8s_psat`.
 pub const DEFAULT_PARENT_ID_TEMPLATE: &str =
@@ -58,6 +58,8 @@ pub struct RenderedEntry {
     pub admin: bool,
     pub downstream: bool,
     pub hint: String,
+    /// ClusterStaticEntry's `storeSVID` (pod entries never).
+    pub store_svid: bool,
 }
 
 /// A service that targets the pod (from its EndpointSlices), for `autoPopulateDNSNames`.
@@ -86,6 +88,9 @@ pub enum RenderError {
     },
     #[error("failed to render {what}: invalid SPIFFE ID: {reason}")]
     InvalidId { what: &'static str, reason: String },
+    /// A ClusterStaticEntry's value (upstream's wording).
+    #[error("{0}")]
+    Static(String),
     #[error("failed to render workload selector: invalid workload selector {rendered:?}: {reason}")]
     Selector {
         rendered: String,
@@ -228,6 +233,54 @@ pub fn render_pod_entry(
         admin: spec.admin,
         downstream: spec.downstream,
         hint: spec.hint.clone(),
+        store_svid: false,
+    })
+}
+
+/// A ClusterStaticEntry's entry (upstream's `renderStaticEntry`): its values parsed, nothing
+/// templated.
+pub fn render_static_entry(spec: &ClusterStaticEntrySpec) -> Result<RenderedEntry, RenderError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| RenderError::Static(format!("{what}: {e}"));
+    let id = |what: &str, s: &str| {
+        s.parse::<SpiffeId>()
+            .map_err(|e| bad(&format!("failed to parse {what}"), &e))
+    };
+    let ttl = |d: &Option<crate::duration::Duration>| {
+        u64::try_from(d.as_ref().map(|d| d.as_nanos()).unwrap_or(0))
+            .map(Duration::from_nanos)
+            .map_err(|_| bad("invalid TTL", &"must not be negative"))
+    };
+    Ok(RenderedEntry {
+        spiffe_id: id("SPIFFEID", &spec.spiffe_id)?,
+        parent_id: id("ParentID", &spec.parent_id)?,
+        selectors: spec
+            .selectors
+            .iter()
+            .map(|s| {
+                parse_selector(s).map_err(|e| match e {
+                    RenderError::Selector { reason, .. } => {
+                        bad("failed to parse Selectors", &reason)
+                    }
+                    other => other,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        dns_names: spec.dns_names.clone().unwrap_or_default(),
+        x509_svid_ttl: ttl(&spec.x509_svid_ttl)?,
+        jwt_svid_ttl: ttl(&spec.jwt_svid_ttl)?,
+        federates_with: spec
+            .federates_with
+            .iter()
+            .flatten()
+            .map(|td| {
+                td.parse::<TrustDomain>()
+                    .map_err(|e| bad("invalid federatesWith value", &e))
+            })
+            .collect::<Result<_, _>>()?,
+        admin: spec.admin.unwrap_or(false),
+        downstream: spec.downstream.unwrap_or(false),
+        hint: spec.hint.clone().unwrap_or_default(),
+        store_svid: spec.store_svid.unwrap_or(false),
     })
 }
 

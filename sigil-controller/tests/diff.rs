@@ -26,6 +26,7 @@ fn rendered(id: &str, parent: &str, sels: &[(&str, &str)]) -> RenderedEntry {
         admin: false,
         downstream: false,
         hint: String::new(),
+        store_svid: false,
     }
 }
 
@@ -42,6 +43,7 @@ fn current(entry_id: &str, e: &RenderedEntry) -> CurrentEntry {
         downstream: e.downstream,
         dns_names: e.dns_names.clone(),
         hint: e.hint.clone(),
+        store_svid: e.store_svid,
     }
 }
 
@@ -214,6 +216,7 @@ fn spire_controller_manager_join_token_cases() {
         downstream: false,
         dns_names: Vec::new(),
         hint: String::new(),
+        store_svid: false,
     };
     for case in v["filter_join_token_entries_cases"]["cases"]
         .as_array()

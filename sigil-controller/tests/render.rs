@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sigil_controller::crd::{ClusterSPIFFEID, ClusterSPIFFEIDSpec};
 use sigil_controller::render::{
     DEFAULT_PARENT_ID_TEMPLATE, ParsedSpec, RenderContext, RenderError, ServiceRef, entry_key,
-    parse_selector, render_pod_entry,
+    parse_selector, render_pod_entry, render_static_entry,
 };
 use sigil_gotemplate::Template;
 
@@ -264,5 +264,51 @@ fn bad_specs_and_renders_are_errors() {
     assert!(parse_selector("k8s:ns:default").is_ok());
     for bad in ["k8s", ":x", "k8s:"] {
         assert!(parse_selector(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn static_entries_render_as_upstream() {
+    use sigil_controller::crd::ClusterStaticEntrySpec;
+    let spec = |v: Value| -> ClusterStaticEntrySpec { serde_json::from_value(v).unwrap() };
+    let e = render_static_entry(&spec(json!({
+        "spiffeID": "spiffe://example.org/db",
+        "parentID": "spiffe://example.org/spire/server",
+        "selectors": ["k8s_psat:cluster:demo", "unix:uid:0"],
+        "federatesWith": ["other.org"],
+        "x509SVIDTTL": "1h",
+        "jwtSVIDTTL": 300,
+        "dnsNames": ["db.example.org"],
+        "admin": true,
+        "storeSVID": true,
+        "hint": "db",
+    })))
+    .expect("a valid static entry");
+    assert_eq!(e.spiffe_id.to_string(), "spiffe://example.org/db");
+    assert_eq!(e.selectors[1], ("unix".to_string(), "uid:0".to_string()));
+    assert_eq!(e.x509_svid_ttl, Duration::from_secs(3600));
+    assert_eq!(e.jwt_svid_ttl, Duration::from_secs(300));
+    assert_eq!(e.federates_with[0].as_str(), "other.org");
+    assert!(e.admin && e.store_svid && !e.downstream);
+    for (v, msg) in [
+        (
+            json!({"spiffeID": "nope", "parentID": "spiffe://x/p", "selectors": []}),
+            "failed to parse SPIFFEID",
+        ),
+        (
+            json!({"spiffeID": "spiffe://x/a", "parentID": "nope", "selectors": []}),
+            "failed to parse ParentID",
+        ),
+        (
+            json!({"spiffeID": "spiffe://x/a", "parentID": "spiffe://x/p", "selectors": ["novalue:"]}),
+            "failed to parse Selectors: value cannot be empty",
+        ),
+        (
+            json!({"spiffeID": "spiffe://x/a", "parentID": "spiffe://x/p", "selectors": [], "federatesWith": ["BAD TD"]}),
+            "invalid federatesWith value",
+        ),
+    ] {
+        let err = render_static_entry(&spec(v)).unwrap_err().to_string();
+        assert!(err.starts_with(msg), "{err}");
     }
 }
