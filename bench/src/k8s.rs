@@ -30,7 +30,7 @@ use crate::{
     Proc, Rows, TRUST_DOMAIN, client, fetch_once, run_cli, start_server, verdict, wait_for,
 };
 
-const NODE: &str = "bench-node-1";
+pub(crate) const NODE: &str = "bench-node-1";
 
 /// The `k8s` rows.
 pub async fn rows(
@@ -96,7 +96,7 @@ pub async fn rows(
 
 /// A realistic pod of `NODE` (labels, annotations, two containers and an init container,
 /// managed fields): what the agent receives and strips.
-fn pod(i: usize, node: &str) -> Value {
+pub(crate) fn pod(i: usize, node: &str) -> Value {
     let uid = pod_uid(i);
     let container = |name: &str, id: &str| {
         json!({
@@ -147,7 +147,7 @@ fn pod(i: usize, node: &str) -> Value {
     })
 }
 
-fn pod_uid(i: usize) -> String {
+pub(crate) fn pod_uid(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
 
@@ -156,14 +156,14 @@ fn container_id(i: usize, n: usize) -> String {
 }
 
 /// The cgroup2 tree the bench makes pods in, and where the bench process came from.
-struct CgroupRoot {
+pub(crate) struct CgroupRoot {
     mount: PathBuf,
     root: PathBuf,
     home: PathBuf,
 }
 
 impl CgroupRoot {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let mount = sigil_workload_attestation::mount_point()
             .context("no cgroup2 mount")?
             .to_path_buf();
@@ -178,7 +178,7 @@ impl CgroupRoot {
     }
 
     /// The systemd-driver cgroup of pod `i`'s first container.
-    fn pod_dir(&self, i: usize) -> Result<PathBuf> {
+    pub(crate) fn pod_dir(&self, i: usize) -> Result<PathBuf> {
         let d = self.root.join(format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{}.scope",
             pod_uid(i).replace('-', "_"),
@@ -189,12 +189,12 @@ impl CgroupRoot {
     }
 
     /// Moves this whole process into `dir`.
-    fn enter(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn enter(&self, dir: &Path) -> Result<()> {
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("moving the bench into {}", dir.display()))
     }
 
-    fn leave(&self) -> Result<()> {
+    pub(crate) fn leave(&self) -> Result<()> {
         self.enter(&self.home.clone())
     }
 }
@@ -218,17 +218,27 @@ impl Drop for CgroupRoot {
 }
 
 /// A server and an agent with `WorkloadAttestor "k8s"` watching `kube`, with one entry for
-/// `k8s:ns:bench` + `k8s:sa:bench`.
-struct Stack {
+/// `k8s:ns:bench` + `k8s:sa:bench` (unless a controller makes the entries).
+pub(crate) struct Stack {
     _agent: Proc,
     _server: Proc,
-    api: PathBuf,
+    pub(crate) api: PathBuf,
+    pub(crate) admin: PathBuf,
     agent_pid: u32,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+/// The agent's ID (the alias of its join token): what entries are parented to.
+pub(crate) fn node_id() -> String {
+    format!("spiffe://{TRUST_DOMAIN}/bench-k8s-node")
 }
 
 impl Stack {
     async fn start(bin_dir: &Path, kube: &FakeKube) -> Result<Self> {
+        Self::start_with(bin_dir, kube, true).await
+    }
+
+    pub(crate) async fn start_with(bin_dir: &Path, kube: &FakeKube, entry: bool) -> Result<Self> {
         let server_bin = bin_dir.join("sigil-server");
         let agent_bin = bin_dir.join("sigil-agent");
         let dir = tempfile::tempdir()?;
@@ -236,7 +246,7 @@ impl Stack {
         let api = dir.path().join("agent.sock");
         let admin_s = admin.to_string_lossy().to_string();
         let (server, port) = start_server(&server_bin, dir.path(), &admin).await?;
-        let node = format!("spiffe://{TRUST_DOMAIN}/bench-k8s-node");
+        let node = node_id();
         let token = run_cli(
             &server_bin,
             &[
@@ -251,6 +261,7 @@ impl Stack {
         .trim()
         .trim_start_matches("Token: ")
         .to_string();
+        if entry {
         run_cli(
             &server_bin,
             &[
@@ -268,6 +279,7 @@ impl Stack {
                 "k8s:sa:bench",
             ],
         )?;
+        }
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(
             &bundle,
@@ -316,8 +328,9 @@ impl Stack {
             _agent: agent,
             _server: server,
             api,
+            admin,
             agent_pid,
-            _dir: dir,
+            dir,
         })
     }
 }

@@ -14,10 +14,14 @@
 //! 5. Authorization inside Envoy: requests/s and p99 with wrk through an mTLS listener with no
 //!    filter, Envoy's RBAC filter and Sigil's Wasm filter, the same 50-rule policy.
 //!
+//! 6. Kubernetes: pod → SVID through the k8s attestor (`--only-k8s`) and through
+//!    sigil-controller, and the controller at 10,000 pods (`--only-controller`).
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
 mod attestation;
 mod authz;
+mod controller;
 mod k8s;
 mod latency;
 mod sds;
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         ("--only-sync", sync_rows as RowsFn),
         ("--only-fetch", fetch_rows as RowsFn),
         ("--only-k8s", k8s_rows as RowsFn),
+        ("--only-controller", controller_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +133,7 @@ fn main() -> Result<()> {
     sync_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     k8s_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+    controller_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
@@ -200,6 +206,17 @@ fn k8s_rows(
     json: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     rt.block_on(k8s::rows(bin_dir, quick, rows, json))
+}
+
+/// The sigil-controller rows (`--only-controller` runs just these).
+fn controller_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(controller::rows(bin_dir, quick, rows, json))
 }
 
 /// The FetchX509SVID latency rows (`--only-fetch` runs just these).

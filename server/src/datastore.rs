@@ -214,6 +214,8 @@ fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
         hint: r.try_get("hint")?,
         created_at: r.try_get("created_at")?,
         revision: r.try_get("revision")?,
+        store_svid: r.try_get::<i64, _>("store_svid")? != 0,
+        managed_by: r.try_get("managed_by")?,
     })
 }
 
@@ -376,8 +378,8 @@ impl DataStore {
             // undo the others in this transaction.
             let res = sqlx::query(
                 "INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
-                 dns_names, federates_with, admin, downstream, hint, created_at, revision) \
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 dns_names, federates_with, admin, downstream, hint, created_at, revision, \
+                 store_svid, managed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             )
             .bind(&e.id)
             .bind(e.spiffe_id.as_str())
@@ -392,6 +394,8 @@ impl DataStore {
             .bind(&e.hint)
             .bind(e.created_at)
             .bind(e.revision)
+            .bind(e.store_svid as i64)
+            .bind(&e.managed_by)
             .execute(&mut *tx)
             .await;
             match res {
@@ -436,9 +440,12 @@ impl DataStore {
             };
             e.created_at = old.created_at;
             e.revision = old.revision + 1;
+            // Who created an entry is history, not a setting: an update never changes it.
+            e.managed_by = old.managed_by.clone();
             let res = sqlx::query(
                 "UPDATE entries SET spiffe_id=?, parent_id=?, selectors=?, x509_svid_ttl=?, jwt_svid_ttl=?, \
-                 dns_names=?, federates_with=?, admin=?, downstream=?, hint=?, revision=? WHERE id=?",
+                 dns_names=?, federates_with=?, admin=?, downstream=?, hint=?, revision=?, store_svid=? \
+                 WHERE id=?",
             )
             .bind(e.spiffe_id.as_str())
             .bind(e.parent_id.as_str())
@@ -451,6 +458,7 @@ impl DataStore {
             .bind(e.downstream as i64)
             .bind(&e.hint)
             .bind(e.revision)
+            .bind(e.store_svid as i64)
             .bind(&e.id)
             .execute(&self.pool)
             .await;
@@ -782,6 +790,8 @@ mod tests {
             hint: String::new(),
             created_at: 0,
             revision: 0,
+            store_svid: false,
+            managed_by: String::new(),
         }
     }
 

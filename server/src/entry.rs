@@ -30,6 +30,8 @@ pub enum EntryError {
     Hint,
     #[error("invalid id {0:?}: entry ids are 1-255 characters of [A-Za-z0-9._-]")]
     Id(String),
+    #[error("invalid managed_by {0:?}: at most 255 printable ASCII characters")]
+    ManagedBy(String),
 }
 
 /// A validated registration entry.
@@ -50,6 +52,9 @@ pub struct Entry {
     pub hint: String,
     pub created_at: i64,
     pub revision: i64,
+    pub store_svid: bool,
+    /// Who created the entry (empty: an operator). Set at creation, kept by updates.
+    pub managed_by: String,
 }
 
 fn valid_dns_name(s: &str) -> bool {
@@ -142,6 +147,9 @@ impl Entry {
         if !p.id.is_empty() && !valid_entry_id(&p.id) {
             return Err(EntryError::Id(p.id.clone()));
         }
+        if p.managed_by.len() > 255 || !p.managed_by.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EntryError::ManagedBy(p.managed_by.clone()));
+        }
         Ok(Self {
             id: p.id.clone(),
             spiffe_id,
@@ -156,6 +164,8 @@ impl Entry {
             hint: p.hint.clone(),
             created_at: p.created_at,
             revision: p.revision,
+            store_svid: p.store_svid,
+            managed_by: p.managed_by.clone(),
         })
     }
 
@@ -185,6 +195,8 @@ impl Entry {
             hint: self.hint.clone(),
             created_at: self.created_at,
             revision: self.revision,
+            store_svid: self.store_svid,
+            managed_by: self.managed_by.clone(),
         }
     }
 

@@ -130,13 +130,16 @@ pub fn is_join_token_entry(e: &CurrentEntry) -> bool {
 }
 
 /// The writes that make `current` what `declared` says.
-pub fn diff(
+pub fn diff<'a>(
     declared: &BTreeMap<String, Declared>,
-    current: &[CurrentEntry],
+    current: impl IntoIterator<Item = &'a CurrentEntry>,
     ownership: &Ownership,
 ) -> Changes {
     let mut out = Changes::default();
     let mut by_key: BTreeMap<String, Vec<&CurrentEntry>> = BTreeMap::new();
+    // Without a prefix, an entry someone else made that already is what a resource declares
+    // stays theirs: not created again (the server would refuse the duplicate), not touched.
+    let mut foreign: HashSet<String> = HashSet::new();
     for e in current {
         match ownership.classify(&e.id) {
             (true, _) => by_key
@@ -144,6 +147,9 @@ pub fn diff(
                 .or_default()
                 .push(e),
             (false, true) if !is_join_token_entry(e) => out.delete.push(e.id.clone()),
+            _ if matches!(ownership, Ownership::Recorded(_)) => {
+                foreign.insert(entry_key(&e.spiffe_id, &e.parent_id, &e.selectors));
+            }
             _ => {}
         }
     }
@@ -151,6 +157,7 @@ pub fn diff(
         let existing = by_key.remove(key).unwrap_or_default();
         let mut rest = existing.into_iter();
         match rest.next() {
+            None if foreign.contains(key) => {}
             None => out.create.push((ownership.new_id(), d.entry.clone())),
             Some(cur) => {
                 let fields = outdated(&d.entry, cur);

@@ -1,17 +1,27 @@
-//! `sigil-controller`: spire-controller-manager's CRDs (`spire.spiffe.io/v1alpha1`) for Sigil.
+//! `sigil-controller`: spire-controller-manager for Sigil. It watches the Kubernetes API for the
+//! `spire.spiffe.io/v1alpha1` resources (`ClusterSPIFFEID`, `ClusterStaticEntry`) and the pods,
+//! namespaces, nodes and EndpointSlices they select, and keeps the server's registration
+//! entries what they declare, through the server's admin API.
 //!
-//! So far: the custom resource types ([`crd`]), their TTL type ([`duration`]), the CRDs
-//! generated from them ([`crds`]), spire-controller-manager's config file ([`config`]), a pod's entry from a ClusterSPIFFEID
-//! ([`render`]) the entries and stats of a whole pass ([`plan`]) and the writes that
-//! make the server agree ([`diff`]) and the
-//! command line ([`cli`]). Watching the API and writing
-//! entries come later.
+//! - [`crd`], [`duration`], [`crds`]: the custom resources as Rust types and the CRDs generated
+//!   from them (`sigil-controller crds`).
+//! - [`config`]: spire-controller-manager's `ControllerManagerConfig` file.
+//! - [`render`], [`plan`], [`diff`]: the pure half of a pass: a pod's entry, the entries and
+//!   status of a whole pass, the writes that make the server agree.
+//! - [`cluster`]: the watches and the in-memory objects a pass reads.
+//! - [`admin`]: the server's admin API client; [`reconcile`]: one pass, its writes, statuses
+//!   and Events; [`run`]: the loop, leadership ([`leader`]), health and metrics ([`health`]).
+//! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod crds;
 pub mod diff;
 pub mod duration;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
+pub mod run;

@@ -9,8 +9,9 @@
 //! - Namespaces: the `namespaceSelector` (labels, expressions, and `matchNames`), minus the
 //!   `ignoreNamespaces` expressions; pods: the `podSelector`. Pods not scheduled yet are skipped
 //!   quietly (upstream fails to render them on every pass).
+//! - ClusterStaticEntries of this class declare their one entry each.
 //! - Entries with the same SPIFFE ID, parent and selectors are one entry: the oldest resource
-//!   wins (creation time, then uid), the others count it as masked.
+//!   wins (creation time, then uid), whatever its kind; the others count it as masked.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -36,6 +37,25 @@ pub struct ClusterSpiffeId {
     pub pod_selector: Option<LabelSelector>,
     /// The parsed templates, or why they did not parse (reported, nothing rendered).
     pub spec: Result<ParsedSpec, String>,
+}
+
+/// One ClusterStaticEntry as the plan needs it.
+#[derive(Clone, Debug)]
+pub struct StaticEntry {
+    pub name: String,
+    pub uid: String,
+    /// RFC 3339, as the API server writes it (sorts by time).
+    pub creation_timestamp: String,
+    pub class_name: String,
+    /// Its entry, or why it did not render.
+    pub entry: Result<RenderedEntry, String>,
+}
+
+/// What a pass says of a ClusterStaticEntry (`set` is known only after writing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StaticStatus {
+    pub rendered: bool,
+    pub masked: bool,
 }
 
 /// The cluster as seen by one pass.
@@ -70,11 +90,18 @@ pub struct Stats {
     pub entries_to_set: i64,
 }
 
-/// An entry to have, and the ClusterSPIFFEID that wins it.
+/// The resource that declares an entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum By {
+    ClusterSpiffeId(String),
+    ClusterStaticEntry(String),
+}
+
+/// An entry to have, and the resource that wins it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Declared {
     pub entry: RenderedEntry,
-    pub by: String,
+    pub by: By,
 }
 
 /// The outcome of a pass.
@@ -84,6 +111,8 @@ pub struct Plan {
     pub entries: BTreeMap<String, Declared>,
     /// By ClusterSPIFFEID name (only those in scope).
     pub stats: BTreeMap<String, Stats>,
+    /// By ClusterStaticEntry name (only those in scope).
+    pub static_status: BTreeMap<String, StaticStatus>,
     /// Spec and render failures, for the resource's status and events: (name, message).
     pub failures: Vec<(String, String)>,
 }
@@ -97,14 +126,54 @@ impl Scope {
     }
 }
 
-/// Plans one pass.
+/// Plans one pass of ClusterSPIFFEIDs only.
 pub fn plan(
     ctx: &RenderContext,
     scope: &Scope,
     csids: &[ClusterSpiffeId],
     cluster: &Snapshot<'_>,
 ) -> Plan {
+    plan_all(ctx, scope, csids, &[], cluster)
+}
+
+/// A candidate for an entry key: who declares it (and how it sorts), and the entry.
+struct Candidate<'a> {
+    by: By,
+    created: &'a str,
+    uid: &'a str,
+    entry: RenderedEntry,
+}
+
+/// Plans one pass of ClusterSPIFFEIDs and ClusterStaticEntries.
+pub fn plan_all(
+    ctx: &RenderContext,
+    scope: &Scope,
+    csids: &[ClusterSpiffeId],
+    statics: &[StaticEntry],
+    cluster: &Snapshot<'_>,
+) -> Plan {
     let mut out = Plan::default();
+    let mut declared: BTreeMap<String, Vec<Candidate<'_>>> = BTreeMap::new();
+    for st in statics.iter().filter(|s| scope.serves(&s.class_name)) {
+        let status = out.static_status.entry(st.name.clone()).or_default();
+        match &st.entry {
+            Ok(entry) => {
+                status.rendered = true;
+                let key = entry_key(
+                    entry.spiffe_id.as_ref(),
+                    entry.parent_id.as_ref(),
+                    &entry.selectors,
+                );
+                declared.entry(key).or_default().push(Candidate {
+                    by: By::ClusterStaticEntry(st.name.clone()),
+                    created: &st.creation_timestamp,
+                    uid: &st.uid,
+                    entry: entry.clone(),
+                });
+            }
+            Err(e) => out.failures.push((st.name.clone(), e.clone())),
+        }
+    }
     let mut ordered: Vec<&ClusterSpiffeId> = csids
         .iter()
         .filter(|c| scope.serves(&c.class_name))
@@ -112,7 +181,6 @@ pub fn plan(
     // Stable: non-fallback first, otherwise as given.
     ordered.sort_by_key(|c| c.fallback);
     let mut rendered_by_non_fallback: HashSet<String> = HashSet::new();
-    let mut declared: BTreeMap<String, Vec<(&ClusterSpiffeId, RenderedEntry)>> = BTreeMap::new();
     for csid in ordered {
         let stats = out.stats.entry(csid.name.clone()).or_default();
         let spec = match &csid.spec {
@@ -172,7 +240,12 @@ pub fn plan(
                             entry.parent_id.as_ref(),
                             &entry.selectors,
                         );
-                        declared.entry(key).or_default().push((csid, entry));
+                        declared.entry(key).or_default().push(Candidate {
+                            by: By::ClusterSpiffeId(csid.name.clone()),
+                            created: &csid.creation_timestamp,
+                            uid: &csid.uid,
+                            entry,
+                        });
                         if !csid.fallback {
                             rendered_by_non_fallback.insert(uid.to_string());
                         }
@@ -190,26 +263,35 @@ pub fn plan(
     }
     for (key, mut candidates) in declared {
         // upstream's objectCmp: oldest first, then by uid.
-        candidates.sort_by(|(a, _), (b, _)| {
-            (&a.creation_timestamp, &a.uid).cmp(&(&b.creation_timestamp, &b.uid))
-        });
+        candidates.sort_by(|a, b| (a.created, a.uid).cmp(&(b.created, b.uid)));
         let mut it = candidates.into_iter();
-        let Some((winner, entry)) = it.next() else {
+        let Some(winner) = it.next() else {
             continue;
         };
-        if let Some(s) = out.stats.get_mut(&winner.name) {
+        if let By::ClusterSpiffeId(name) = &winner.by
+            && let Some(s) = out.stats.get_mut(name)
+        {
             s.entries_to_set += 1;
         }
-        for (masked, _) in it {
-            if let Some(s) = out.stats.get_mut(&masked.name) {
-                s.entries_masked += 1;
+        for masked in it {
+            match &masked.by {
+                By::ClusterSpiffeId(name) => {
+                    if let Some(s) = out.stats.get_mut(name) {
+                        s.entries_masked += 1;
+                    }
+                }
+                By::ClusterStaticEntry(name) => {
+                    if let Some(s) = out.static_status.get_mut(name) {
+                        s.masked = true;
+                    }
+                }
             }
         }
         out.entries.insert(
             key,
             Declared {
-                entry,
-                by: winner.name.clone(),
+                entry: winner.entry,
+                by: winner.by,
             },
         );
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sigil_controller::diff::{CurrentEntry, Field, Ownership, diff, is_join_token_entry};
-use sigil_controller::plan::Declared;
+use sigil_controller::plan::{By, Declared};
 use sigil_controller::render::{RenderedEntry, entry_key};
 
 fn rendered(id: &str, parent: &str, sels: &[(&str, &str)]) -> RenderedEntry {
@@ -55,7 +55,7 @@ fn declared(entries: &[RenderedEntry]) -> BTreeMap<String, Declared> {
                 entry_key(e.spiffe_id.as_ref(), e.parent_id.as_ref(), &e.selectors),
                 Declared {
                     entry: e.clone(),
-                    by: "csid".into(),
+                    by: By::ClusterSpiffeId("csid".into()),
                 },
             )
         })

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use sigil_controller::config::ControllerManagerConfig;
 use sigil_controller::crd::{ClusterSPIFFEID, ClusterSPIFFEIDSpec};
-use sigil_controller::plan::{ClusterSpiffeId, Scope, Snapshot, Stats, plan};
+use sigil_controller::plan::{By, ClusterSpiffeId, Scope, Snapshot, Stats, plan};
 use sigil_controller::render::{DEFAULT_PARENT_ID_TEMPLATE, ParsedSpec, RenderContext};
 use sigil_gotemplate::Template;
 
@@ -182,7 +182,7 @@ fn the_seeds_registration_over_a_cluster() {
     let e = &p
         .entries
         .values()
-        .find(|d| d.by == "istio-gateways")
+        .find(|d| d.by == By::ClusterSpiffeId("istio-gateways".into()))
         .unwrap()
         .entry;
     assert_eq!(
@@ -210,7 +210,7 @@ fn fallback_masking_class_and_failures() {
         3,
         "sleep, productpage, ingress (kube-system ignored, pending skipped)"
     );
-    assert!(p.entries.values().all(|d| d.by == "older"));
+    assert!(p.entries.values().all(|d| d.by == By::ClusterSpiffeId("older".into())));
     assert_eq!(p.stats["older"].entries_to_set, 3);
     assert_eq!(
         p.stats["newer"],

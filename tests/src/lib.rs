@@ -13,6 +13,7 @@
 
 pub mod authz_filter;
 pub mod cgroups;
+pub mod controller;
 pub mod envoy;
 pub mod harness;
 pub mod mtls;

@@ -15,7 +15,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 Commands:
   setup     Install what building and testing need (idempotent; apt packages only if missing)
-  test      setup, build sigil-server and sigil-agent, then run every test of the workspace
+  test      setup, build sigil-server, sigil-agent and sigil-controller, then run every test of the workspace
             (extra arguments go to the test runner)
   demo      setup, build, then run a server, an agent and two workloads (uids 1001, 1002)
             doing SPIFFE mTLS, with rustls and with two Envoys fed by SDS; needs root
@@ -103,13 +103,21 @@ pub fn build_binaries(extra: &[&str]) -> Result<()> {
     // tests and the demo always run the eBPF attestation tiers.
     ebpf::build()?;
     run(cargo()
-        .args(["build", "-p", "sigil-server", "-p", "sigil-agent"])
+        .args([
+            "build",
+            "-p",
+            "sigil-server",
+            "-p",
+            "sigil-agent",
+            "-p",
+            "sigil-controller",
+        ])
         .args(extra))
 }
 
 fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
-    println!("==> building sigil-server and sigil-agent");
+    println!("==> building sigil-server, sigil-agent and sigil-controller");
     build_binaries(&[])?;
     // The Envoy e2e tests load the filter from target/wasm/.
     wasm::build()?;
@@ -147,6 +155,8 @@ fn bench(args: &[String]) -> Result<()> {
         "sigil-server",
         "-p",
         "sigil-agent",
+        "-p",
+        "sigil-controller",
         "-p",
         "sigil-bench",
     ]))?;

@@ -108,6 +108,12 @@ pub const RESOURCES: &[Resource] = &[
         group: "coordination.k8s.io",
         ..core("leases", "lease", "Lease", true)
     },
+    // Where controllers report what they could not do (kube-runtime's `Recorder`).
+    Resource {
+        group: "events.k8s.io",
+        short_names: &["ev"],
+        ..core("events", "event", "Event", true)
+    },
     CRDS,
 ];
 

@@ -158,6 +158,8 @@ mod tests {
                 hint: String::new(),
                 created_at: 0,
                 revision: 0,
+                store_svid: false,
+                managed_by: String::new(),
             }])
             .await;
         let entry_id = created[0].as_ref().unwrap().id.clone();

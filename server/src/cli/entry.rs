@@ -24,6 +24,7 @@ pub(super) fn flags(cmd: &str) -> Option<FlagSet> {
             .bool("admin", "If set, the SPIFFE ID in this entry will be granted access to the Server APIs")
             .bool("downstream", "A boolean value that, when set, indicates that the entry describes a downstream SPIRE server")
             .value("hint", "The entry hint, used to disambiguate entries with the same SPIFFE ID")
+            .bool("storeSVID", "A boolean value that, when set, indicates that the resulting issued SVID from this entry must be stored through an SVIDStore plugin")
             .value("entryID", "A custom ID for this registration entry (optional)")
             .value("data", "Path to a file containing registration JSON (optional). If set to '-', read the JSON from stdin.")
     };
@@ -163,8 +164,8 @@ fn entry_from_flags(p: &Parsed, need_id: bool) -> Result<types::Entry> {
         admin: p.flag("admin"),
         downstream: p.flag("downstream"),
         hint: p.get("hint").unwrap_or_default().to_string(),
-        created_at: 0,
-        revision: 0,
+        store_svid: p.flag("storeSVID"),
+        ..Default::default()
     })
 }
 
@@ -276,8 +277,11 @@ fn entry_from_json(e: &Value) -> Result<types::Entry> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .into(),
-        created_at: 0,
-        revision: 0,
+        store_svid: e
+            .get("store_svid")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ..Default::default()
     })
 }
 
@@ -320,6 +324,9 @@ fn entry_text(e: &types::Entry) -> String {
     if !e.hint.is_empty() {
         s.push_str(&format!("Hint             : {}\n", e.hint));
     }
+    if e.store_svid {
+        s.push_str("StoreSvid        : true\n");
+    }
     s
 }
 
@@ -336,6 +343,7 @@ fn entry_json(e: &types::Entry) -> Value {
         "admin": e.admin,
         "downstream": e.downstream,
         "hint": e.hint,
+        "store_svid": e.store_svid,
         "created_at": e.created_at,
         "revision_number": e.revision,
     })

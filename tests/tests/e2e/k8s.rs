@@ -440,3 +440,64 @@ fn api_server_outage_keeps_known_pods_and_catches_up() {
         c.kube.requests()
     );
 }
+
+/// Issue 12 end to end: no entry is made by hand. A pod created on the API server is
+/// registered by `sigil-controller` from seed 001's `default` ClusterSPIFFEID (entry parented
+/// to the agent's k8s_psat ID by the default `parentIDTemplate`), and its process gets
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` from the agent: over the Workload API and in a real Envoy
+/// over SDS.
+#[test]
+fn a_pod_registered_by_the_controller_gets_its_identity() {
+    let c = Cluster::start("k8s-controller", false);
+    sigil_e2e::controller::apply_crds(&c.kube);
+    let mut ctl = sigil_e2e::controller::start_controller(
+        c.dir.path(),
+        "controller",
+        &c.dir.path().join("kubeconfig"),
+        &c.server.socket,
+        TD,
+        "demo",
+        "",
+    );
+    let seed = sigil_e2e::harness::workspace_root()
+        .join("sigil-controller/testdata/seeds/001-default.yaml");
+    let text = std::fs::read_to_string(seed).expect("seed 001");
+    let csid: Value = serde_saphyr::from_str(&text).expect("seed YAML");
+    c.kube.apply(csid);
+    c.kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "web", "namespace": "default"}}));
+
+    let uid = "7a7a7a7a-8b8b-4c9c-8d0d-1e1e1e1e1e1e";
+    let cg = c.cgroups.systemd_containerd(uid, &cid("aa"));
+    let mut p = pod("web", uid, "web", NODE, &cid("aa"));
+    p["metadata"]["labels"]["spiffe.io/spire-managed-identity"] = json!("true");
+    c.kube.apply(p);
+    let want = sa_id(&c.server, "web");
+    c.wait_for(&cg, &want);
+
+    let port = free_port();
+    let envoy = Envoy::start_in_cgroup(
+        c.dir.path(),
+        "envoy-web",
+        0,
+        &bootstrap(
+            "sidecar~10.0.0.9~web.default~default.svc.cluster.local",
+            &c.agent.socket,
+            vec![mtls_server_listener(port, &[&want], vec![])],
+            vec![],
+        ),
+        &cg,
+    )
+    .expect("Envoy in the pod goes LIVE with its SDS secrets");
+    let certs = envoy.admin("/certs").expect("envoy /certs");
+    assert!(certs.body.contains(&want), "Envoy's certificate: {}", certs.body);
+    drop(envoy);
+
+    // Deleted: the controller removes the entry, and the process has no identity any more.
+    c.kube.delete("Pod", Some("default"), "web");
+    wait_until("the pod's entry to go", Duration::from_secs(15), || {
+        let out = c.server.cli(&["entry", "show", "-output", "json"]).ok();
+        (!out.stdout.contains(uid)).then_some(())
+    });
+    ctl.assert_running();
+}

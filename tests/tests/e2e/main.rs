@@ -6,6 +6,7 @@
 //! -p sigil-agent`).
 
 mod cli;
+mod controller;
 mod ebpf;
 mod envoy_sds;
 mod k8s;

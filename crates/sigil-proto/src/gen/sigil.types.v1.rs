@@ -36,6 +36,13 @@ pub struct Entry {
     pub created_at: i64,
     #[prost(int64, tag = "13")]
     pub revision: i64,
+    /// SPIRE's store_svid (for SVIDStore plugins; kept and reported, Sigil has none).
+    #[prost(bool, tag = "14")]
+    pub store_svid: bool,
+    /// Who created the entry, set at creation and kept by updates: a controller
+    /// (sigil-controller) records its own entries this way, so it never touches others.
+    #[prost(string, tag = "15")]
+    pub managed_by: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,352 @@
+//! `sigil-controller` (issue 12) with real processes: a fake API server on loopback holding the
+//! `spire.spiffe.io` CRDs that `sigil-controller crds` prints, a real `sigil-server`, and the
+//! controller binary between them with a spire-controller-manager config file. The resources
+//! are the seeds' manifests, unchanged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sigil_e2e::controller::{apply_crds, start_controller};
+use sigil_e2e::harness::{Proc, Server, TestDir, wait_until};
+use sigil_fake_kube::FakeKube;
+
+use crate::TD;
+
+const NODE: &str = "node-1";
+const CLUSTER: &str = "demo";
+
+/// The API server, the server and the directory; controllers are started per test.
+struct World {
+    server: Server,
+    kube: FakeKube,
+    _rt: tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    node_uid: String,
+    dir: TestDir,
+}
+
+fn seeds_dir() -> PathBuf {
+    sigil_e2e::harness::workspace_root().join("sigil-controller/testdata/seeds")
+}
+
+/// The YAML documents of a seed file, as JSON.
+fn seed(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(seeds_dir().join(name)).expect("seed file");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("seed YAML")
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+impl World {
+    fn start(name: &str) -> Self {
+        let dir = TestDir::new(name);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the fake API server");
+        let kube = rt
+            .block_on(FakeKube::start())
+            .expect("fake API server");
+        // The CRDs as the controller prints them, applied as a user would.
+        apply_crds(&kube);
+        let node = kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
+        let node_uid = node["metadata"]["uid"].as_str().expect("node uid").to_string();
+        for ns in ["istio-system", "apps"] {
+            kube.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"name": ns}}}));
+        }
+        let kubeconfig = dir.path().join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let server = Server::start(&dir.path().join("srv"), TD);
+        Self {
+            server,
+            kube,
+            _rt: rt,
+            kubeconfig,
+            node_uid,
+            dir,
+        }
+    }
+
+    /// Starts a controller with spire-controller-manager's config file; `extra` are more YAML
+    /// lines at the top level.
+    fn controller(&self, name: &str, extra: &str) -> Proc {
+        start_controller(
+            self.dir.path(),
+            name,
+            &self.kubeconfig,
+            &self.server.socket,
+            TD,
+            CLUSTER,
+            extra,
+        )
+    }
+
+    fn pod(&self, ns: &str, name: &str, sa: &str, labels: Value) -> Value {
+        self.kube.apply(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": NODE, "serviceAccountName": sa,
+                     "containers": [{"name": "app", "image": "app:1"}]},
+        }))
+    }
+
+    fn parent(&self) -> String {
+        format!("spiffe://{TD}/spire/agent/k8s_psat/{CLUSTER}/{}", self.node_uid)
+    }
+
+    /// Every entry on the server.
+    fn entries(&self) -> Vec<Value> {
+        self.server.cli(&["entry", "show", "-output", "json"]).ok().json()["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn entry_for(&self, pod_uid: &str) -> Option<Value> {
+        self.entries().into_iter().find(|e| {
+            e["selectors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["type"] == "k8s" && s["value"] == format!("pod-uid:{pod_uid}"))
+        })
+    }
+
+    fn wait_entry(&self, pod_uid: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, Duration::from_secs(15), || {
+            self.entry_for(pod_uid).filter(|e| ok(e))
+        })
+    }
+
+    fn wait_no_entry(&self, pod_uid: &str, what: &str) {
+        wait_until(what, Duration::from_secs(15), || {
+            self.entry_for(pod_uid).is_none().then_some(())
+        });
+    }
+
+    fn stats(&self, csid: &str) -> Value {
+        self.kube
+            .get("ClusterSPIFFEID", None, csid)
+            .map(|o| o["status"]["stats"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    fn wait_stats(&self, csid: &str, want: Value) {
+        wait_until(
+            &format!("status of {csid} to be {want}"),
+            Duration::from_secs(15),
+            || {
+                let s = self.stats(csid);
+                want.as_object()
+                    .expect("an object")
+                    .iter()
+                    .all(|(k, v)| &s[k] == v)
+                    .then_some(())
+            },
+        );
+    }
+}
+
+fn uid(obj: &Value) -> String {
+    obj["metadata"]["uid"].as_str().expect("uid").to_string()
+}
+
+fn selectors(e: &Value) -> Vec<String> {
+    let mut v: Vec<String> = e["selectors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{}:{}", s["type"].as_str().unwrap_or_default(), s["value"].as_str().unwrap_or_default()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
+    let w = World::start("ctl-seeds");
+    // An entry made by hand is never the controller's to touch.
+    let manual = w.server.create_entry(
+        &w.parent(),
+        &w.server.id("/manual"),
+        &["k8s:ns:apps", "k8s:sa:manual"],
+        &[],
+    );
+    let mut ctl = w.controller("ctl", "");
+    let sleep = w.pod("apps", "sleep", "sleep", json!({"security.istio.io/tlsMode": "istio", "app": "sleep"}));
+    let no_app = w.pod("apps", "nolabel", "nolabel", json!({"security.istio.io/tlsMode": "istio"}));
+    let system = w.pod("kube-system", "coredns", "coredns", json!({"security.istio.io/tlsMode": "istio", "app": "dns"}));
+    let gateway = w.pod("istio-system", "istio-ingressgateway-1", "istio-ingressgateway-service-account",
+        json!({"app": "istio-proxy", "istio": "ingressgateway"}));
+    for doc in seed("002-istio-workload-registration.yaml") {
+        w.kube.apply(doc);
+    }
+
+    // Seed 002's sidecar template: selectors, DNS names, the integer `ttl: 3600`.
+    let e = w.wait_entry(&uid(&sleep), "the sleep pod's entry", |_| true);
+    assert_eq!(e["spiffe_id"], format!("spiffe://{TD}/ns/apps/sa/sleep"));
+    assert_eq!(e["parent_id"], w.parent());
+    assert_eq!(e["x509_svid_ttl"], 3600);
+    assert_eq!(
+        selectors(&e),
+        [
+            "k8s:ns:apps".to_string(),
+            format!("k8s:pod-label:app:sleep"),
+            format!("k8s:pod-uid:{}", uid(&sleep)),
+            "k8s:sa:sleep".to_string(),
+        ]
+    );
+    // Both DNS templates render the same name for this pod: once.
+    assert_eq!(strings(&e["dns_names"]), ["sleep.apps.svc.cluster.local"]);
+    // The gateway template: `{{ .PodMeta.Labels.app }}` and `matchNames`.
+    let g = w.wait_entry(&uid(&gateway), "the gateway's entry", |_| true);
+    assert_eq!(g["spiffe_id"], format!("spiffe://{TD}/ns/istio-system/gateway/istio-proxy"));
+    // A pod without the `app` label renders `<no value>`: a render failure, never an entry;
+    // kube-system is ignored.
+    assert!(w.entry_for(&uid(&no_app)).is_none());
+    assert!(w.entry_for(&uid(&system)).is_none());
+    w.wait_stats(
+        "istio-sidecars",
+        json!({"podsSelected": 2, "podEntryRenderFailures": 1, "entriesToSet": 1, "entriesMasked": 0, "entryFailures": 0}),
+    );
+    w.wait_stats("istio-gateways", json!({"namespacesSelected": 1, "podsSelected": 1, "entriesToSet": 1}));
+    // The render failure is reported on the resource as an Event too.
+    wait_until("a RenderFailed event", Duration::from_secs(15), || {
+        w.kube
+            .requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("/apis/events.k8s.io/v1/namespaces/"))
+            .then_some(())
+    });
+
+    // Relabelled: the entry follows (same pod, new selector and DNS name).
+    let mut relabelled = w.kube.get("Pod", Some("apps"), "sleep").expect("pod");
+    relabelled["metadata"]["labels"]["app"] = json!("sleepy");
+    w.kube.apply(relabelled);
+    let e2 = w.wait_entry(&uid(&sleep), "the relabelled entry", |e| {
+        selectors(e).contains(&"k8s:pod-label:app:sleepy".to_string())
+    });
+    assert!(strings(&e2["dns_names"]).contains(&"sleepy.apps.svc.cluster.local".to_string()));
+
+    // A pod that stops matching loses its entry; a deleted pod too.
+    w.kube.delete("Pod", Some("apps"), "sleep");
+    w.wait_no_entry(&uid(&sleep), "the deleted pod's entry to go");
+    w.kube.delete("ClusterSPIFFEID", None, "istio-gateways");
+    w.wait_no_entry(&uid(&gateway), "the gateway entry to go with its ClusterSPIFFEID");
+
+    // The hand-made entry is still there, untouched.
+    let still = w.entries().into_iter().find(|e| e["id"] == manual.as_str());
+    assert!(still.is_some(), "the manual entry was deleted: {}", ctl.log());
+    ctl.assert_running();
+}
+
+#[test]
+fn fallback_masking_class_parent_template_prefix_and_static_entries() {
+    let w = World::start("ctl-rules");
+    let mut ctl = w.controller(
+        "ctl",
+        "className: mesh\nwatchClassless: false\nentryIDPrefix: ctl\nparentIDTemplate: \"spiffe://{{ .TrustDomain }}/node/{{ .NodeMeta.Name }}\"",
+    );
+    let a = w.pod("apps", "a", "sa-a", json!({"tier": "web"}));
+    let b = w.pod("apps", "b", "sa-b", json!({}));
+    let csid = |name: &str, spec: Value| {
+        w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+            "metadata": {"name": name}, "spec": spec}));
+    };
+    // Oldest wins: `web-old` is created first; `web-new` declares the same entry and is masked.
+    csid("web-old", json!({"className": "mesh",
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}));
+    std::thread::sleep(Duration::from_millis(1100)); // creationTimestamp has 1 s resolution
+    csid("web-new", json!({"className": "mesh",
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}));
+    // Fallback: only pods nothing else matched.
+    csid("fallback", json!({"className": "mesh", "fallback": true,
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/fallback/{{ .PodSpec.ServiceAccountName }}"}));
+    // Another class, and a classless one: neither is this controller's.
+    csid("other-class", json!({"className": "other", "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/other"}));
+    csid("classless", json!({"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/classless"}));
+    // A static entry of this class.
+    w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
+        "metadata": {"name": "db"}, "spec": {"className": "mesh",
+            "spiffeID": format!("spiffe://{TD}/db"), "parentID": format!("spiffe://{TD}/node/{NODE}"),
+            "selectors": ["unix:uid:999"], "x509SVIDTTL": "2h"}}));
+
+    let ea = w.wait_entry(&uid(&a), "pod a's entry", |_| true);
+    assert_eq!(ea["spiffe_id"], format!("spiffe://{TD}/web"));
+    assert_eq!(ea["parent_id"], format!("spiffe://{TD}/node/{NODE}"));
+    assert!(ea["id"].as_str().unwrap().starts_with("ctl."), "{ea}");
+    let eb = w.wait_entry(&uid(&b), "pod b's fallback entry", |_| true);
+    assert_eq!(eb["spiffe_id"], format!("spiffe://{TD}/fallback/sa-b"));
+    w.wait_stats("web-old", json!({"entriesToSet": 1, "entriesMasked": 0}));
+    w.wait_stats("web-new", json!({"entriesToSet": 0, "entriesMasked": 1}));
+    w.wait_stats("fallback", json!({"podsSelected": 2, "entriesToSet": 1}));
+    let db = wait_until("the static entry", Duration::from_secs(15), || {
+        w.entries().into_iter().find(|e| e["spiffe_id"] == format!("spiffe://{TD}/db"))
+    });
+    assert_eq!(db["x509_svid_ttl"], 7200);
+    wait_until("the static entry's status", Duration::from_secs(15), || {
+        let s = &w.kube.get("ClusterStaticEntry", None, "db")?["status"];
+        (s["rendered"] == true && s["set"] == true && s["masked"] == false).then_some(())
+    });
+    assert!(
+        w.entries().iter().all(|e| e["spiffe_id"] != format!("spiffe://{TD}/other")
+            && e["spiffe_id"] != format!("spiffe://{TD}/classless")),
+        "another class's ClusterSPIFFEIDs were rendered"
+    );
+    assert!(w.stats("other-class").is_null(), "another class's status was written");
+
+    // An entry without the prefix is not the controller's, even if nothing declares it.
+    let foreign = w.server.create_entry(
+        &format!("spiffe://{TD}/node/{NODE}"),
+        &w.server.id("/foreign"),
+        &["unix:uid:5"],
+        &[],
+    );
+    // Deleting the older resource hands the entry to the newer one: same entry, kept.
+    w.kube.delete("ClusterSPIFFEID", None, "web-old");
+    w.wait_stats("web-new", json!({"entriesToSet": 1, "entriesMasked": 0}));
+    let ea2 = w.wait_entry(&uid(&a), "pod a's entry after web-old went", |_| true);
+    assert_eq!(ea2["spiffe_id"], format!("spiffe://{TD}/web"));
+    assert!(w.entries().iter().any(|e| e["id"] == foreign.as_str()));
+    ctl.assert_running();
+}
+
+#[test]
+fn only_the_leader_writes_and_a_standby_takes_over() {
+    let w = World::start("ctl-leader");
+    let le = "leaderElection:\n  leaderElect: true\n  resourceName: sigil-controller-test\n  resourceNamespace: default\n  leaseDuration: 2s\n  renewDeadline: 1500ms\n  retryPeriod: 200ms";
+    let mut first = w.controller("ctl-1", le);
+    let p1 = w.pod("apps", "one", "one", json!({}));
+    w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+        "metadata": {"name": "all"}, "spec": {"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/sa/{{ .PodSpec.ServiceAccountName }}"}}));
+    w.wait_entry(&uid(&p1), "the first leader's entry", |_| true);
+    let mut second = w.controller("ctl-2", le);
+    let lease = wait_until("the lease", Duration::from_secs(10), || {
+        w.kube.get("Lease", Some("default"), "sigil-controller-test")
+    });
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string();
+    assert!(!holder.is_empty(), "{lease}");
+    // The leader dies without releasing the lease; the standby takes over once it expires.
+    first.kill();
+    let p2 = w.pod("apps", "two", "two", json!({}));
+    w.wait_entry(&uid(&p2), "the new leader's entry", |_| true);
+    let lease = w.kube.get("Lease", Some("default"), "sigil-controller-test").expect("lease");
+    assert_ne!(lease["spec"]["holderIdentity"].as_str().unwrap_or_default(), holder);
+    second.assert_running();
+}
