@@ -13,5 +13,7 @@ pub mod crd;
 pub mod crds;
 pub mod diff;
 pub mod duration;
+pub mod health;
+pub mod leader;
 pub mod plan;
 pub mod render;
