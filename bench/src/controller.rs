@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use sigil_fake_kube::FakeKube;
 
 use crate::k8s::{CgroupRoot, NODE, Stack, node_id, pod};
-use crate::{Proc, Rows, TRUST_DOMAIN, client, fetch_once, free_port, run_cli, start_server, verdict};
+use crate::{
+    Proc, Rows, TRUST_DOMAIN, client, fetch_once, free_port, run_cli, start_server, verdict,
+};
 
 /// The controller rows.
 pub async fn rows(
@@ -72,7 +74,10 @@ pub async fn rows(
     rows.push((
         format!("controller: RSS with {pods} pods"),
         format!("{:.1} MiB", s.rss_kib as f64 / 1024.0),
-        format!("target ≤ 200 MiB {}", verdict(s.rss_kib as f64 / 1024.0 <= 200.0)),
+        format!(
+            "target ≤ 200 MiB {}",
+            verdict(s.rss_kib as f64 / 1024.0 <= 200.0)
+        ),
     ));
     json_out.insert(
         "controller_scale".into(),
@@ -206,7 +211,9 @@ async fn scale(bin_dir: &Path, pods: usize) -> Result<Scale> {
     let kube = FakeKube::start().await?;
     apply_crds(bin_dir, &kube)?;
     for n in 0..nodes {
-        kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}")}}));
+        kube.apply(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}")}}),
+        );
     }
     for n in 0..20 {
         kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{n}")}}));
@@ -252,21 +259,28 @@ async fn scale(bin_dir: &Path, pods: usize) -> Result<Scale> {
     let m0 = scrape(&metrics).await?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let m1 = scrape(&metrics).await?;
-    let passes = m1.get("sigil_controller_reconcile_duration_seconds_count") - m0.get("sigil_controller_reconcile_duration_seconds_count");
-    let secs = m1.get("sigil_controller_reconcile_duration_seconds_sum") - m0.get("sigil_controller_reconcile_duration_seconds_sum");
+    let passes = m1.get("sigil_controller_reconcile_duration_seconds_count")
+        - m0.get("sigil_controller_reconcile_duration_seconds_count");
+    let secs = m1.get("sigil_controller_reconcile_duration_seconds_sum")
+        - m0.get("sigil_controller_reconcile_duration_seconds_sum");
     if passes < 1.0 {
         bail!("no resync pass in 7 s with gcInterval 3s");
     }
     let idle_pass_ms = secs / passes * 1e3;
-    let written = m1.get("sigil_controller_entries_created_total") - m0.get("sigil_controller_entries_created_total")
-        + m1.get("sigil_controller_entries_updated_total") - m0.get("sigil_controller_entries_updated_total")
-        + m1.get("sigil_controller_entries_deleted_total") - m0.get("sigil_controller_entries_deleted_total");
+    let written = m1.get("sigil_controller_entries_created_total")
+        - m0.get("sigil_controller_entries_created_total")
+        + m1.get("sigil_controller_entries_updated_total")
+        - m0.get("sigil_controller_entries_updated_total")
+        + m1.get("sigil_controller_entries_deleted_total")
+        - m0.get("sigil_controller_entries_deleted_total");
     if written != 0.0 {
         bail!("an idle resync wrote {written} entries");
     }
 
     // One pod event: its admin API calls.
-    let before = scrape(&metrics).await?.get("sigil_controller_admin_calls_total");
+    let before = scrape(&metrics)
+        .await?
+        .get("sigil_controller_admin_calls_total");
     kube.apply(scale_pod(pods, nodes));
     let t = Instant::now();
     while count()? < pods as u64 + 1 {
@@ -276,7 +290,9 @@ async fn scale(bin_dir: &Path, pods: usize) -> Result<Scale> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let a gcInterval pass happen or not: only count calls of passes before the next resync.
-    let after = scrape(&metrics).await?.get("sigil_controller_admin_calls_total");
+    let after = scrape(&metrics)
+        .await?
+        .get("sigil_controller_admin_calls_total");
     let calls_per_event = (after - before).max(0.0) as u64;
 
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -306,8 +322,10 @@ impl Samples {
 async fn scrape(addr: &str) -> Result<Samples> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     let mut out = std::collections::HashMap::new();

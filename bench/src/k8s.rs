@@ -262,23 +262,23 @@ impl Stack {
         .trim_start_matches("Token: ")
         .to_string();
         if entry {
-        run_cli(
-            &server_bin,
-            &[
-                "entry",
-                "create",
-                "-socketPath",
-                &admin_s,
-                "-parentID",
-                &node,
-                "-spiffeID",
-                &format!("spiffe://{TRUST_DOMAIN}/ns/bench/sa/bench"),
-                "-selector",
-                "k8s:ns:bench",
-                "-selector",
-                "k8s:sa:bench",
-            ],
-        )?;
+            run_cli(
+                &server_bin,
+                &[
+                    "entry",
+                    "create",
+                    "-socketPath",
+                    &admin_s,
+                    "-parentID",
+                    &node,
+                    "-spiffeID",
+                    &format!("spiffe://{TRUST_DOMAIN}/ns/bench/sa/bench"),
+                    "-selector",
+                    "k8s:ns:bench",
+                    "-selector",
+                    "k8s:sa:bench",
+                ],
+            )?;
         }
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(

@@ -41,7 +41,7 @@ pub enum AdminError {
 }
 
 /// A client of the server's admin API on its Unix socket.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AdminApi {
     client: AdminClient<Channel>,
     path: String,
@@ -150,7 +150,11 @@ impl AdminApi {
                 })
                 .await;
             let mut results = Vec::new();
-            collect(&mut results, chunk.len(), res.map(|r| r.into_inner().results));
+            collect(
+                &mut results,
+                chunk.len(),
+                res.map(|r| r.into_inner().results),
+            );
             out.extend(results.into_iter().map(|r| match r {
                 Ok(_) => Ok(()),
                 // Already gone is what a delete wants.
@@ -163,11 +167,7 @@ impl AdminApi {
 }
 
 /// Per-entry results of one batch call into `out` (`n` of them whatever happened).
-fn collect(
-    out: &mut Vec<WriteResult>,
-    n: usize,
-    res: Result<Vec<EntryResult>, tonic::Status>,
-) {
+fn collect(out: &mut Vec<WriteResult>, n: usize, res: Result<Vec<EntryResult>, tonic::Status>) {
     match res {
         Ok(results) => {
             let mut results = results.into_iter();
@@ -179,7 +179,9 @@ fn collect(
                         }
                         _ => Ok(r.entry.unwrap_or_default()),
                     },
-                    None => Err(tonic::Status::internal("the server sent fewer results than entries")),
+                    None => Err(tonic::Status::internal(
+                        "the server sent fewer results than entries",
+                    )),
                 });
             }
         }

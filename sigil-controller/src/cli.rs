@@ -23,7 +23,10 @@ pub fn main(args: Vec<String>) -> i32 {
     match args.first().map(String::as_str) {
         Some("crds") => crds_cmd(&args[1..]),
         Some("-h" | "-help" | "--help" | "help") => {
-            println!("{USAGE}\n\nFlags of the controller:\n{}", run_flags().usage());
+            println!(
+                "{USAGE}\n\nFlags of the controller:\n{}",
+                run_flags().usage()
+            );
             0
         }
         None => run_cmd(&[]),
@@ -61,7 +64,10 @@ fn run_cmd(args: &[String]) -> i32 {
     let parsed = match flags.parse(args).and_then(|p| p.no_args().map(|()| p)) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("Error: {e}\n{USAGE}\n\nFlags of the controller:\n{}", flags.usage());
+            eprintln!(
+                "Error: {e}\n{USAGE}\n\nFlags of the controller:\n{}",
+                flags.usage()
+            );
             return 2;
         }
     };
@@ -77,7 +83,8 @@ fn run_cmd(args: &[String]) -> i32 {
         }
         None => {
             let mut config = ControllerManagerConfig::default();
-            config.spire_server_socket_path = crate::config::DEFAULT_SPIRE_SERVER_SOCKET_PATH.into();
+            config.spire_server_socket_path =
+                crate::config::DEFAULT_SPIRE_SERVER_SOCKET_PATH.into();
             Loaded {
                 config,
                 options: Default::default(),
@@ -118,7 +125,11 @@ fn init_logging(level: &str, encoding: &str) -> Result<(), String> {
         "debug" => "debug",
         "warn" | "warning" => "warn",
         "error" | "dpanic" | "panic" | "fatal" => "error",
-        other => return Err(format!("unable to parse log level: invalid log level: {other:?}")),
+        other => {
+            return Err(format!(
+                "unable to parse log level: invalid log level: {other:?}"
+            ));
+        }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("warn,sigil_controller={level}"))
@@ -129,7 +140,11 @@ fn init_logging(level: &str, encoding: &str) -> Result<(), String> {
     let res = match encoding {
         "" | "console" => builder.try_init(),
         "json" => builder.json().try_init(),
-        other => return Err(format!("unable to parse log level: unrecognized log encoding: {other}")),
+        other => {
+            return Err(format!(
+                "unable to parse log level: unrecognized log encoding: {other}"
+            ));
+        }
     };
     res.map_err(|e| e.to_string())
 }

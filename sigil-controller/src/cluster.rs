@@ -241,13 +241,17 @@ impl Cluster {
 }
 
 /// The `ObjectReference` of a stored custom resource, for Events.
-pub fn object_ref<K: Resource<DynamicType = ()>>(v: &Value) -> k8s_openapi::api::core::v1::ObjectReference {
+pub fn object_ref<K: Resource<DynamicType = ()>>(
+    v: &Value,
+) -> k8s_openapi::api::core::v1::ObjectReference {
     k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(K::api_version(&()).into_owned()),
         kind: Some(K::kind(&()).into_owned()),
         name: v["metadata"]["name"].as_str().map(str::to_string),
         uid: v["metadata"]["uid"].as_str().map(str::to_string),
-        resource_version: v["metadata"]["resourceVersion"].as_str().map(str::to_string),
+        resource_version: v["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
         ..Default::default()
     }
 }

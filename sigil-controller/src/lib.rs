@@ -21,6 +21,8 @@ pub mod crd;
 pub mod crds;
 pub mod diff;
 pub mod duration;
+pub mod health;
+pub mod leader;
 pub mod plan;
 pub mod reconcile;
 pub mod render;

@@ -6,7 +6,7 @@
 //! at every `gcInterval` ([`Reconciler::resync`]); a pass caused by an event makes only the admin
 //! API calls its changes need (SCM#301: upstream lists every entry on every pass).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,13 @@ pub struct PassReport {
     /// Writes the server refused.
     pub failed: usize,
     pub render_failures: usize,
+    /// ClusterStaticEntries that did not render (upstream's `cluster_static_entry_failures`).
+    pub static_failures: usize,
     /// Admin API calls made.
     pub admin_calls: usize,
+    /// A write failed in a way that says the copy of the server's entries is out of date
+    /// (an entry exists already, or is gone): list them again before the next pass.
+    pub stale: bool,
     pub duration: Duration,
 }
 
@@ -76,8 +81,22 @@ pub struct Reconciler {
 
 // === impl Reconciler ===
 
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("settings", &self.settings)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reconciler {
-    pub fn new(settings: Settings, cluster: Arc<Cluster>, admin: AdminApi, kube: kube::Client) -> Self {
+    pub fn new(
+        settings: Settings,
+        cluster: Arc<Cluster>,
+        admin: AdminApi,
+        kube: kube::Client,
+    ) -> Self {
         let reporter = Reporter {
             controller: "sigil-controller".into(),
             instance: std::env::var("HOSTNAME").ok(),
@@ -130,7 +149,8 @@ impl Reconciler {
         } else {
             Vec::new()
         };
-        let csids: Vec<ClusterSpiffeId> = csid_objects.iter().map(|v| cluster_spiffe_id(v)).collect();
+        let csids: Vec<ClusterSpiffeId> =
+            csid_objects.iter().map(|v| cluster_spiffe_id(v)).collect();
         let statics: Vec<StaticEntry> = static_objects.iter().map(|v| static_entry(v)).collect();
 
         let namespaces = self.cluster.namespaces.all();
@@ -143,7 +163,11 @@ impl Reconciler {
         };
         for pod in &pods {
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-            snapshot.pods.entry(ns.to_string()).or_default().push(pod.as_ref());
+            snapshot
+                .pods
+                .entry(ns.to_string())
+                .or_default()
+                .push(pod.as_ref());
         }
         for node in &nodes {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
@@ -151,9 +175,16 @@ impl Reconciler {
         }
         snapshot.services = services_by_pod(&slices);
 
-        let plan = plan_all(&self.settings.ctx, &self.settings.scope, &csids, &statics, &snapshot);
+        let plan = plan_all(
+            &self.settings.ctx,
+            &self.settings.scope,
+            &csids,
+            &statics,
+            &snapshot,
+        );
         report.declared = plan.entries.len();
         report.render_failures = plan.failures.len();
+        report.static_failures = plan.static_status.values().filter(|s| !s.rendered).count();
 
         let ownership = Ownership::new(
             &self.settings.entry_id_prefix,
@@ -170,11 +201,14 @@ impl Reconciler {
         // Who declared each entry key, to charge failures to it.
         let by_key = |e: &crate::render::RenderedEntry| {
             plan.entries
-                .get(&entry_key(e.spiffe_id.as_ref(), e.parent_id.as_ref(), &e.selectors))
+                .get(&entry_key(
+                    e.spiffe_id.as_ref(),
+                    e.parent_id.as_ref(),
+                    &e.selectors,
+                ))
                 .map(|d| d.by.clone())
         };
-        let mut failed_by: HashMap<By, usize> = HashMap::new();
-        let mut failed_keys: HashSet<By> = HashSet::new();
+        let mut failed_by: HashMap<By, Vec<String>> = HashMap::new();
 
         // Deletes first: they free the (SPIFFE ID, parent, selectors) an update or create may
         // need.
@@ -204,7 +238,7 @@ impl Reconciler {
                 .collect();
             let results = self.admin.create(protos).await;
             for ((_, e), res) in changes.create.iter().zip(results) {
-                self.record_write(&mut report, &mut failed_by, &mut failed_keys, by_key(e), e, res, "create");
+                self.record_write(&mut report, &mut failed_by, by_key(e), e, res, "create");
             }
         }
         if !changes.update.is_empty() {
@@ -216,23 +250,22 @@ impl Reconciler {
                 .collect();
             let results = self.admin.update(protos).await;
             for ((_, e, _), res) in changes.update.iter().zip(results) {
-                self.record_write(&mut report, &mut failed_by, &mut failed_keys, by_key(e), e, res, "update");
+                self.record_write(&mut report, &mut failed_by, by_key(e), e, res, "update");
             }
         }
 
-        self.write_statuses(&plan, &csid_objects, &static_objects, &failed_by, &failed_keys)
+        self.write_statuses(&plan, &csid_objects, &static_objects, &failed_by)
             .await;
-        self.report_failures(&plan.failures, &csid_objects, &static_objects).await;
+        self.report_failures(&plan.failures, &failed_by, &csid_objects, &static_objects)
+            .await;
         report.duration = started.elapsed();
         report
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn record_write(
         &mut self,
         report: &mut PassReport,
-        failed_by: &mut HashMap<By, usize>,
-        failed: &mut HashSet<By>,
+        failed_by: &mut HashMap<By, Vec<String>>,
         by: Option<By>,
         entry: &crate::render::RenderedEntry,
         res: crate::admin::WriteResult,
@@ -256,10 +289,19 @@ impl Reconciler {
             }
             Err(status) => {
                 report.failed += 1;
+                if matches!(
+                    status.code(),
+                    tonic::Code::AlreadyExists | tonic::Code::NotFound
+                ) {
+                    report.stale = true;
+                }
                 tracing::warn!(spiffe_id = %entry.spiffe_id, parent_id = %entry.parent_id, code = ?status.code(), message = status.message(), "failed to {verb} entry");
                 if let Some(by) = by {
-                    *failed_by.entry(by.clone()).or_default() += 1;
-                    failed.insert(by);
+                    failed_by.entry(by).or_default().push(format!(
+                        "failed to {verb} entry {}: {}",
+                        entry.spiffe_id,
+                        status.message()
+                    ));
                 }
             }
         }
@@ -271,8 +313,7 @@ impl Reconciler {
         plan: &crate::plan::Plan,
         csid_objects: &[Arc<Value>],
         static_objects: &[Arc<Value>],
-        failed_by: &HashMap<By, usize>,
-        failed: &HashSet<By>,
+        failed_by: &HashMap<By, Vec<String>>,
     ) {
         let api: Api<ClusterSPIFFEID> = Api::all(self.kube.clone());
         for obj in csid_objects {
@@ -282,14 +323,17 @@ impl Reconciler {
             };
             let failures = failed_by
                 .get(&By::ClusterSpiffeId(name.to_string()))
-                .copied()
-                .unwrap_or(0);
+                .map_or(0, Vec::len);
             let status = csid_status(stats, failures as i64);
             if obj.get("status") == Some(&status) {
                 continue;
             }
             if let Err(error) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
                 .await
             {
                 tracing::warn!(cluster_spiffe_id = name, %error, "failed to update status");
@@ -302,13 +346,17 @@ impl Reconciler {
                 continue;
             };
             let by = By::ClusterStaticEntry(name.to_string());
-            let set = s.rendered && !s.masked && !failed.contains(&by);
+            let set = s.rendered && !s.masked && !failed_by.contains_key(&by);
             let status = json!({"rendered": s.rendered, "masked": s.masked, "set": set});
             if obj.get("status") == Some(&status) {
                 continue;
             }
             if let Err(error) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
                 .await
             {
                 tracing::warn!(cluster_static_entry = name, %error, "failed to update status");
@@ -321,10 +369,11 @@ impl Reconciler {
     async fn report_failures(
         &mut self,
         failures: &[(String, String)],
+        writes: &HashMap<By, Vec<String>>,
         csid_objects: &[Arc<Value>],
         static_objects: &[Arc<Value>],
     ) {
-        let mut now: HashMap<By, Vec<String>> = HashMap::new();
+        let mut now: HashMap<By, Vec<String>> = writes.clone();
         let csid_names: HashMap<&str, &Arc<Value>> = csid_objects
             .iter()
             .map(|o| (o["metadata"]["name"].as_str().unwrap_or_default(), o))
@@ -351,19 +400,30 @@ impl Reconciler {
             if self.reported.get(by) == Some(messages) {
                 continue;
             }
-            let (reference, reason) = match by {
-                By::ClusterSpiffeId(n) => (
-                    csid_names.get(n.as_str()).map(|o| object_ref::<ClusterSPIFFEID>(o)),
-                    "RenderFailed",
-                ),
-                By::ClusterStaticEntry(n) => (
-                    static_names.get(n.as_str()).map(|o| object_ref::<ClusterStaticEntry>(o)),
-                    "RenderFailed",
-                ),
+            let reference = match by {
+                By::ClusterSpiffeId(n) => csid_names
+                    .get(n.as_str())
+                    .map(|o| object_ref::<ClusterSPIFFEID>(o)),
+                By::ClusterStaticEntry(n) => static_names
+                    .get(n.as_str())
+                    .map(|o| object_ref::<ClusterStaticEntry>(o)),
+            };
+            let reason = if messages
+                .iter()
+                .all(|m| m.starts_with("failed to create") || m.starts_with("failed to update"))
+            {
+                "EntryFailed"
+            } else {
+                "RenderFailed"
             };
             let Some(reference) = reference else { continue };
             // An Event note is at most 1 kB: the first failures and how many more.
-            let mut note = messages.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+            let mut note = messages
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
             if messages.len() > 3 {
                 note.push_str(&format!(" (and {} more)", messages.len() - 3));
             }
@@ -374,12 +434,12 @@ impl Reconciler {
                 }
                 note.truncate(cut);
             }
-            tracing::warn!(resource = ?by, %note, "render failures");
+            tracing::warn!(resource = ?by, %note, reason, "reporting failures");
             let event = Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
                 note: Some(note),
-                action: "Render".into(),
+                action: "Reconcile".into(),
                 secondary: None,
             };
             if let Err(error) = self.recorder.publish(&event, &reference).await {
@@ -413,7 +473,10 @@ fn cluster_spiffe_id(v: &Value) -> ClusterSpiffeId {
             name: s("name"),
             uid: s("uid"),
             creation_timestamp: s("creationTimestamp"),
-            class_name: v["spec"]["className"].as_str().unwrap_or_default().to_string(),
+            class_name: v["spec"]["className"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             fallback: false,
             auto_populate_dns_names: false,
             namespace_selector: None,
@@ -432,7 +495,10 @@ fn static_entry(v: &Value) -> StaticEntry {
         name: s("name"),
         uid: s("uid"),
         creation_timestamp: s("creationTimestamp"),
-        class_name: v["spec"]["className"].as_str().unwrap_or_default().to_string(),
+        class_name: v["spec"]["className"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         entry: spec.and_then(|spec| render_static_entry(&spec).map_err(|e| e.to_string())),
     }
 }

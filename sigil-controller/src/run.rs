@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use crate::admin::AdminApi;
 use crate::cluster::{Cluster, Kind};
 use crate::config::{ConfigError, ControllerManagerConfig, cluster_domain_from_cname};
-use crate::health::{Metrics, serve_health, serve_metrics};
-use crate::leader::{LeaderConfig, spawn as spawn_leader};
+use crate::health::{Metrics, ProbePaths, serve_health, serve_metrics};
+use crate::leader::{LeaderConfig, LeaderElector};
 use crate::plan::Scope;
+use crate::reconcile::PassReport;
 use crate::reconcile::{Reconciler, Settings};
 use crate::render::{DEFAULT_PARENT_ID_TEMPLATE, RenderContext};
 
@@ -49,20 +50,23 @@ pub enum RunError {
 /// The settings from a loaded file, checked as upstream's `parseConfig` checks them.
 pub fn settings(cfg: &ControllerManagerConfig) -> Result<Settings, RunError> {
     if cfg.trust_domain.is_empty() {
-        return Err(RunError::Invalid("trust domain is required configuration".into()));
+        return Err(RunError::Invalid(
+            "trust domain is required configuration".into(),
+        ));
     }
     if cfg.cluster_name.is_empty() {
-        return Err(RunError::Invalid("cluster name is required configuration".into()));
+        return Err(RunError::Invalid(
+            "cluster name is required configuration".into(),
+        ));
     }
     if cfg.static_manifest_path.is_some() {
         return Err(RunError::Invalid(
             "staticManifestPath is not supported by sigil-controller: it reconciles from the Kubernetes API".into(),
         ));
     }
-    let trust_domain: TrustDomain = cfg
-        .trust_domain
-        .parse()
-        .map_err(|e| RunError::Invalid(format!("invalid trust domain {:?}: {e}", cfg.trust_domain)))?;
+    let trust_domain: TrustDomain = cfg.trust_domain.parse().map_err(|e| {
+        RunError::Invalid(format!("invalid trust domain {:?}: {e}", cfg.trust_domain))
+    })?;
     let parent = if cfg.parent_id_template.is_empty() {
         DEFAULT_PARENT_ID_TEMPLATE
     } else {
@@ -126,10 +130,14 @@ pub async fn run(loaded: crate::config::Loaded, args: RunArgs) -> Result<(), Run
         if cfg.spire_server_socket_path.is_empty()
             || cfg.spire_server_socket_path == crate::config::DEFAULT_SPIRE_SERVER_SOCKET_PATH
         {
-            tracing::warn!("the spire-api-socket flag is deprecated; use spireServerSocketPath in the configuration file");
+            tracing::warn!(
+                "the spire-api-socket flag is deprecated; use spireServerSocketPath in the configuration file"
+            );
             cfg.spire_server_socket_path = socket.clone();
         } else {
-            tracing::warn!("ignoring the deprecated spire-api-socket flag: the configuration file sets spireServerSocketPath");
+            tracing::warn!(
+                "ignoring the deprecated spire-api-socket flag: the configuration file sets spireServerSocketPath"
+            );
         }
     }
     if cfg.spire_server_socket_path.is_empty() {
@@ -156,30 +164,35 @@ pub async fn run(loaded: crate::config::Loaded, args: RunArgs) -> Result<(), Run
     let admin = AdminApi::new(std::path::Path::new(&cfg.spire_server_socket_path))?;
     let metrics = Arc::new(Metrics::default());
     let (ready_tx, ready_rx) = watch::channel(false);
-    let _health = serve_health(
+    let health = serve_health(
         &options.health_probe_bind_address,
-        &options.liveness_endpoint_name,
-        &options.readiness_endpoint_name,
+        ProbePaths::from_options(&options),
         ready_rx,
     )
     .await
-    .map_err(|e| RunError::Serve(format!("health probe address: {e}")))?;
-    let metrics_addr = if options.metrics_bind_address.is_empty() {
-        ":8080"
-    } else {
-        options.metrics_bind_address.as_str()
-    };
-    let _metrics = serve_metrics(metrics_addr, metrics.clone())
+    .map_err(|e| RunError::Serve(format!("health probes: {e}")))?;
+    if let Some(h) = &health {
+        tracing::info!(address = %h.local_addr(), "serving health probes");
+    }
+    let metrics_server = serve_metrics(&options.metrics_bind_address, metrics.clone())
         .await
-        .map_err(|e| RunError::Serve(format!("metrics address: {e}")))?;
+        .map_err(|e| RunError::Serve(format!("metrics: {e}")))?;
+    if let Some(m) = &metrics_server {
+        tracing::info!(address = %m.local_addr(), "serving metrics");
+    }
 
-    let (leader_task, leader) = if options.leader_election {
+    // Without leader election this replica always leads; the sender lives as long as the
+    // loop, so the flag never reads as closed.
+    let (always, always_rx) = watch::channel(true);
+    let (elector, leader) = if options.leader_election {
         let cfg = LeaderConfig::from_options(&options)
             .map_err(|e| RunError::Invalid(format!("leader election: {e}")))?;
-        let (task, rx) = spawn_leader(kube.clone(), cfg);
-        (Some(task), rx)
+        let elector = LeaderElector::spawn(kube.clone(), cfg)
+            .map_err(|e| RunError::Invalid(format!("leader election: {e}")))?;
+        let rx = elector.subscribe();
+        (Some(elector), rx)
     } else {
-        (None, watch::channel(true).1)
+        (None, always_rx)
     };
 
     let cluster = Cluster::new();
@@ -200,9 +213,13 @@ pub async fn run(loaded: crate::config::Loaded, args: RunArgs) -> Result<(), Run
     for w in watches {
         w.abort();
     }
-    if let Some(task) = leader_task {
-        task.abort();
+    // Hand the Lease over at once rather than make a standby wait for it to expire.
+    if let Some(elector) = elector
+        && let Err(error) = elector.release().await
+    {
+        tracing::warn!(%error, "releasing the leader election Lease");
     }
+    drop(always);
     tracing::info!("stopped");
     result
 }
@@ -238,7 +255,7 @@ async fn reconcile_loop(
     let mut retry = Duration::from_millis(200);
     loop {
         if !*leader.borrow_and_update() {
-            metrics.set_leader(false);
+            metrics.leader.set(0);
             stale = true;
             // A replica that is not the leader is still ready: it serves as a standby.
             let _ = ready.send(true);
@@ -247,7 +264,7 @@ async fn reconcile_loop(
             }
             continue;
         }
-        metrics.set_leader(true);
+        metrics.leader.set(1);
         if stale {
             match reconciler.resync().await {
                 Ok(()) => {
@@ -263,7 +280,7 @@ async fn reconcile_loop(
             }
         }
         let report = reconciler.pass().await;
-        metrics.record_pass(&report);
+        record(&metrics, &report);
         let _ = ready.send(true);
         if report.created + report.updated + report.deleted + report.failed > 0 {
             tracing::info!(
@@ -276,9 +293,7 @@ async fn reconcile_loop(
                 "reconciled"
             );
         }
-        if report.failed > 0 {
-            // A refused write may have left the copy behind the server (e.g. an entry that
-            // exists after all): list again on the next pass.
+        if report.stale {
             stale = true;
         }
         tokio::select! {
@@ -287,6 +302,19 @@ async fn reconcile_loop(
             r = leader.changed() => if r.is_err() { return },
         }
     }
+}
+
+fn record(m: &Metrics, r: &PassReport) {
+    m.reconcile_passes.inc();
+    m.reconcile_duration.observe(r.duration);
+    m.entries_created.add(r.created as u64);
+    m.entries_updated.add(r.updated as u64);
+    m.entries_deleted.add(r.deleted as u64);
+    m.entry_failures.add(r.failed as u64);
+    m.render_failures.add(r.render_failures as u64);
+    m.admin_calls.add(r.admin_calls as u64);
+    m.declared_entries.set(r.declared as u64);
+    m.static_entry_failures.set(r.static_failures as u64);
 }
 
 /// The cluster domain from the CNAME of `kubernetes.default.svc` (upstream's
@@ -306,7 +334,9 @@ async fn detect_cluster_domain() -> String {
             String::new()
         }
         None => {
-            tracing::warn!("unable to autodetect cluster domain: kubernetes.default.svc does not resolve");
+            tracing::warn!(
+                "unable to autodetect cluster domain: kubernetes.default.svc does not resolve"
+            );
             String::new()
         }
     }
@@ -323,7 +353,10 @@ fn dns_lookup_canonical(host: &str) -> Option<String> {
     conf.lines()
         .filter_map(|l| l.strip_prefix("search "))
         .flat_map(str::split_whitespace)
-        .find_map(|d| d.strip_prefix("svc.").map(|domain| format!("{host}.{domain}.")))
+        .find_map(|d| {
+            d.strip_prefix("svc.")
+                .map(|domain| format!("{host}.{domain}."))
+        })
 }
 
 async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, RunError> {

@@ -96,15 +96,20 @@ fn creates_updates_and_deletes_only_what_it_owns() {
         "the hand-made entry is never deleted"
     );
 
-    // Nothing recorded: everything declared is created, nothing deleted.
+    // Nothing recorded: an entry someone else made that already is what is declared stays
+    // theirs (not created again, not updated); the rest is created; nothing is deleted.
+    let new = rendered("spiffe://td/new", NODE, &[("k8s", "pod-uid:4")]);
+    let mut b_changed = b.clone();
+    b_changed.hint = "changed".into();
     let c = diff(
-        &declared(std::slice::from_ref(&a)),
+        &declared(&[a.clone(), b_changed, new.clone()]),
         &cur,
         &Ownership::new("", None, HashSet::new()),
     );
     assert_eq!(c.create.len(), 1);
+    assert_eq!(c.create[0].1, new);
     assert_eq!(c.create[0].0, None, "the server picks the ID");
-    assert!(c.delete.is_empty() && c.update.is_empty());
+    assert!(c.delete.is_empty() && c.update.is_empty(), "{c:?}");
 }
 
 #[test]

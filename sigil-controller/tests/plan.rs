@@ -210,7 +210,11 @@ fn fallback_masking_class_and_failures() {
         3,
         "sleep, productpage, ingress (kube-system ignored, pending skipped)"
     );
-    assert!(p.entries.values().all(|d| d.by == By::ClusterSpiffeId("older".into())));
+    assert!(
+        p.entries
+            .values()
+            .all(|d| d.by == By::ClusterSpiffeId("older".into()))
+    );
     assert_eq!(p.stats["older"].entries_to_set, 3);
     assert_eq!(
         p.stats["newer"],

@@ -48,13 +48,16 @@ impl World {
             .enable_all()
             .build()
             .expect("a runtime for the fake API server");
-        let kube = rt
-            .block_on(FakeKube::start())
-            .expect("fake API server");
+        // HTTPS with its own CA, as a cluster's (kubectl sends no token over plain HTTP).
+        let kube = rt.block_on(FakeKube::start_tls()).expect("fake API server");
         // The CRDs as the controller prints them, applied as a user would.
         apply_crds(&kube);
-        let node = kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
-        let node_uid = node["metadata"]["uid"].as_str().expect("node uid").to_string();
+        let node =
+            kube.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
+        let node_uid = node["metadata"]["uid"]
+            .as_str()
+            .expect("node uid")
+            .to_string();
         for ns in ["istio-system", "apps"] {
             kube.apply(json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "labels": {"name": ns}}}));
@@ -96,12 +99,18 @@ impl World {
     }
 
     fn parent(&self) -> String {
-        format!("spiffe://{TD}/spire/agent/k8s_psat/{CLUSTER}/{}", self.node_uid)
+        format!(
+            "spiffe://{TD}/spire/agent/k8s_psat/{CLUSTER}/{}",
+            self.node_uid
+        )
     }
 
     /// Every entry on the server.
     fn entries(&self) -> Vec<Value> {
-        self.server.cli(&["entry", "show", "-output", "json"]).ok().json()["entries"]
+        self.server
+            .cli(&["entry", "show", "-output", "json"])
+            .ok()
+            .json()["entries"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -129,6 +138,33 @@ impl World {
         });
     }
 
+    /// The note of an Event with `reason` about ClusterSPIFFEID `name`, if one was recorded.
+    fn event(&self, name: &str, reason: &str) -> Option<String> {
+        let out = sigil_e2e::harness::run(
+            {
+                // kubectl reads them back: they are real `events.k8s.io/v1` Events.
+                let kubectl = std::env::var_os("SIGIL_KUBECTL")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| sigil_e2e::harness::target_dir().join("tools/kubectl"));
+                let mut c = std::process::Command::new(kubectl);
+                c.env("KUBECACHEDIR", self.dir.path().join("kube-cache"))
+                    .arg("--kubeconfig")
+                    .arg(&self.kubeconfig)
+                    .args(["get", "events.events.k8s.io", "-A", "-o", "json"]);
+                c
+            },
+            Duration::from_secs(20),
+        );
+        if !out.success() {
+            eprintln!("kubectl get events: STDERR={}", out.stderr);
+            return None;
+        }
+        out.json()["items"].as_array()?.iter().find_map(|e| {
+            (e["regarding"]["name"] == name && e["reason"] == reason)
+                .then(|| e["note"].as_str().unwrap_or_default().to_string())
+        })
+    }
+
     fn stats(&self, csid: &str) -> Value {
         self.kube
             .get("ClusterSPIFFEID", None, csid)
@@ -137,18 +173,23 @@ impl World {
     }
 
     fn wait_stats(&self, csid: &str, want: Value) {
-        wait_until(
-            &format!("status of {csid} to be {want}"),
-            Duration::from_secs(15),
-            || {
-                let s = self.stats(csid);
-                want.as_object()
-                    .expect("an object")
-                    .iter()
-                    .all(|(k, v)| &s[k] == v)
-                    .then_some(())
-            },
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.stats(csid);
+            if want
+                .as_object()
+                .expect("an object")
+                .iter()
+                .all(|(k, v)| &s[k] == v)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "status of {csid}: want {want}, have {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -161,7 +202,13 @@ fn selectors(e: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|s| format!("{}:{}", s["type"].as_str().unwrap_or_default(), s["value"].as_str().unwrap_or_default()))
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap_or_default(),
+                s["value"].as_str().unwrap_or_default()
+            )
+        })
         .collect();
     v.sort();
     v
@@ -189,11 +236,30 @@ fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
         &[],
     );
     let mut ctl = w.controller("ctl", "");
-    let sleep = w.pod("apps", "sleep", "sleep", json!({"security.istio.io/tlsMode": "istio", "app": "sleep"}));
-    let no_app = w.pod("apps", "nolabel", "nolabel", json!({"security.istio.io/tlsMode": "istio"}));
-    let system = w.pod("kube-system", "coredns", "coredns", json!({"security.istio.io/tlsMode": "istio", "app": "dns"}));
-    let gateway = w.pod("istio-system", "istio-ingressgateway-1", "istio-ingressgateway-service-account",
-        json!({"app": "istio-proxy", "istio": "ingressgateway"}));
+    let sleep = w.pod(
+        "apps",
+        "sleep",
+        "sleep",
+        json!({"security.istio.io/tlsMode": "istio", "app": "sleep"}),
+    );
+    let no_app = w.pod(
+        "apps",
+        "nolabel",
+        "nolabel",
+        json!({"security.istio.io/tlsMode": "istio"}),
+    );
+    let system = w.pod(
+        "kube-system",
+        "coredns",
+        "coredns",
+        json!({"security.istio.io/tlsMode": "istio", "app": "dns"}),
+    );
+    let gateway = w.pod(
+        "istio-system",
+        "istio-ingressgateway-1",
+        "istio-ingressgateway-service-account",
+        json!({"app": "istio-proxy", "istio": "ingressgateway"}),
+    );
     for doc in seed("002-istio-workload-registration.yaml") {
         w.kube.apply(doc);
     }
@@ -207,7 +273,7 @@ fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
         selectors(&e),
         [
             "k8s:ns:apps".to_string(),
-            format!("k8s:pod-label:app:sleep"),
+            "k8s:pod-label:app:sleep".to_string(),
             format!("k8s:pod-uid:{}", uid(&sleep)),
             "k8s:sa:sleep".to_string(),
         ]
@@ -216,24 +282,49 @@ fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
     assert_eq!(strings(&e["dns_names"]), ["sleep.apps.svc.cluster.local"]);
     // The gateway template: `{{ .PodMeta.Labels.app }}` and `matchNames`.
     let g = w.wait_entry(&uid(&gateway), "the gateway's entry", |_| true);
-    assert_eq!(g["spiffe_id"], format!("spiffe://{TD}/ns/istio-system/gateway/istio-proxy"));
-    // A pod without the `app` label renders `<no value>`: a render failure, never an entry;
-    // kube-system is ignored.
-    assert!(w.entry_for(&uid(&no_app)).is_none());
+    assert_eq!(
+        g["spiffe_id"],
+        format!("spiffe://{TD}/ns/istio-system/gateway/istio-proxy")
+    );
+    // kube-system is ignored. A pod without the `app` label renders `<no value>` in the DNS
+    // name: the server refuses the entry, so the pod has none (upstream counts it as an
+    // entry failure, and so does Sigil), and the reason is an Event on the resource.
     assert!(w.entry_for(&uid(&system)).is_none());
     w.wait_stats(
         "istio-sidecars",
-        json!({"podsSelected": 2, "podEntryRenderFailures": 1, "entriesToSet": 1, "entriesMasked": 0, "entryFailures": 0}),
+        json!({"namespacesSelected": 6, "namespacesIgnored": 2, "podsSelected": 2,
+               "podEntryRenderFailures": 0, "entriesToSet": 2, "entriesMasked": 0, "entryFailures": 1}),
     );
-    w.wait_stats("istio-gateways", json!({"namespacesSelected": 1, "podsSelected": 1, "entriesToSet": 1}));
-    // The render failure is reported on the resource as an Event too.
-    wait_until("a RenderFailed event", Duration::from_secs(15), || {
-        w.kube
-            .requests()
-            .iter()
-            .any(|r| r.method == "POST" && r.path.contains("/apis/events.k8s.io/v1/namespaces/"))
-            .then_some(())
+    assert!(w.entry_for(&uid(&no_app)).is_none());
+    w.wait_stats(
+        "istio-gateways",
+        json!({"namespacesSelected": 1, "podsSelected": 1, "entriesToSet": 1}),
+    );
+    if w.event("istio-sidecars", "EntryFailed").is_none() {
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            w.event("istio-sidecars", "EntryFailed").is_some(),
+            "no EntryFailed event; controller log:\n{}",
+            ctl.log()
+        );
+    }
+    // In a SPIFFE ID, `<no value>` is a render failure: counted, reported, never an entry.
+    w.kube.apply(
+        json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+        "metadata": {"name": "by-app"},
+        "spec": {"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/app/{{ .PodMeta.Labels.app }}",
+                 "podSelector": {"matchLabels": {"render-test": "yes"}}}}),
+    );
+    let unlabelled = w.pod("apps", "unlabelled", "x", json!({"render-test": "yes"}));
+    w.wait_stats(
+        "by-app",
+        json!({"podsSelected": 1, "podEntryRenderFailures": 1, "entriesToSet": 0}),
+    );
+    let note = wait_until("a RenderFailed event", Duration::from_secs(15), || {
+        w.event("by-app", "RenderFailed")
     });
+    assert!(note.contains("unlabelled"), "{note}");
+    assert!(w.entry_for(&uid(&unlabelled)).is_none());
 
     // Relabelled: the entry follows (same pod, new selector and DNS name).
     let mut relabelled = w.kube.get("Pod", Some("apps"), "sleep").expect("pod");
@@ -248,11 +339,18 @@ fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
     w.kube.delete("Pod", Some("apps"), "sleep");
     w.wait_no_entry(&uid(&sleep), "the deleted pod's entry to go");
     w.kube.delete("ClusterSPIFFEID", None, "istio-gateways");
-    w.wait_no_entry(&uid(&gateway), "the gateway entry to go with its ClusterSPIFFEID");
+    w.wait_no_entry(
+        &uid(&gateway),
+        "the gateway entry to go with its ClusterSPIFFEID",
+    );
 
     // The hand-made entry is still there, untouched.
     let still = w.entries().into_iter().find(|e| e["id"] == manual.as_str());
-    assert!(still.is_some(), "the manual entry was deleted: {}", ctl.log());
+    assert!(
+        still.is_some(),
+        "the manual entry was deleted: {}",
+        ctl.log()
+    );
     ctl.assert_running();
 }
 
@@ -266,21 +364,38 @@ fn fallback_masking_class_parent_template_prefix_and_static_entries() {
     let a = w.pod("apps", "a", "sa-a", json!({"tier": "web"}));
     let b = w.pod("apps", "b", "sa-b", json!({}));
     let csid = |name: &str, spec: Value| {
-        w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
-            "metadata": {"name": name}, "spec": spec}));
+        w.kube.apply(
+            json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+            "metadata": {"name": name}, "spec": spec}),
+        );
     };
     // Oldest wins: `web-old` is created first; `web-new` declares the same entry and is masked.
-    csid("web-old", json!({"className": "mesh",
-        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}));
+    csid(
+        "web-old",
+        json!({"className": "mesh",
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}),
+    );
     std::thread::sleep(Duration::from_millis(1100)); // creationTimestamp has 1 s resolution
-    csid("web-new", json!({"className": "mesh",
-        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}));
+    csid(
+        "web-new",
+        json!({"className": "mesh",
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/web", "podSelector": {"matchLabels": {"tier": "web"}}}),
+    );
     // Fallback: only pods nothing else matched.
-    csid("fallback", json!({"className": "mesh", "fallback": true,
-        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/fallback/{{ .PodSpec.ServiceAccountName }}"}));
+    csid(
+        "fallback",
+        json!({"className": "mesh", "fallback": true,
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/fallback/{{ .PodSpec.ServiceAccountName }}"}),
+    );
     // Another class, and a classless one: neither is this controller's.
-    csid("other-class", json!({"className": "other", "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/other"}));
-    csid("classless", json!({"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/classless"}));
+    csid(
+        "other-class",
+        json!({"className": "other", "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/other"}),
+    );
+    csid(
+        "classless",
+        json!({"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/classless"}),
+    );
     // A static entry of this class.
     w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
         "metadata": {"name": "db"}, "spec": {"className": "mesh",
@@ -297,7 +412,9 @@ fn fallback_masking_class_parent_template_prefix_and_static_entries() {
     w.wait_stats("web-new", json!({"entriesToSet": 0, "entriesMasked": 1}));
     w.wait_stats("fallback", json!({"podsSelected": 2, "entriesToSet": 1}));
     let db = wait_until("the static entry", Duration::from_secs(15), || {
-        w.entries().into_iter().find(|e| e["spiffe_id"] == format!("spiffe://{TD}/db"))
+        w.entries()
+            .into_iter()
+            .find(|e| e["spiffe_id"] == format!("spiffe://{TD}/db"))
     });
     assert_eq!(db["x509_svid_ttl"], 7200);
     wait_until("the static entry's status", Duration::from_secs(15), || {
@@ -305,11 +422,16 @@ fn fallback_masking_class_parent_template_prefix_and_static_entries() {
         (s["rendered"] == true && s["set"] == true && s["masked"] == false).then_some(())
     });
     assert!(
-        w.entries().iter().all(|e| e["spiffe_id"] != format!("spiffe://{TD}/other")
-            && e["spiffe_id"] != format!("spiffe://{TD}/classless")),
+        w.entries()
+            .iter()
+            .all(|e| e["spiffe_id"] != format!("spiffe://{TD}/other")
+                && e["spiffe_id"] != format!("spiffe://{TD}/classless")),
         "another class's ClusterSPIFFEIDs were rendered"
     );
-    assert!(w.stats("other-class").is_null(), "another class's status was written");
+    assert!(
+        w.stats("other-class").is_null(),
+        "another class's status was written"
+    );
 
     // An entry without the prefix is not the controller's, even if nothing declares it.
     let foreign = w.server.create_entry(
@@ -338,15 +460,25 @@ fn only_the_leader_writes_and_a_standby_takes_over() {
     w.wait_entry(&uid(&p1), "the first leader's entry", |_| true);
     let mut second = w.controller("ctl-2", le);
     let lease = wait_until("the lease", Duration::from_secs(10), || {
-        w.kube.get("Lease", Some("default"), "sigil-controller-test")
+        w.kube
+            .get("Lease", Some("default"), "sigil-controller-test")
     });
-    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string();
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(!holder.is_empty(), "{lease}");
     // The leader dies without releasing the lease; the standby takes over once it expires.
     first.kill();
     let p2 = w.pod("apps", "two", "two", json!({}));
     w.wait_entry(&uid(&p2), "the new leader's entry", |_| true);
-    let lease = w.kube.get("Lease", Some("default"), "sigil-controller-test").expect("lease");
-    assert_ne!(lease["spec"]["holderIdentity"].as_str().unwrap_or_default(), holder);
+    let lease = w
+        .kube
+        .get("Lease", Some("default"), "sigil-controller-test")
+        .expect("lease");
+    assert_ne!(
+        lease["spec"]["holderIdentity"].as_str().unwrap_or_default(),
+        holder
+    );
     second.assert_running();
 }

@@ -464,7 +464,8 @@ fn a_pod_registered_by_the_controller_gets_its_identity() {
     let text = std::fs::read_to_string(seed).expect("seed 001");
     let csid: Value = serde_saphyr::from_str(&text).expect("seed YAML");
     c.kube.apply(csid);
-    c.kube.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+    c.kube
+        .apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "web", "namespace": "default"}}));
 
     let uid = "7a7a7a7a-8b8b-4c9c-8d0d-1e1e1e1e1e1e";
@@ -490,7 +491,11 @@ fn a_pod_registered_by_the_controller_gets_its_identity() {
     )
     .expect("Envoy in the pod goes LIVE with its SDS secrets");
     let certs = envoy.admin("/certs").expect("envoy /certs");
-    assert!(certs.body.contains(&want), "Envoy's certificate: {}", certs.body);
+    assert!(
+        certs.body.contains(&want),
+        "Envoy's certificate: {}",
+        certs.body
+    );
     drop(envoy);
 
     // Deleted: the controller removes the entry, and the process has no identity any more.
