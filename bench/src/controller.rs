@@ -254,6 +254,18 @@ async fn scale(bin_dir: &Path, pods: usize) -> Result<Scale> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first_reconcile_s = started.elapsed().as_secs_f64();
+    // The pass that wrote them is recorded when it ends (statuses come after the writes).
+    let t = Instant::now();
+    while scrape(&metrics)
+        .await?
+        .get("sigil_controller_entries_created_total")
+        < pods as f64
+    {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the first pass never ended");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Idle passes: the `gcInterval` resyncs, nothing to write.
     let m0 = scrape(&metrics).await?;

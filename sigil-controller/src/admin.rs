@@ -85,10 +85,11 @@ impl AdminApi {
         }
     }
 
-    /// Every entry on the server, page by page.
-    pub async fn list_entries(&self) -> Result<Vec<pb::Entry>, AdminError> {
+    /// Every entry on the server, page by page; and how many calls (pages) it took.
+    pub async fn list_entries(&self) -> Result<(Vec<pb::Entry>, usize), AdminError> {
         let mut client = self.client.clone();
         let mut out = Vec::new();
+        let mut calls = 0;
         let mut page_token = String::new();
         loop {
             let page = client
@@ -100,9 +101,10 @@ impl AdminApi {
                 .await
                 .map_err(|s| self.err(s))?
                 .into_inner();
+            calls += 1;
             out.extend(page.entries);
             if page.next_page_token.is_empty() {
-                return Ok(out);
+                return Ok((out, calls));
             }
             page_token = page.next_page_token;
         }

@@ -94,7 +94,8 @@ pub struct Metrics {
     pub entries_deleted: Counter,
     pub entry_failures: Counter,
     pub render_failures: Counter,
-    /// Admin API calls made by passes (the cost of an event: O(its changes), not O(pods)).
+    /// Admin API calls: list pages (resyncs) and write batches (the cost of an event:
+    /// O(its changes), not O(pods)).
     pub admin_calls: Counter,
     pub reconcile_duration: Histogram,
     /// 1 while this replica leads (or leader election is off).
@@ -406,7 +407,7 @@ impl Metrics {
             ),
             (
                 "sigil_controller_admin_calls_total",
-                "Admin API write calls (batches) made by reconcile passes.",
+                "Admin API calls (entry list pages and write batches).",
                 &self.admin_calls,
             ),
         ];

@@ -112,9 +112,10 @@ impl Reconciler {
         }
     }
 
-    /// Lists every entry on the server afresh (start-up, leadership, `gcInterval`).
-    pub async fn resync(&mut self) -> Result<(), AdminError> {
-        let listed = self.admin.list_entries().await?;
+    /// Lists every entry on the server afresh (start-up, leadership, `gcInterval`); returns
+    /// the admin API calls it took.
+    pub async fn resync(&mut self) -> Result<usize, AdminError> {
+        let (listed, calls) = self.admin.list_entries().await?;
         self.entries = listed
             .iter()
             .map(|e| {
@@ -127,7 +128,7 @@ impl Reconciler {
                 )
             })
             .collect();
-        Ok(())
+        Ok(calls)
     }
 
     /// How many entries the copy holds.

@@ -267,7 +267,8 @@ async fn reconcile_loop(
         metrics.leader.set(1);
         if stale {
             match reconciler.resync().await {
-                Ok(()) => {
+                Ok(calls) => {
+                    metrics.admin_calls.add(calls as u64);
                     stale = false;
                     retry = Duration::from_millis(200);
                 }

@@ -193,6 +193,41 @@ impl World {
     }
 }
 
+/// A plain HTTP GET on loopback: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The address a controller logged for `what` ("serving health probes", "serving metrics").
+fn logged_address(ctl: &Proc, what: &str) -> String {
+    wait_until(what, Duration::from_secs(10), || {
+        ctl.log().lines().find_map(|l| {
+            l.contains(what)
+                .then(|| l.split("address=").nth(1))
+                .flatten()
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string())
+        })
+    })
+}
+
 fn uid(obj: &Value) -> String {
     obj["metadata"]["uid"].as_str().expect("uid").to_string()
 }
@@ -326,6 +361,33 @@ fn seeds_cluster_spiffeids_register_pods_as_they_come_and_go() {
     assert!(note.contains("unlabelled"), "{note}");
     assert!(w.entry_for(&uid(&unlabelled)).is_none());
 
+    // controller-runtime's probes and the metrics an operator alerts on.
+    let health = logged_address(&ctl, "serving health probes");
+    assert_eq!(http_get(&health, "/readyz"), (200, "ok".to_string()));
+    assert_eq!(http_get(&health, "/healthz").0, 200);
+    let metrics = logged_address(&ctl, "serving metrics");
+    let (code, text) = http_get(&metrics, "/metrics");
+    assert_eq!(code, 200);
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(
+        sample("sigil_controller_entries_created_total") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample("sigil_controller_reconcile_passes_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample("sigil_controller_entry_failures_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample("sigil_controller_leader"), 1.0);
+
     // Relabelled: the entry follows (same pod, new selector and DNS name).
     let mut relabelled = w.kube.get("Pod", Some("apps"), "sleep").expect("pod");
     relabelled["metadata"]["labels"]["app"] = json!("sleepy");
@@ -446,6 +508,86 @@ fn fallback_masking_class_parent_template_prefix_and_static_entries() {
     let ea2 = w.wait_entry(&uid(&a), "pod a's entry after web-old went", |_| true);
     assert_eq!(ea2["spiffe_id"], format!("spiffe://{TD}/web"));
     assert!(w.entries().iter().any(|e| e["id"] == foreign.as_str()));
+    ctl.assert_running();
+}
+
+#[test]
+fn every_event_counts_and_services_name_their_pods() {
+    let w = World::start("ctl-events");
+    // gcInterval is 30 s: whatever arrives within seconds came from events, not the resync.
+    let mut ctl = w.controller("ctl", "");
+    w.kube.apply(json!({"apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+        "metadata": {"name": "svc"},
+        "spec": {"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/pod/{{ .PodMeta.Name }}",
+                 "autoPopulateDNSNames": true,
+                 "namespaceSelector": {"matchNames": ["apps"]}}}));
+    // A burst: 60 pods as fast as the API takes them, while passes run.
+    let pods: Vec<Value> = (0..60)
+        .map(|i| {
+            w.pod(
+                "apps",
+                &format!("burst-{i}"),
+                "burst",
+                json!({"app": "burst"}),
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    wait_until(
+        "every pod of the burst registered",
+        Duration::from_secs(15),
+        || {
+            let entries = w.entries();
+            pods.iter()
+                .all(|p| {
+                    let want = format!("pod-uid:{}", uid(p));
+                    entries.iter().any(|e| {
+                        e["selectors"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|s| s["value"] == want)
+                    })
+                })
+                .then_some(())
+        },
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // An EndpointSlice of service `web` targeting two of them: their entries get its names.
+    let slice_pods = [&pods[0], &pods[1]];
+    w.kube.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc12", "namespace": "apps",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": slice_pods.iter().enumerate().map(|(i, p)| json!({
+            "addresses": [format!("10.1.0.{i}")],
+            "conditions": {"ready": i == 0},
+            "targetRef": {"kind": "Pod", "namespace": "apps", "name": p["metadata"]["name"], "uid": uid(p)},
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }));
+    let want = [
+        "web",
+        "web.apps",
+        "web.apps.svc",
+        "web.apps.svc.cluster.local",
+    ];
+    for p in slice_pods {
+        // Ready or not, as upstream counts an Endpoints' not-ready addresses too.
+        let e = w.wait_entry(&uid(p), "service DNS names", |e| {
+            strings(&e["dns_names"]).len() == want.len()
+        });
+        assert_eq!(strings(&e["dns_names"]), want);
+    }
+    let other = w.entry_for(&uid(&pods[2])).expect("pod 2's entry");
+    assert!(strings(&other["dns_names"]).is_empty(), "{other}");
+
+    w.kube.delete("EndpointSlice", Some("apps"), "web-abc12");
+    w.wait_entry(&uid(&pods[0]), "the service names to go", |e| {
+        strings(&e["dns_names"]).is_empty()
+    });
     ctl.assert_running();
 }
 
