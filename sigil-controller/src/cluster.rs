@@ -184,9 +184,9 @@ impl Cluster {
 
     async fn watch(&self, client: kube::Client, kind: Kind) {
         let api: Api<DynamicObject> = Api::all_with(client, &kind.api_resource());
-        // Lists from the API server's watch cache (resourceVersion=0), as informers do.
-        let mut config = watcher::Config::default().any_semantic();
-        config.page_size = None;
+        // Lists in pages of 500 (kube-runtime's default) so that 10,000 pods never sit in
+        // memory three times at once (response body, decoded list, stored values).
+        let config = watcher::Config::default();
         // Exponential backoff with jitter (0.8 s to 30 s): controllers restarting together
         // do not retry in lockstep.
         let stream = watcher(api, config).default_backoff();
