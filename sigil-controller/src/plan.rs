@@ -33,6 +33,8 @@ pub struct ClusterSpiffeId {
     pub class_name: String,
     pub fallback: bool,
     pub auto_populate_dns_names: bool,
+    /// A hash of the spec: renders cached for another spec are not reused.
+    pub spec_hash: u64,
     pub namespace_selector: Option<NamespaceSelector>,
     pub pod_selector: Option<LabelSelector>,
     /// The parsed templates, or why they did not parse (reported, nothing rendered).
@@ -144,6 +146,58 @@ struct Candidate<'a> {
     entry: RenderedEntry,
 }
 
+/// Pod entries rendered by earlier passes, by what they were rendered from (the
+/// ClusterSPIFFEID's spec, the pod's resourceVersion, the node's contents, the services): a
+/// pass over a cluster that did not change renders nothing (upstream's entry render cache,
+/// keyed so that it cannot serve a stale entry). Entries a pass does not use are dropped.
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    entries: HashMap<RenderKey, (Result<(RenderedEntry, String), String>, u64)>,
+    pass: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RenderKey {
+    csid: u64,
+    pod_uid: String,
+    pod_version: String,
+    node: u64,
+    services: u64,
+}
+
+fn hash_of(v: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// A JSON value's hash, without the fields that change on every write of the object
+/// (`resourceVersion`, `managedFields`) and the node's `status` (heartbeats).
+fn content_hash(v: &Value) -> u64 {
+    let mut v = v.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    hash_of(&v.to_string())
+}
+
+// === impl RenderCache ===
+
+impl RenderCache {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Plans one pass of ClusterSPIFFEIDs and ClusterStaticEntries.
 pub fn plan_all(
     ctx: &RenderContext,
@@ -152,6 +206,32 @@ pub fn plan_all(
     statics: &[StaticEntry],
     cluster: &Snapshot<'_>,
 ) -> Plan {
+    plan_cached(
+        ctx,
+        scope,
+        csids,
+        statics,
+        cluster,
+        &mut RenderCache::default(),
+    )
+}
+
+/// [`plan_all`] with the renders of earlier passes.
+pub fn plan_cached(
+    ctx: &RenderContext,
+    scope: &Scope,
+    csids: &[ClusterSpiffeId],
+    statics: &[StaticEntry],
+    cluster: &Snapshot<'_>,
+    cache: &mut RenderCache,
+) -> Plan {
+    cache.pass += 1;
+    let pass = cache.pass;
+    let node_hashes: HashMap<&str, u64> = cluster
+        .nodes
+        .iter()
+        .map(|(name, n)| (name.as_str(), content_hash(n)))
+        .collect();
     let mut out = Plan::default();
     let mut declared: BTreeMap<String, Vec<Candidate<'_>>> = BTreeMap::new();
     for st in statics.iter().filter(|s| scope.serves(&s.class_name)) {
@@ -190,6 +270,7 @@ pub fn plan_all(
                 continue;
             }
         };
+        let csid_hash = hash_of(&(&csid.uid, &csid.spec_hash));
         for ns in &cluster.namespaces {
             if !namespace_selected(csid.namespace_selector.as_ref(), ns) {
                 continue;
@@ -233,13 +314,48 @@ pub fn plan_all(
                 } else {
                     &[]
                 };
-                match render_pod_entry(ctx, spec, pod, node, services) {
-                    Ok(entry) => {
-                        let key = entry_key(
-                            entry.spiffe_id.as_ref(),
-                            entry.parent_id.as_ref(),
-                            &entry.selectors,
-                        );
+                let render_key = RenderKey {
+                    csid: csid_hash,
+                    pod_uid: uid.to_string(),
+                    pod_version: pod["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    node: node_hashes.get(node_name).copied().unwrap_or_default(),
+                    services: hash_of(
+                        &services
+                            .iter()
+                            .map(|s| (&s.namespace, &s.name))
+                            .collect::<Vec<_>>(),
+                    ),
+                };
+                // A pod without a resourceVersion (never from an API server) is not cached.
+                let cached = if render_key.pod_version.is_empty() {
+                    None
+                } else {
+                    cache.entries.get_mut(&render_key).map(|(r, used)| {
+                        *used = pass;
+                        r.clone()
+                    })
+                };
+                let rendered = cached.unwrap_or_else(|| {
+                    let r = render_pod_entry(ctx, spec, pod, node, services)
+                        .map(|entry| {
+                            let key = entry_key(
+                                entry.spiffe_id.as_ref(),
+                                entry.parent_id.as_ref(),
+                                &entry.selectors,
+                            );
+                            (entry, key)
+                        })
+                        .map_err(|e| e.to_string());
+                    if !render_key.pod_version.is_empty() {
+                        cache.entries.insert(render_key, (r.clone(), pass));
+                    }
+                    r
+                });
+                match rendered {
+                    Ok((entry, key)) => {
                         declared.entry(key).or_default().push(Candidate {
                             by: By::ClusterSpiffeId(csid.name.clone()),
                             created: &csid.creation_timestamp,
@@ -261,6 +377,7 @@ pub fn plan_all(
             }
         }
     }
+    cache.entries.retain(|_, (_, used)| *used == pass);
     for (key, mut candidates) in declared {
         // upstream's objectCmp: oldest first, then by uid.
         candidates.sort_by(|a, b| (a.created, a.uid).cmp(&(b.created, b.uid)));

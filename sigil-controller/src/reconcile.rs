@@ -21,7 +21,9 @@ use crate::cluster::{Cluster, object_ref};
 use crate::config::Reconcile;
 use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
 use crate::diff::{CurrentEntry, Ownership, diff};
-use crate::plan::{By, ClusterSpiffeId, Scope, Snapshot, StaticEntry, Stats, plan_all};
+use crate::plan::{
+    By, ClusterSpiffeId, RenderCache, Scope, Snapshot, StaticEntry, Stats, plan_cached,
+};
 use crate::render::{ParsedSpec, RenderContext, ServiceRef, entry_key, render_static_entry};
 
 /// What the reconciler is configured with.
@@ -77,6 +79,8 @@ pub struct Reconciler {
     /// The failures last reported per resource, so an Event is sent when they change, not
     /// on every pass.
     reported: HashMap<By, Vec<String>>,
+    /// Renders of earlier passes: a pass renders only what changed.
+    cache: RenderCache,
 }
 
 // === impl Reconciler ===
@@ -109,6 +113,7 @@ impl Reconciler {
             kube,
             entries: HashMap::new(),
             reported: HashMap::new(),
+            cache: RenderCache::default(),
         }
     }
 
@@ -176,12 +181,13 @@ impl Reconciler {
         }
         snapshot.services = services_by_pod(&slices);
 
-        let plan = plan_all(
+        let plan = plan_cached(
             &self.settings.ctx,
             &self.settings.scope,
             &csids,
             &statics,
             &snapshot,
+            &mut self.cache,
         );
         report.declared = plan.entries.len();
         report.render_failures = plan.failures.len();
@@ -466,6 +472,12 @@ fn cluster_spiffe_id(v: &Value) -> ClusterSpiffeId {
             class_name: spec.class_name.clone().unwrap_or_default(),
             fallback: spec.fallback.unwrap_or(false),
             auto_populate_dns_names: spec.auto_populate_dns_names.unwrap_or(false),
+            spec_hash: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                v["spec"].to_string().hash(&mut h);
+                h.finish()
+            },
             namespace_selector: spec.namespace_selector.clone(),
             pod_selector: spec.pod_selector.clone(),
             spec: ParsedSpec::parse(&spec).map_err(|e| e.to_string()),
@@ -480,6 +492,7 @@ fn cluster_spiffe_id(v: &Value) -> ClusterSpiffeId {
                 .to_string(),
             fallback: false,
             auto_populate_dns_names: false,
+            spec_hash: 0,
             namespace_selector: None,
             pod_selector: None,
             spec: Err(e),

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use sigil_controller::config::ControllerManagerConfig;
 use sigil_controller::crd::{ClusterSPIFFEID, ClusterSPIFFEIDSpec};
-use sigil_controller::plan::{By, ClusterSpiffeId, Scope, Snapshot, Stats, plan};
+use sigil_controller::plan::{
+    By, ClusterSpiffeId, RenderCache, Scope, Snapshot, Stats, plan, plan_cached,
+};
 use sigil_controller::render::{DEFAULT_PARENT_ID_TEMPLATE, ParsedSpec, RenderContext};
 use sigil_gotemplate::Template;
 
@@ -45,6 +47,7 @@ fn from_spec(name: &str, created: &str, spec: &ClusterSPIFFEIDSpec) -> ClusterSp
         class_name: spec.class_name.clone().unwrap_or_default(),
         fallback: spec.fallback.unwrap_or(false),
         auto_populate_dns_names: spec.auto_populate_dns_names.unwrap_or(false),
+        spec_hash: 0,
         namespace_selector: spec.namespace_selector.clone(),
         pod_selector: spec.pod_selector.clone(),
         spec: ParsedSpec::parse(spec).map_err(|e| e.to_string()),
@@ -313,4 +316,106 @@ fn fallback_masking_class_and_failures() {
     );
     assert!(p.entries.is_empty());
     assert_eq!(p.failures.len(), 1);
+}
+
+/// The render cache: a second pass over the same cluster renders nothing new and plans the
+/// same; a new resourceVersion, node contents or spec renders again; what is gone is dropped.
+#[test]
+fn render_cache_reuses_only_what_did_not_change() {
+    let spec = json!({
+        "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/app/{{ .PodMeta.Labels.app }}/node/{{ .NodeMeta.Labels.zone }}",
+    });
+    let mut c = csid("apps", "2026-01-01T00:00:00Z", spec);
+    c.spec_hash = 1;
+    let mut w = world();
+    w.nodes[0]["metadata"]["labels"] = json!({"zone": "a"});
+    for (i, p) in w.pods.iter_mut().enumerate() {
+        p["metadata"]["resourceVersion"] = json!(format!("{}", 10 + i));
+    }
+    let scope = scope("", true);
+    let mut cache = RenderCache::default();
+    let first = plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    let cached = cache.len();
+    assert!(cached >= 3, "{cached} renders cached");
+    let again = plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    assert_eq!(ids(&first), ids(&again));
+    assert_eq!(first.stats, again.stats);
+    assert_eq!(cache.len(), cached);
+
+    // Relabelled (the API server bumps the resourceVersion): rendered again.
+    w.pods[0]["metadata"]["labels"]["app"] = json!("sleepy");
+    w.pods[0]["metadata"]["resourceVersion"] = json!("99");
+    let p = plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    assert!(
+        ids(&p).contains(&"spiffe://example.org/app/sleepy/node/a".to_string()),
+        "{:?}",
+        ids(&p)
+    );
+    // The node's labels changed (its status would not matter): every pod on it renders again.
+    w.nodes[0]["metadata"]["labels"]["zone"] = json!("b");
+    let p = plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    assert!(
+        ids(&p).iter().all(|id| id.ends_with("/node/b")),
+        "{:?}",
+        ids(&p)
+    );
+    // Another spec: nothing of the old one is reused.
+    let mut c2 = csid(
+        "apps",
+        "2026-01-01T00:00:00Z",
+        json!({"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/v2/{{ .PodMeta.Name }}"}),
+    );
+    c2.spec_hash = 2;
+    let p = plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c2),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    assert!(
+        ids(&p).iter().all(|id| id.contains("/v2/")),
+        "{:?}",
+        ids(&p)
+    );
+    // Pods gone: their renders are dropped.
+    w.pods.truncate(1);
+    plan_cached(
+        &ctx(),
+        &scope,
+        std::slice::from_ref(&c2),
+        &[],
+        &w.snapshot(),
+        &mut cache,
+    );
+    assert_eq!(cache.len(), 1);
 }
