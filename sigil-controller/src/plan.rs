@@ -152,9 +152,13 @@ struct Candidate<'a> {
 /// keyed so that it cannot serve a stale entry). Entries a pass does not use are dropped.
 #[derive(Debug, Default)]
 pub struct RenderCache {
-    entries: HashMap<RenderKey, (Result<(RenderedEntry, String), String>, u64)>,
+    /// The render (with its entry key) or its failure, and the last pass that used it.
+    entries: HashMap<RenderKey, (Render, u64)>,
     pass: u64,
 }
+
+/// A pod's rendered entry and its entry key, or why it did not render.
+type Render = Result<(RenderedEntry, String), String>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RenderKey {
