@@ -218,6 +218,7 @@ mod tests {
                 "authentication.k8s.io",
                 "discovery.k8s.io",
                 "coordination.k8s.io",
+                "events.k8s.io",
                 "apiextensions.k8s.io"
             ]
         );
