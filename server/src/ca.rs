@@ -155,6 +155,9 @@ struct State {
     next: Option<Arc<Generation>>,
     /// Older generations still in the bundle until they expire.
     retired: Vec<Arc<Generation>>,
+    /// The bundle's `spiffe_sequence`: bumped on every change of the bundle, kept across
+    /// restarts, so federated peers can refuse an older bundle.
+    sequence: u64,
 }
 
 /// Parameters of the CA.
@@ -236,6 +239,9 @@ struct StoredKeys {
     next: Option<StoredGeneration>,
     #[serde(default)]
     retired: Vec<StoredGeneration>,
+    /// Absent in files written before federation: starts at 1.
+    #[serde(default)]
+    sequence: u64,
 }
 
 fn random_serial() -> SerialNumber {
@@ -398,12 +404,14 @@ impl Ca {
                         .iter()
                         .map(|g| Generation::load(g, &p).map(Arc::new))
                         .collect::<Result<_, _>>()?,
+                    sequence: stored.sequence.max(1),
                 }
             }
             _ => State {
                 active: Arc::new(Generation::create(&cfg, now)?),
                 next: None,
                 retired: vec![],
+                sequence: 1,
             },
         };
         let ca = Self {
@@ -433,6 +441,7 @@ impl Ca {
                 active: s.active.store(),
                 next: s.next.as_ref().map(|g| g.store()),
                 retired: s.retired.iter().map(|g| g.store()).collect(),
+                sequence: s.sequence,
             }
         };
         let bytes = zeroize::Zeroizing::new(
@@ -484,6 +493,9 @@ impl Ca {
             let before = s.retired.len();
             s.retired.retain(|g| g.x509.not_after > now);
             changed |= s.retired.len() != before;
+            if changed {
+                s.sequence += 1;
+            }
             changed
         };
         if changed {
@@ -509,6 +521,7 @@ impl Ca {
                 expires_at: g.jwt.not_after,
             });
         }
+        b.sequence_number = Some(s.sequence);
         b
     }
 

@@ -52,6 +52,39 @@ pub struct ServerConfig {
     /// `NodeAttestor "k8s_psat"`, if configured. Join tokens are always accepted (as in SPIRE,
     /// where `join_token` is built in).
     pub k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
+    /// `server { federation { ... } }`.
+    pub federation: FederationConfig,
+}
+
+/// SPIRE's `federation` block: the bundle endpoint this server serves, and the trust domains
+/// it federates with (static relationships: they win over ones made through the API).
+#[derive(Debug, Clone, Default)]
+pub struct FederationConfig {
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    pub federates_with: Vec<sigil_federation::Relationship>,
+}
+
+/// `bundle_endpoint { address port refresh_hint profile "..." {} }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    /// `spiffe_refresh_hint` of the served bundle (SPIRE's default: 5 minutes).
+    pub refresh_hint: Duration,
+    pub profile: EndpointProfile,
+}
+
+/// How the bundle endpoint authenticates itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// The server's own X509-SVID (`spiffe://<td>/spire/server`).
+    HttpsSpiffe,
+    /// A Web PKI certificate from files (`serving_cert_file`), re-read when they change.
+    HttpsWeb {
+        cert_file_path: PathBuf,
+        key_file_path: PathBuf,
+        file_sync_interval: Duration,
+    },
 }
 
 /// Command-line overrides (spire-server's flag names).
@@ -90,6 +123,7 @@ struct Raw {
     key_manager: Option<RawKm>,
     health: Option<HealthChecks>,
     k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
+    federation: FederationConfig,
 }
 
 #[derive(Debug)]
@@ -239,6 +273,7 @@ impl ServerConfig {
             key_manager,
             health_checks: raw.health,
             k8s_psat: raw.k8s_psat,
+            federation: raw.federation,
         })
     }
 }
@@ -283,6 +318,9 @@ fn parse_server_block(mut block: Block, raw: &mut Raw) -> Result<(), ConfigError
     raw.jwt_issuer = block.string("jwt_issuer")?;
     raw.log_level = block.string("log_level")?;
     raw.log_format = block.string("log_format")?;
+    if let Some(b) = block.block("federation", "federation block")? {
+        raw.federation = parse_federation(b)?;
+    }
     if let Some(mut b) = block.block("ca_subject", "ca_subject block")? {
         let mut subject = CaSubject::default();
         if let Some(v) = b.strings("country")? {
@@ -298,6 +336,143 @@ fn parse_server_block(mut block: Block, raw: &mut Raw) -> Result<(), ConfigError
         raw.ca_subject = Some(subject);
     }
     block.finish()
+}
+
+/// SPIRE's `federation` block.
+fn parse_federation(mut block: Block) -> Result<FederationConfig, ConfigError> {
+    let mut out = FederationConfig::default();
+    if let Some(mut ep) = block.block("bundle_endpoint", "bundle_endpoint block")? {
+        let address = ep
+            .string("address")?
+            .unwrap_or_else(|| "0.0.0.0".into())
+            .parse()
+            .map_err(|e| invalid("bundle_endpoint address", e))?;
+        let port = match ep.integer("port")? {
+            None => 443,
+            Some(p) => u16::try_from(p).map_err(|e| invalid("bundle_endpoint port", e))?,
+        };
+        let refresh_hint = match ep.duration("refresh_hint")? {
+            None => Duration::from_secs(300),
+            Some(d) if d.is_zero() => {
+                return Err(invalid("refresh_hint", "must be greater than zero"));
+            }
+            Some(d) => d,
+        };
+        if ep.block("acme", "bundle_endpoint acme block")?.is_some() {
+            return Err(acme_refused());
+        }
+        let mut profiles = ep.labelled("profile", "bundle_endpoint profile")?;
+        let profile = match profiles.len() {
+            0 => EndpointProfile::HttpsSpiffe,
+            1 => {
+                let (name, mut body) = profiles.remove(0);
+                match name.as_str() {
+                    "https_spiffe" => {
+                        body.finish()?;
+                        EndpointProfile::HttpsSpiffe
+                    }
+                    "https_web" => {
+                        if body.block("acme", "https_web acme block")?.is_some() {
+                            return Err(acme_refused());
+                        }
+                        let Some(mut files) =
+                            body.block("serving_cert_file", "serving_cert_file block")?
+                        else {
+                            return Err(invalid(
+                                "profile \"https_web\"",
+                                "serving_cert_file is required (ACME is not supported)",
+                            ));
+                        };
+                        let cert = files
+                            .string("cert_file_path")?
+                            .ok_or(ConfigError::Missing("cert_file_path"))?;
+                        let key = files
+                            .string("key_file_path")?
+                            .ok_or(ConfigError::Missing("key_file_path"))?;
+                        let sync = files
+                            .duration("file_sync_interval")?
+                            .unwrap_or(Duration::from_secs(60));
+                        files.finish()?;
+                        body.finish()?;
+                        EndpointProfile::HttpsWeb {
+                            cert_file_path: cert.into(),
+                            key_file_path: key.into(),
+                            file_sync_interval: sync,
+                        }
+                    }
+                    other => {
+                        return Err(invalid(
+                            "bundle_endpoint profile",
+                            format!("unknown profile {other:?} (https_spiffe or https_web)"),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "bundle_endpoint profile",
+                    "only one profile may be set",
+                ));
+            }
+        };
+        ep.finish()?;
+        out.bundle_endpoint = Some(BundleEndpointConfig {
+            address,
+            port,
+            refresh_hint,
+            profile,
+        });
+    }
+    for (td, mut body) in block.labelled("federates_with", "federates_with")? {
+        let trust_domain = TrustDomain::from_id_or_name(&td)
+            .map_err(|e| invalid(&format!("federates_with {td:?}"), e))?;
+        let url = body
+            .string("bundle_endpoint_url")?
+            .ok_or(ConfigError::Missing("bundle_endpoint_url"))?;
+        let url = sigil_federation::EndpointUrl::parse(&url)
+            .map_err(|e| invalid("bundle_endpoint_url", e))?;
+        let mut profiles = body.labelled("bundle_endpoint_profile", "bundle_endpoint_profile")?;
+        if profiles.len() != 1 {
+            return Err(invalid(
+                &format!("federates_with {td:?}"),
+                "exactly one bundle_endpoint_profile (\"https_spiffe\" or \"https_web\") is required",
+            ));
+        }
+        let (name, mut p) = profiles.remove(0);
+        let profile = match name.as_str() {
+            "https_spiffe" => {
+                let id = p
+                    .string("endpoint_spiffe_id")?
+                    .ok_or(ConfigError::Missing("endpoint_spiffe_id"))?;
+                let endpoint_spiffe_id =
+                    id.parse().map_err(|e| invalid("endpoint_spiffe_id", e))?;
+                sigil_federation::Profile::HttpsSpiffe { endpoint_spiffe_id }
+            }
+            "https_web" => sigil_federation::Profile::HttpsWeb,
+            other => {
+                return Err(invalid(
+                    "bundle_endpoint_profile",
+                    format!("unknown profile {other:?} (https_spiffe or https_web)"),
+                ));
+            }
+        };
+        p.finish()?;
+        body.finish()?;
+        out.federates_with.push(sigil_federation::Relationship {
+            trust_domain,
+            url,
+            profile,
+        });
+    }
+    block.finish()?;
+    Ok(out)
+}
+
+fn acme_refused() -> ConfigError {
+    invalid(
+        "acme",
+        "ACME is not supported by Sigil (it cannot reach an ACME CA from here): use profile \"https_web\" { serving_cert_file { cert_file_path key_file_path } } or profile \"https_spiffe\"",
+    )
 }
 
 fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
@@ -450,12 +625,110 @@ health_checks {
         assert_eq!(c.ca_ttl, Duration::from_secs(86400));
     }
 
+    /// SPIRE's federation block (its docs' example), HCL and the Helm chart's JSON form.
+    #[test]
+    fn federation_block_as_spire_writes_it() {
+        let hcl = r#"server {
+  trust_domain = "domain1.test"
+  data_dir = "/x"
+  federation {
+    bundle_endpoint {
+      address = "0.0.0.0"
+      port = 8443
+      refresh_hint = "10m"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = "/certs/cert.pem"
+          key_file_path = "/certs/key.pem"
+          file_sync_interval = "30s"
+        }
+      }
+    }
+    federates_with "domain2.test" {
+      bundle_endpoint_url = "https://domain2.test:8443"
+      bundle_endpoint_profile "https_spiffe" {
+        endpoint_spiffe_id = "spiffe://domain2.test/spire/server"
+      }
+    }
+    federates_with "domain3.test" {
+      bundle_endpoint_url = "https://domain3.test/bundle"
+      bundle_endpoint_profile "https_web" {}
+    }
+  }
+}"#;
+        let c = ServerConfig::from_hcl(hcl, &Overrides::default()).unwrap();
+        let ep = c.federation.bundle_endpoint.as_ref().unwrap();
+        assert_eq!(ep.port, 8443);
+        assert_eq!(ep.refresh_hint, Duration::from_secs(600));
+        assert_eq!(
+            ep.profile,
+            EndpointProfile::HttpsWeb {
+                cert_file_path: "/certs/cert.pem".into(),
+                key_file_path: "/certs/key.pem".into(),
+                file_sync_interval: Duration::from_secs(30),
+            }
+        );
+        let rels = &c.federation.federates_with;
+        assert_eq!(rels.len(), 2);
+        assert_eq!(rels[0].trust_domain.as_str(), "domain2.test");
+        assert_eq!(
+            rels[0].profile,
+            sigil_federation::Profile::HttpsSpiffe {
+                endpoint_spiffe_id: "spiffe://domain2.test/spire/server".parse().unwrap()
+            }
+        );
+        assert_eq!(rels[1].profile, sigil_federation::Profile::HttpsWeb);
+        assert_eq!(rels[1].url.path_and_query(), "/bundle");
+
+        // Defaults: https_spiffe, port 443, a 5 minute hint.
+        let c = ServerConfig::from_hcl(
+            "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n bundle_endpoint {}\n }\n}",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let ep = c.federation.bundle_endpoint.unwrap();
+        assert_eq!((ep.port, ep.refresh_hint.as_secs()), (443, 300));
+        assert_eq!(ep.profile, EndpointProfile::HttpsSpiffe);
+
+        // SPIRE's JSON form (blocks as arrays of objects).
+        let json = r#"{"server": [{"trust_domain": "a", "data_dir": "/x", "federation": [{
+            "bundle_endpoint": [{"address": "127.0.0.1", "port": 8443}],
+            "federates_with": [{"b.test": [{"bundle_endpoint_url": "https://b:8443",
+                "bundle_endpoint_profile": [{"https_spiffe": [{"endpoint_spiffe_id": "spiffe://b.test/spire/server"}]}]}]}]
+        }]}]}"#;
+        let c = ServerConfig::from_hcl(json, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.federation.federates_with[0].trust_domain.as_str(),
+            "b.test"
+        );
+    }
+
     #[test]
     fn unsupported_things_are_named() {
         let cases = [
             (
-                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n }\n}",
-                "unsupported key \"federation\" in server block",
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n bundle_endpoint {\n acme {\n domain_name = \"x\"\n }\n }\n }\n}",
+                "ACME is not supported by Sigil",
+            ),
+            (
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n bundle_endpoint {\n profile \"https_web\" {\n acme {\n }\n }\n }\n }\n}",
+                "ACME is not supported by Sigil",
+            ),
+            (
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n federates_with \"b\" {\n bundle_endpoint_url = \"http://b\"\n bundle_endpoint_profile \"https_web\" {}\n }\n }\n}",
+                "scheme must be https",
+            ),
+            (
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n federates_with \"b\" {\n bundle_endpoint_url = \"https://b\"\n bundle_endpoint_profile \"https_spiffe\" {}\n }\n }\n}",
+                "endpoint_spiffe_id",
+            ),
+            (
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n federates_with \"b\" {\n bundle_endpoint_url = \"https://b\"\n bundle_endpoint_profile \"https_spoofy\" {}\n }\n }\n}",
+                "unknown profile \"https_spoofy\"",
+            ),
+            (
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n bundle_endpoint {\n port = 8443\n spiffe_id = \"x\"\n }\n }\n}",
+                "unsupported key \"spiffe_id\" in bundle_endpoint block",
             ),
             (
                 "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n NodeAttestor \"aws_iid\" {\n plugin_data {\n }\n }\n}",

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod entry;
+pub mod federation;
 pub mod health;
 pub mod run;
 pub mod sync;

@@ -72,6 +72,7 @@ fn bind_admin_socket(path: &Path) -> Result<tokio::net::UnixListener> {
 pub struct Listening {
     pub agent_api: SocketAddr,
     pub health: Option<SocketAddr>,
+    pub bundle_endpoint: Option<SocketAddr>,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -96,10 +97,13 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         ServerIdentity::new(&ca, cfg.default_x509_svid_ttl)
             .map_err(|e| anyhow::anyhow!("issuing the server SVID: {e}"))?,
     );
+    let (federation, bundle_endpoint) =
+        crate::federation::start(&cfg.federation, ca.clone(), identity.clone(), ds.clone()).await?;
     let shared = Shared {
         cfg: cfg.clone(),
         ca: ca.clone(),
         ds: ds.clone(),
+        federation,
     };
     let node_api = NodeApi::new(shared.clone()).context("configuring NodeAttestor \"k8s_psat\"")?;
     if let Some(psat) = &node_api.psat {
@@ -177,12 +181,14 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
     let listening = Listening {
         agent_api: agent_addr,
         health: health_addr,
+        bundle_endpoint,
     };
     tracing::info!(
         trust_domain = cfg.trust_domain.as_str(),
         agent_api = %listening.agent_api,
         admin_socket = %cfg.socket_path.display(),
         health = ?listening.health,
+        bundle_endpoint = ?listening.bundle_endpoint,
         "server listening"
     );
 

@@ -87,6 +87,12 @@ impl ServerIdentity {
 #[derive(Debug)]
 struct Resolver(Arc<ServerIdentity>);
 
+/// The server's current SVID as a rustls certificate source (the agent API, the bundle
+/// endpoint's `https_spiffe` profile).
+pub fn resolver(identity: Arc<ServerIdentity>) -> Arc<dyn ResolvesServerCert> {
+    Arc::new(Resolver(identity))
+}
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(

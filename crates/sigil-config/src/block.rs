@@ -82,6 +82,22 @@ impl Block {
             .transpose()
     }
 
+    /// Labelled blocks (`federates_with "td" { ... }`, `profile "https_web" { ... }`): each
+    /// label with its body, in label order. HCL and JSON both give `{label: {body}}`.
+    pub fn labelled(&mut self, key: &str, what: &str) -> Result<Vec<(String, Block)>, ConfigError> {
+        let Some(v) = self.entries.remove(key) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for object in objects(key, v)? {
+            for (label, body) in object {
+                let named = format!("{what} \"{label}\"");
+                out.push((label, Self::from_value(key, named, body)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// A scalar as text: a string, or a number or boolean as written.
     pub fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
         self.entries

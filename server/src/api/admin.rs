@@ -548,6 +548,74 @@ impl Admin for AdminApi {
         tracing::info!(agent = %id, "agent banned");
         Ok(Response::new(pb::AgentActionResponse {}))
     }
+
+    async fn list_federation_relationships(
+        &self,
+        req: Request<pb::ListFederationRelationshipsRequest>,
+    ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(pb::ListFederationRelationshipsResponse {
+            relationships: self
+                .shared
+                .federation
+                .list()
+                .iter()
+                .map(|(rel, status)| relationship_proto(rel, status))
+                .collect(),
+        }))
+    }
+
+    async fn refresh_bundle(
+        &self,
+        req: Request<pb::RefreshBundleRequest>,
+    ) -> Result<Response<pb::RefreshBundleResponse>, Status> {
+        authorize(&req)?;
+        let td = &req.get_ref().trust_domain;
+        if td.is_empty() {
+            return Err(Status::invalid_argument("trust_domain is required"));
+        }
+        let td = TrustDomain::from_id_or_name(td)
+            .map_err(|e| Status::invalid_argument(format!("invalid trust_domain: {e}")))?;
+        if !self.shared.federation.refresh(&td) {
+            return Err(Status::not_found(format!(
+                "no relationship with trust domain {:?}",
+                td.as_str()
+            )));
+        }
+        Ok(Response::new(pb::RefreshBundleResponse {}))
+    }
+}
+
+fn unix(t: Option<std::time::SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn relationship_proto(
+    rel: &sigil_federation::Relationship,
+    status: &sigil_federation::refresh::Status,
+) -> pb::FederationRelationship {
+    pb::FederationRelationship {
+        trust_domain: rel.trust_domain.as_str().to_string(),
+        bundle_endpoint_url: rel.url.as_str().to_string(),
+        bundle_endpoint_profile: rel.profile.name().to_string(),
+        endpoint_spiffe_id: match &rel.profile {
+            sigil_federation::Profile::HttpsSpiffe { endpoint_spiffe_id } => {
+                endpoint_spiffe_id.to_string()
+            }
+            sigil_federation::Profile::HttpsWeb => String::new(),
+        },
+        last_success: unix(status.last_success),
+        last_error_at: unix(status.last_error.as_ref().map(|e| e.0)),
+        last_error: status
+            .last_error
+            .as_ref()
+            .map(|e| e.1.clone())
+            .unwrap_or_default(),
+        next_attempt: unix(status.next_attempt),
+        bundle_sequence: status.sequence.unwrap_or(0),
+        source: "config".into(),
+    }
 }
 
 fn parse_agent_id(s: &str) -> Result<SpiffeId, Status> {

@@ -14,6 +14,8 @@ pub struct Shared {
     pub cfg: Arc<ServerConfig>,
     pub ca: Arc<Ca>,
     pub ds: DataStore,
+    /// The federation relationships being refreshed (`federation list|show|refresh`).
+    pub federation: sigil_federation::refresh::Refresher,
 }
 
 /// A per-item status in batch responses.
@@ -95,10 +97,29 @@ mod tests {
                 cfg: Arc::new(cfg),
                 ca: Arc::new(ca),
                 ds: ds.clone(),
+                federation: sigil_federation::refresh::Refresher::new(Arc::new(NoStore)),
             },
             psat: None,
         };
         (api, ds)
+    }
+
+    struct NoStore;
+
+    impl sigil_federation::refresh::BundleStore for NoStore {
+        fn get<'a>(
+            &'a self,
+            _: &'a sigil_spiffe::TrustDomain,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Option<sigil_spiffe::Bundle>> + Send + 'a>>
+        {
+            Box::pin(async { None })
+        }
+        fn put(
+            &self,
+            _: sigil_spiffe::Bundle,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
+        }
     }
 
     fn csr() -> Vec<u8> {

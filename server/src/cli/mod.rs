@@ -17,6 +17,7 @@ use crate::config::DEFAULT_SOCKET_PATH;
 mod agent;
 mod bundle;
 mod entry;
+mod federation;
 mod healthcheck;
 mod run;
 mod token;
@@ -31,6 +32,7 @@ Commands:
   token generate      Generates a join token
   bundle show|list|set|delete
   agent list|show|evict|ban
+  federation list|show|refresh
   healthcheck         Determines server health status
 
 Run `sigil-server <command> -h` for the flags of a command.";
@@ -66,7 +68,11 @@ async fn dispatch(args: Vec<String>) -> Result<i32> {
     let (cmd, rest) = match words.as_slice() {
         ["run", ..] => ("run", &args[1..]),
         ["healthcheck", ..] => ("healthcheck", &args[1..]),
-        [group @ ("entry" | "token" | "bundle" | "agent"), verb, ..] if !verb.starts_with('-') => {
+        [
+            group @ ("entry" | "token" | "bundle" | "agent" | "federation"),
+            verb,
+            ..,
+        ] if !verb.starts_with('-') => {
             let name = format!("{group} {verb}");
             return sub(&name, &args[2..]).await;
         }
@@ -98,7 +104,8 @@ fn flags_for(cmd: &str) -> Option<FlagSet> {
         _ => entry::flags(cmd)
             .or_else(|| token::flags(cmd))
             .or_else(|| bundle::flags(cmd))
-            .or_else(|| agent::flags(cmd)),
+            .or_else(|| agent::flags(cmd))
+            .or_else(|| federation::flags(cmd)),
     }
 }
 
@@ -146,6 +153,9 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
         "agent show" => agent::agent_show(&socket, &p, out).await,
         "agent evict" => agent::agent_evict(&socket, &p, out).await,
         "agent ban" => agent::agent_ban(&socket, &p, out).await,
+        "federation list" => federation::federation_list(&socket, out).await,
+        "federation show" => federation::federation_show(&socket, &p, out).await,
+        "federation refresh" => federation::federation_refresh(&socket, &p, out).await,
         other => bail!("unknown command {other:?}"),
     }
 }

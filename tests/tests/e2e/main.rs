@@ -9,6 +9,7 @@ mod cli;
 mod controller;
 mod ebpf;
 mod envoy_sds;
+mod federation;
 mod k8s;
 mod k8s_psat;
 mod lifecycle;

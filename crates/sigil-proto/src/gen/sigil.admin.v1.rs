@@ -122,7 +122,7 @@ pub struct JoinToken {
     pub expires_at: i64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Agent {
     #[prost(string, tag = "1")]
     pub spiffe_id: ::prost::alloc::string::String,
@@ -169,6 +169,54 @@ pub struct AgentIdRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AgentActionResponse {}
+/// A federation relationship and how its bundle refresh is going.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FederationRelationship {
+    #[prost(string, tag = "1")]
+    pub trust_domain: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub bundle_endpoint_url: ::prost::alloc::string::String,
+    /// "https_spiffe" or "https_web".
+    #[prost(string, tag = "3")]
+    pub bundle_endpoint_profile: ::prost::alloc::string::String,
+    /// For https_spiffe.
+    #[prost(string, tag = "4")]
+    pub endpoint_spiffe_id: ::prost::alloc::string::String,
+    /// Unix seconds; 0: never.
+    #[prost(int64, tag = "5")]
+    pub last_success: i64,
+    #[prost(int64, tag = "6")]
+    pub last_error_at: i64,
+    #[prost(string, tag = "7")]
+    pub last_error: ::prost::alloc::string::String,
+    #[prost(int64, tag = "8")]
+    pub next_attempt: i64,
+    /// spiffe_sequence of the bundle last stored from the endpoint (0: none).
+    #[prost(uint64, tag = "9")]
+    pub bundle_sequence: u64,
+    /// Where it comes from: "config" (the server's federates_with).
+    #[prost(string, tag = "10")]
+    pub source: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListFederationRelationshipsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFederationRelationshipsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub relationships: ::prost::alloc::vec::Vec<FederationRelationship>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshBundleRequest {
+    #[prost(string, tag = "1")]
+    pub trust_domain: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshBundleResponse {}
 /// Generated client implementations.
 pub mod admin_client {
     #![allow(
@@ -616,6 +664,59 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("sigil.admin.v1.Admin", "BanAgent"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn list_federation_relationships(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListFederationRelationshipsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFederationRelationshipsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/ListFederationRelationships",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "sigil.admin.v1.Admin",
+                        "ListFederationRelationships",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn refresh_bundle(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshBundleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshBundleResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/RefreshBundle",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "RefreshBundle"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -728,6 +829,20 @@ pub mod admin_server {
             request: tonic::Request<super::AgentIdRequest>,
         ) -> std::result::Result<
             tonic::Response<super::AgentActionResponse>,
+            tonic::Status,
+        >;
+        async fn list_federation_relationships(
+            &self,
+            request: tonic::Request<super::ListFederationRelationshipsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFederationRelationshipsResponse>,
+            tonic::Status,
+        >;
+        async fn refresh_bundle(
+            &self,
+            request: tonic::Request<super::RefreshBundleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshBundleResponse>,
             tonic::Status,
         >;
     }
@@ -1453,6 +1568,100 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = BanAgentSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/ListFederationRelationships" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFederationRelationshipsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<
+                        super::ListFederationRelationshipsRequest,
+                    > for ListFederationRelationshipsSvc<T> {
+                        type Response = super::ListFederationRelationshipsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::ListFederationRelationshipsRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_federation_relationships(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFederationRelationshipsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/RefreshBundle" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshBundleSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RefreshBundleRequest>
+                    for RefreshBundleSvc<T> {
+                        type Response = super::RefreshBundleResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshBundleRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::refresh_bundle(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshBundleSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

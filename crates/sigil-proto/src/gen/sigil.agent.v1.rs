@@ -251,9 +251,10 @@ pub mod node_client {
                 .insert(GrpcMethod::new("sigil.agent.v1.Node", "RenewAgent"));
             self.inner.unary(req, path, codec).await
         }
-        /// Streams the entries the calling agent is authorized for, plus bundles: a full snapshot
-        /// first and again after every change (each snapshot split into chunks; the last chunk of a
-        /// snapshot has `last = true`).
+        /// Streams the entries the calling agent is authorized for, plus bundles: the full set
+        /// first, then a delta each time a committed write changes this agent's authorized set
+        /// (and only then), or a bundle changes. Each message may be split into chunks; the last
+        /// chunk has `last = true`. Opening a new stream is how an agent asks for a resync.
         pub async fn sync_entries(
             &mut self,
             request: impl tonic::IntoRequest<super::SyncEntriesRequest>,
@@ -366,9 +367,10 @@ pub mod node_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams the entries the calling agent is authorized for, plus bundles: a full snapshot
-        /// first and again after every change (each snapshot split into chunks; the last chunk of a
-        /// snapshot has `last = true`).
+        /// Streams the entries the calling agent is authorized for, plus bundles: the full set
+        /// first, then a delta each time a committed write changes this agent's authorized set
+        /// (and only then), or a bundle changes. Each message may be split into chunks; the last
+        /// chunk has `last = true`. Opening a new stream is how an agent asks for a resync.
         async fn sync_entries(
             &self,
             request: tonic::Request<super::SyncEntriesRequest>,

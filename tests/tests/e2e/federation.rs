@@ -1,0 +1,223 @@
+//! Federation (issue 14, the bundle endpoint and configured relationships): two servers on
+//! loopback, each serving its bundle (`https_spiffe`) and federating with the other as SPIRE's
+//! `server.conf` writes it; the bundle endpoint checked with curl; the relationship's state
+//! in `federation show` before and after the bootstrap bundle; and a workload whose entry
+//! federates with the other domain gets that domain's bundle from the Workload API.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use sigil_e2e::envoy::free_port;
+use sigil_e2e::harness::{Agent, CliOutput, Server, TestDir, run, wait_until};
+
+fn config(own_port: u16, other_td: &str, other_port: u16) -> String {
+    format!(
+        r#"server {{
+  federation {{
+    bundle_endpoint {{
+      address = "127.0.0.1"
+      port = {own_port}
+      refresh_hint = "60s"
+      profile "https_spiffe" {{}}
+    }}
+    federates_with "{other_td}" {{
+      bundle_endpoint_url = "https://127.0.0.1:{other_port}"
+      bundle_endpoint_profile "https_spiffe" {{
+        endpoint_spiffe_id = "spiffe://{other_td}/spire/server"
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// `curl -sk -i https://127.0.0.1:<port>/` (an independent HTTP client): headers and body.
+fn curl(port: u16, extra: &[&str]) -> CliOutput {
+    let mut c = Command::new("curl");
+    c.args(["-sk", "-i", "--max-time", "10"])
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{port}/"));
+    run(c, Duration::from_secs(15))
+}
+
+fn show(server: &Server, td: &str) -> Value {
+    server
+        .cli(&["federation", "show", "-trustDomain", td, "-output", "json"])
+        .ok()
+        .json()
+}
+
+/// B's bundle in SPIFFE format, set on A as the bootstrap of the relationship.
+fn bootstrap(from: &Server, to: &Server, dir: &TestDir, td: &str) {
+    let doc = from.cli(&["bundle", "show", "-format", "spiffe"]).ok();
+    let path = dir.path().join(format!("{td}.json"));
+    std::fs::write(&path, doc.stdout.as_bytes()).expect("bundle file");
+    to.cli(&[
+        "bundle",
+        "set",
+        "-format",
+        "spiffe",
+        "-id",
+        &format!("spiffe://{td}"),
+        "-path",
+        path.to_str().expect("utf-8 path"),
+    ])
+    .ok();
+}
+
+#[test]
+fn two_trust_domains_federate_both_ways() {
+    let dir = TestDir::new("federation");
+    let (pa, pb) = (free_port(), free_port());
+    let a =
+        Server::start_with_config_file(&dir.path().join("a"), "a.test", &config(pa, "b.test", pb));
+    let b =
+        Server::start_with_config_file(&dir.path().join("b"), "b.test", &config(pb, "a.test", pa));
+
+    // The bundle endpoint: SPIFFE bundle JSON, application/json, TLS 1.2 or newer only.
+    let out = curl(pa, &[]);
+    assert!(out.success(), "{out}");
+    let (head, body) = out.stdout.split_once("\r\n\r\n").expect("headers and body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let doc: Value = serde_json::from_str(body).expect("bundle JSON");
+    assert_eq!(doc["spiffe_refresh_hint"], 60);
+    assert!(
+        doc["spiffe_sequence"].as_u64().is_some_and(|s| s >= 1),
+        "{doc}"
+    );
+    let keys = doc["keys"].as_array().expect("keys");
+    let x509: Vec<&Value> = keys.iter().filter(|k| k["use"] == "x509-svid").collect();
+    let jwt: Vec<&Value> = keys.iter().filter(|k| k["use"] == "jwt-svid").collect();
+    assert!(!x509.is_empty() && !jwt.is_empty(), "{doc}");
+    assert!(
+        x509.iter()
+            .all(|k| k["x5c"].as_array().is_some_and(|c| c.len() == 1) && k.get("kid").is_none())
+    );
+    assert!(jwt.iter().all(|k| k["kid"].is_string()));
+    assert!(
+        !curl(pa, &["--tls-max", "1.1"]).success(),
+        "TLS 1.1 was accepted"
+    );
+    // The endpoint presents A's server SVID.
+    let cert = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{pa} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+        ))
+        .output()
+        .expect("openssl");
+    assert!(
+        String::from_utf8_lossy(&cert.stdout).contains("URI:spiffe://a.test/spire/server"),
+        "{}",
+        String::from_utf8_lossy(&cert.stdout)
+    );
+
+    // Without a bootstrap bundle the relationship fails, and says why where the operator
+    // looks: `federation show`.
+    let s = wait_until("the failure to be visible", Duration::from_secs(10), || {
+        let s = show(&a, "b.test");
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+            .then_some(s)
+    });
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no bundle of trust domain"),
+        "{s}"
+    );
+    assert_eq!(
+        s["https_spiffe"]["endpoint_spiffe_id"],
+        "spiffe://b.test/spire/server"
+    );
+    let text = a
+        .cli(&["federation", "show", "-trustDomain", "b.test"])
+        .ok();
+    assert!(text.stdout.starts_with("Found a federation relationship with trust domain b.test:\n\nTrust domain              : b.test\nBundle endpoint URL       : https://127.0.0.1:"), "{text}");
+    assert!(text.stdout.contains("Bundle endpoint profile   : https_spiffe\nEndpoint SPIFFE ID        : spiffe://b.test/spire/server\n"), "{text}");
+    assert!(
+        text.stdout.contains("Last refresh              : never"),
+        "{text}"
+    );
+    assert!(
+        text.stdout.contains("Last error                : "),
+        "{text}"
+    );
+
+    // Bootstrap both ways, refresh on demand: each holds the other's bundle as served.
+    bootstrap(&b, &a, &dir, "b.test");
+    bootstrap(&a, &b, &dir, "a.test");
+    let out = a
+        .cli(&["federation", "refresh", "-id", "spiffe://b.test"])
+        .ok();
+    assert_eq!(out.stdout.trim(), "Bundle refreshed");
+    b.cli(&["federation", "refresh", "-id", "spiffe://a.test"])
+        .ok();
+    for (server, td) in [(&a, "b.test"), (&b, "a.test")] {
+        let s = wait_until("a successful refresh", Duration::from_secs(15), || {
+            let s = show(server, td);
+            (s["last_success"].as_i64().unwrap_or(0) > 0 && s["last_error"] == "").then_some(s)
+        });
+        assert!(s["bundle_sequence"].as_u64().unwrap_or(0) >= 1, "{s}");
+        assert!(s["next_attempt"].as_i64().unwrap_or(0) > s["last_success"].as_i64().unwrap_or(0));
+    }
+    let list = a.cli(&["federation", "list"]).ok();
+    assert!(
+        list.stdout
+            .starts_with("Found 1 federation relationship\n\nTrust domain              : b.test\n"),
+        "{list}"
+    );
+    let other = a
+        .cli(&["federation", "refresh", "-id", "spiffe://c.test"])
+        .fails();
+    assert!(
+        other
+            .stderr
+            .contains("there is no federation relationship with trust domain"),
+        "{other}"
+    );
+
+    // The stored bundle is the other side's (its CA, as it serves it).
+    let pem_b = b.cli(&["bundle", "show"]).ok().stdout;
+    let listed = a
+        .cli(&["bundle", "list", "-id", "spiffe://b.test"])
+        .ok()
+        .stdout;
+    assert_eq!(listed.trim(), pem_b.trim(), "A's copy of B's bundle");
+
+    // A workload on A whose entry federates with B gets B's bundle from the Workload API.
+    let node = a.id("/node");
+    let token = a.token(Some(&node));
+    let agent = Agent::start(dir.path(), "agent-a", &a, &token);
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    a.create_entry(
+        &node,
+        &a.id("/workload"),
+        &[&format!("unix:uid:{uid}")],
+        &["-federatesWith", "spiffe://b.test"],
+    );
+    let out = wait_until(
+        "federated bundles on the Workload API",
+        Duration::from_secs(15),
+        || {
+            let out = agent.cli(&["api", "fetch", "x509", "-output", "json"]);
+            (out.success() && out.stdout.contains("spiffe://b.test")).then_some(out)
+        },
+    );
+    let v = out.json();
+    // The DER of B's CA, as B serves it.
+    let fed = v["federated_bundles"]["spiffe://b.test"]
+        .as_str()
+        .expect("B's bundle for the workload");
+    assert!(!fed.is_empty(), "{v}");
+}
