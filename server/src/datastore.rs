@@ -725,6 +725,109 @@ impl DataStore {
         Ok(())
     }
 
+    // --- federation relationships ---
+
+    /// The relationships stored through the admin API, with who made them (`managed_by`).
+    pub async fn list_federation_relationships(
+        &self,
+    ) -> Result<Vec<(sigil_federation::Relationship, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by \
+             FROM federation_relationships ORDER BY trust_domain",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let corrupt =
+            |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let td: String = r.try_get("trust_domain")?;
+            let url: String = r.try_get("bundle_endpoint_url")?;
+            let profile: String = r.try_get("profile")?;
+            let endpoint: String = r.try_get("endpoint_spiffe_id")?;
+            let rel = sigil_federation::Relationship {
+                trust_domain: TrustDomain::from_id_or_name(&td)
+                    .map_err(|e| corrupt("federation_relationships.trust_domain", &e))?,
+                url: sigil_federation::EndpointUrl::parse(&url)
+                    .map_err(|e| corrupt("federation_relationships.bundle_endpoint_url", &e))?,
+                profile: match profile.as_str() {
+                    "https_web" => sigil_federation::Profile::HttpsWeb,
+                    _ => sigil_federation::Profile::HttpsSpiffe {
+                        endpoint_spiffe_id: endpoint.parse().map_err(|e| {
+                            corrupt("federation_relationships.endpoint_spiffe_id", &e)
+                        })?,
+                    },
+                },
+            };
+            out.push((rel, r.try_get("managed_by")?));
+        }
+        Ok(out)
+    }
+
+    /// Inserts (`create`: refused if it exists) or replaces (`!create`: refused if it does
+    /// not) a relationship.
+    pub async fn put_federation_relationship(
+        &self,
+        rel: &sigil_federation::Relationship,
+        managed_by: &str,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        let endpoint = match &rel.profile {
+            sigil_federation::Profile::HttpsSpiffe { endpoint_spiffe_id } => {
+                endpoint_spiffe_id.to_string()
+            }
+            sigil_federation::Profile::HttpsWeb => String::new(),
+        };
+        let res = if create {
+            sqlx::query(
+                "INSERT INTO federation_relationships \
+                 (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by, created_at) \
+                 VALUES (?,?,?,?,?,?)",
+            )
+            .bind(rel.trust_domain.as_str())
+            .bind(rel.url.as_str())
+            .bind(rel.profile.name())
+            .bind(&endpoint)
+            .bind(managed_by)
+            .bind(crate::now_unix())
+            .execute(&self.pool)
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE federation_relationships SET bundle_endpoint_url=?, profile=?, endpoint_spiffe_id=? \
+                 WHERE trust_domain=?",
+            )
+            .bind(rel.url.as_str())
+            .bind(rel.profile.name())
+            .bind(&endpoint)
+            .bind(rel.trust_domain.as_str())
+            .execute(&self.pool)
+            .await
+        };
+        match res {
+            Ok(r) if !create && r.rows_affected() == 0 => {
+                Err(StoreError::NotFound(rel.trust_domain.as_str().to_string()))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a stored relationship; whether there was one.
+    pub async fn delete_federation_relationship(
+        &self,
+        td: &TrustDomain,
+    ) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = ?")
+            .bind(td.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     // --- federated bundles ---
 
     pub async fn set_federated_bundle(&self, b: &Bundle) -> Result<(), StoreError> {

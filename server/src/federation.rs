@@ -44,6 +44,10 @@ impl BundleStore for DsStore {
 
     fn put(&self, bundle: Bundle) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
+            // An unchanged bundle is not written: every write is pushed to every agent.
+            if self.get(&bundle.trust_domain).await.as_ref() == Some(&bundle) {
+                return Ok(());
+            }
             self.ds
                 .set_federated_bundle(&bundle)
                 .await
@@ -52,14 +56,174 @@ impl BundleStore for DsStore {
     }
 }
 
-/// Starts the bundle endpoint (if configured) and the refresh of every configured
-/// relationship. Returns the refresher (for the admin API) and the endpoint's address.
+/// Where a relationship comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The server's `federates_with`: wins over a stored one for the same trust domain.
+    Config,
+    /// The admin API (`federation create`, sigil-controller).
+    Api,
+}
+
+/// Why a relationship change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation relationship with trust domain {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("federation relationship with trust domain {0:?} does not exist")]
+    NotFound(String),
+    #[error("trust domain {0:?} is the server's own trust domain")]
+    OwnTrustDomain(String),
+    #[error("{0}")]
+    Store(#[from] crate::datastore::StoreError),
+}
+
+/// The relationships in effect (configured ones win over stored ones) and their refresh.
+#[derive(Clone)]
+pub struct Federation {
+    refresher: Refresher,
+    configured: Arc<Vec<sigil_federation::Relationship>>,
+    ds: DataStore,
+    own: TrustDomain,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation")
+            .field("configured", &self.configured.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Federation ===
+
+impl Federation {
+    /// No relationships (tests).
+    pub fn empty(ds: DataStore, ca: Arc<Ca>) -> Self {
+        Self {
+            refresher: Refresher::new(Arc::new(DsStore {
+                ds: ds.clone(),
+                ca: ca.clone(),
+            })),
+            configured: Arc::new(Vec::new()),
+            own: ca.trust_domain().clone(),
+            ds,
+        }
+    }
+
+    fn is_configured(&self, td: &TrustDomain) -> bool {
+        self.configured.iter().any(|r| &r.trust_domain == td)
+    }
+
+    pub fn refresher(&self) -> &Refresher {
+        &self.refresher
+    }
+
+    /// Every relationship in effect, with its status, source and `managed_by`.
+    pub async fn list(
+        &self,
+    ) -> Result<
+        Vec<(
+            sigil_federation::Relationship,
+            sigil_federation::refresh::Status,
+            Source,
+            String,
+        )>,
+        FederationError,
+    > {
+        let stored = self.ds.list_federation_relationships().await?;
+        let mut out = Vec::new();
+        for (rel, status) in self.refresher.list() {
+            let (source, managed_by) = if self.is_configured(&rel.trust_domain) {
+                (Source::Config, String::new())
+            } else {
+                let m = stored
+                    .iter()
+                    .find(|(r, _)| r.trust_domain == rel.trust_domain)
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                (Source::Api, m)
+            };
+            out.push((rel, status, source, managed_by));
+        }
+        Ok(out)
+    }
+
+    /// Stores a new relationship (with its bootstrap bundle) and starts refreshing it, unless
+    /// the configuration has one for that trust domain (which stays in effect).
+    pub async fn create(
+        &self,
+        rel: sigil_federation::Relationship,
+        managed_by: &str,
+        bootstrap: Option<Bundle>,
+    ) -> Result<(), FederationError> {
+        if rel.trust_domain == self.own {
+            return Err(FederationError::OwnTrustDomain(
+                rel.trust_domain.as_str().to_string(),
+            ));
+        }
+        self.ds
+            .put_federation_relationship(&rel, managed_by, true)
+            .await
+            .map_err(|e| match e {
+                crate::datastore::StoreError::AlreadyExists => {
+                    FederationError::AlreadyExists(rel.trust_domain.as_str().to_string())
+                }
+                e => e.into(),
+            })?;
+        if let Some(b) = bootstrap {
+            self.ds.set_federated_bundle(&b).await?;
+        }
+        if !self.is_configured(&rel.trust_domain) {
+            self.refresher.set(rel);
+        }
+        Ok(())
+    }
+
+    /// Replaces a stored relationship; a changed one is fetched at once.
+    pub async fn update(
+        &self,
+        rel: sigil_federation::Relationship,
+        bootstrap: Option<Bundle>,
+    ) -> Result<(), FederationError> {
+        self.ds
+            .put_federation_relationship(&rel, "", false)
+            .await
+            .map_err(|e| match e {
+                crate::datastore::StoreError::NotFound(_) => {
+                    FederationError::NotFound(rel.trust_domain.as_str().to_string())
+                }
+                e => e.into(),
+            })?;
+        if let Some(b) = bootstrap {
+            self.ds.set_federated_bundle(&b).await?;
+        }
+        if !self.is_configured(&rel.trust_domain) {
+            self.refresher.set(rel);
+        }
+        Ok(())
+    }
+
+    /// Deletes a stored relationship (its bundle stays, as in SPIRE).
+    pub async fn delete(&self, td: &TrustDomain) -> Result<(), FederationError> {
+        if !self.ds.delete_federation_relationship(td).await? {
+            return Err(FederationError::NotFound(td.as_str().to_string()));
+        }
+        if !self.is_configured(td) {
+            self.refresher.remove(td);
+        }
+        Ok(())
+    }
+}
+
+/// Starts the bundle endpoint (if configured) and the refresh of every relationship, configured
+/// or stored. Returns the relationships' manager (for the admin API) and the endpoint's address.
 pub async fn start(
     cfg: &FederationConfig,
     ca: Arc<Ca>,
     identity: Arc<ServerIdentity>,
     ds: DataStore,
-) -> Result<(Refresher, Option<std::net::SocketAddr>)> {
+) -> Result<(Federation, Option<std::net::SocketAddr>)> {
     let mut endpoint_addr = None;
     if let Some(ep) = &cfg.bundle_endpoint {
         let cert: Arc<dyn rustls::server::ResolvesServerCert> = match &ep.profile {
@@ -89,10 +253,37 @@ pub async fn start(
         tokio::spawn(serve(listener, acceptor(cert), document));
         tracing::info!(address = ?endpoint_addr, profile = ?ep.profile, "serving the bundle endpoint");
     }
-    let refresher = Refresher::new(Arc::new(DsStore { ds, ca }));
+    let own = ca.trust_domain().clone();
+    let refresher = Refresher::new(Arc::new(DsStore { ds: ds.clone(), ca }));
     for rel in &cfg.federates_with {
-        tracing::info!(trust_domain = rel.trust_domain.as_str(), url = %rel.url, profile = rel.profile.name(), "federating");
+        tracing::info!(trust_domain = rel.trust_domain.as_str(), url = %rel.url, profile = rel.profile.name(), "federating (config)");
         refresher.set(rel.clone());
     }
-    Ok((refresher, endpoint_addr))
+    let stored = ds
+        .list_federation_relationships()
+        .await
+        .context("reading federation relationships")?;
+    for (rel, _) in stored {
+        if cfg
+            .federates_with
+            .iter()
+            .any(|c| c.trust_domain == rel.trust_domain)
+        {
+            tracing::info!(
+                trust_domain = rel.trust_domain.as_str(),
+                "stored federation relationship overridden by the configuration"
+            );
+            continue;
+        }
+        refresher.set(rel);
+    }
+    Ok((
+        Federation {
+            refresher,
+            configured: Arc::new(cfg.federates_with.clone()),
+            ds,
+            own,
+        },
+        endpoint_addr,
+    ))
 }

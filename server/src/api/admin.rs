@@ -554,14 +554,98 @@ impl Admin for AdminApi {
         req: Request<pb::ListFederationRelationshipsRequest>,
     ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
         authorize(&req)?;
+        let list = self
+            .shared
+            .federation
+            .list()
+            .await
+            .map_err(|e| super::internal("listing federation relationships", &e))?;
         Ok(Response::new(pb::ListFederationRelationshipsResponse {
-            relationships: self
-                .shared
-                .federation
-                .list()
+            relationships: list
                 .iter()
-                .map(|(rel, status)| relationship_proto(rel, status))
+                .map(|(rel, status, source, managed_by)| {
+                    relationship_proto(rel, status, *source, managed_by)
+                })
                 .collect(),
+        }))
+    }
+
+    async fn batch_create_federation_relationship(
+        &self,
+        req: Request<pb::BatchFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
+        authorize(&req)?;
+        let mut results = Vec::new();
+        for r in req.into_inner().relationships {
+            let res = match relationship_from_proto(&r) {
+                Ok((rel, bundle)) => self
+                    .shared
+                    .federation
+                    .create(rel, &r.managed_by, bundle)
+                    .await
+                    .map_err(federation_status),
+                Err(s) => Err(s),
+            };
+            results.push(federation_result(&r, res));
+        }
+        Ok(Response::new(pb::BatchFederationRelationshipResponse {
+            results,
+        }))
+    }
+
+    async fn batch_update_federation_relationship(
+        &self,
+        req: Request<pb::BatchFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
+        authorize(&req)?;
+        let mut results = Vec::new();
+        for r in req.into_inner().relationships {
+            let res = match relationship_from_proto(&r) {
+                Ok((rel, bundle)) => self
+                    .shared
+                    .federation
+                    .update(rel, bundle)
+                    .await
+                    .map_err(federation_status),
+                Err(s) => Err(s),
+            };
+            results.push(federation_result(&r, res));
+        }
+        Ok(Response::new(pb::BatchFederationRelationshipResponse {
+            results,
+        }))
+    }
+
+    async fn batch_delete_federation_relationship(
+        &self,
+        req: Request<pb::BatchDeleteFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
+        authorize(&req)?;
+        let mut results = Vec::new();
+        for td in req.into_inner().trust_domains {
+            let res = match TrustDomain::from_id_or_name(&td) {
+                Ok(t) => self
+                    .shared
+                    .federation
+                    .delete(&t)
+                    .await
+                    .map_err(federation_status),
+                Err(e) => Err(Status::invalid_argument(format!(
+                    "failed to parse trust domain: {e}"
+                ))),
+            };
+            let status = match &res {
+                Ok(()) => entry_status(Code::Ok, String::new()),
+                Err(s) => entry_status(s.code(), s.message().to_string()),
+            };
+            results.push(pb::FederationRelationshipResult {
+                status: Some(status),
+                relationship: None,
+                trust_domain: td,
+            });
+        }
+        Ok(Response::new(pb::BatchFederationRelationshipResponse {
+            results,
         }))
     }
 
@@ -576,7 +660,7 @@ impl Admin for AdminApi {
         }
         let td = TrustDomain::from_id_or_name(td)
             .map_err(|e| Status::invalid_argument(format!("invalid trust_domain: {e}")))?;
-        if !self.shared.federation.refresh(&td) {
+        if !self.shared.federation.refresher().refresh(&td) {
             return Err(Status::not_found(format!(
                 "no relationship with trust domain {:?}",
                 td.as_str()
@@ -594,6 +678,8 @@ fn unix(t: Option<std::time::SystemTime>) -> i64 {
 fn relationship_proto(
     rel: &sigil_federation::Relationship,
     status: &sigil_federation::refresh::Status,
+    source: crate::federation::Source,
+    managed_by: &str,
 ) -> pb::FederationRelationship {
     pb::FederationRelationship {
         trust_domain: rel.trust_domain.as_str().to_string(),
@@ -614,7 +700,81 @@ fn relationship_proto(
             .unwrap_or_default(),
         next_attempt: unix(status.next_attempt),
         bundle_sequence: status.sequence.unwrap_or(0),
-        source: "config".into(),
+        source: match source {
+            crate::federation::Source::Config => "config",
+            crate::federation::Source::Api => "api",
+        }
+        .into(),
+        trust_domain_bundle: None,
+        managed_by: managed_by.to_string(),
+    }
+}
+
+/// A relationship from the wire, checked as SPIRE's trust domain API checks it, and its
+/// bootstrap bundle (of the endpoint ID's trust domain for https_spiffe).
+fn relationship_from_proto(
+    r: &pb::FederationRelationship,
+) -> Result<(sigil_federation::Relationship, Option<Bundle>), Status> {
+    let trust_domain = TrustDomain::from_id_or_name(&r.trust_domain)
+        .map_err(|e| Status::invalid_argument(format!("failed to parse trust domain: {e}")))?;
+    let url = sigil_federation::EndpointUrl::parse(&r.bundle_endpoint_url).map_err(|e| {
+        Status::invalid_argument(format!("failed to parse bundle endpoint URL: {e}"))
+    })?;
+    let profile = match r.bundle_endpoint_profile.as_str() {
+        "https_web" => sigil_federation::Profile::HttpsWeb,
+        "https_spiffe" => sigil_federation::Profile::HttpsSpiffe {
+            endpoint_spiffe_id: r.endpoint_spiffe_id.parse().map_err(
+                |e: sigil_spiffe::IdError| {
+                    Status::invalid_argument(format!("failed to parse endpoint SPIFFE ID: {e}"))
+                },
+            )?,
+        },
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown bundle endpoint profile type: {other:?}"
+            )));
+        }
+    };
+    let bundle = r
+        .trust_domain_bundle
+        .as_ref()
+        .map(bundle_from_proto)
+        .transpose()?;
+    Ok((
+        sigil_federation::Relationship {
+            trust_domain,
+            url,
+            profile,
+        },
+        bundle,
+    ))
+}
+
+fn federation_status(e: crate::federation::FederationError) -> Status {
+    use crate::federation::FederationError as E;
+    match e {
+        E::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::OwnTrustDomain(_) => Status::invalid_argument(e.to_string()),
+        E::Store(s) => super::internal("storing the federation relationship", &s),
+    }
+}
+
+fn federation_result(
+    r: &pb::FederationRelationship,
+    res: Result<(), Status>,
+) -> pb::FederationRelationshipResult {
+    let status = match &res {
+        Ok(()) => entry_status(Code::Ok, String::new()),
+        Err(s) => entry_status(s.code(), s.message().to_string()),
+    };
+    pb::FederationRelationshipResult {
+        status: Some(status),
+        relationship: Some(pb::FederationRelationship {
+            trust_domain_bundle: None,
+            ..r.clone()
+        }),
+        trust_domain: r.trust_domain.clone(),
     }
 }
 

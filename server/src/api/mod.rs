@@ -14,8 +14,8 @@ pub struct Shared {
     pub cfg: Arc<ServerConfig>,
     pub ca: Arc<Ca>,
     pub ds: DataStore,
-    /// The federation relationships being refreshed (`federation list|show|refresh`).
-    pub federation: sigil_federation::refresh::Refresher,
+    /// The federation relationships in effect and their refresh (`federation ...`).
+    pub federation: crate::federation::Federation,
 }
 
 /// A per-item status in batch responses.
@@ -92,34 +92,17 @@ mod tests {
             jwt_issuer: None,
         })
         .unwrap();
+        let ca = Arc::new(ca);
         let api = node::NodeApi {
             shared: Shared {
                 cfg: Arc::new(cfg),
-                ca: Arc::new(ca),
+                ca: ca.clone(),
                 ds: ds.clone(),
-                federation: sigil_federation::refresh::Refresher::new(Arc::new(NoStore)),
+                federation: crate::federation::Federation::empty(ds.clone(), ca),
             },
             psat: None,
         };
         (api, ds)
-    }
-
-    struct NoStore;
-
-    impl sigil_federation::refresh::BundleStore for NoStore {
-        fn get<'a>(
-            &'a self,
-            _: &'a sigil_spiffe::TrustDomain,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Option<sigil_spiffe::Bundle>> + Send + 'a>>
-        {
-            Box::pin(async { None })
-        }
-        fn put(
-            &self,
-            _: sigil_spiffe::Bundle,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-            Box::pin(async { Ok(()) })
-        }
     }
 
     fn csr() -> Vec<u8> {

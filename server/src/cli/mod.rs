@@ -32,7 +32,7 @@ Commands:
   token generate      Generates a join token
   bundle show|list|set|delete
   agent list|show|evict|ban
-  federation list|show|refresh
+  federation create|update|delete|list|show|refresh
   healthcheck         Determines server health status
 
 Run `sigil-server <command> -h` for the flags of a command.";
@@ -156,6 +156,9 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
         "federation list" => federation::federation_list(&socket, out).await,
         "federation show" => federation::federation_show(&socket, &p, out).await,
         "federation refresh" => federation::federation_refresh(&socket, &p, out).await,
+        "federation create" => federation::federation_create(&socket, &p, out).await,
+        "federation update" => federation::federation_update(&socket, &p, out).await,
+        "federation delete" => federation::federation_delete(&socket, &p, out).await,
         other => bail!("unknown command {other:?}"),
     }
 }
@@ -198,4 +201,9 @@ impl Out {
 /// Base64 helper used by `-output json` consumers of DER blobs.
 pub fn b64(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// A gRPC status code as Go's `codes.Code` prints it (`AlreadyExists`, `NotFound`, ...).
+fn code_name(code: i32) -> String {
+    format!("{:?}", tonic::Code::from(code))
 }

@@ -171,7 +171,7 @@ pub struct AgentIdRequest {
 pub struct AgentActionResponse {}
 /// A federation relationship and how its bundle refresh is going.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FederationRelationship {
     #[prost(string, tag = "1")]
     pub trust_domain: ::prost::alloc::string::String,
@@ -195,9 +195,43 @@ pub struct FederationRelationship {
     /// spiffe_sequence of the bundle last stored from the endpoint (0: none).
     #[prost(uint64, tag = "9")]
     pub bundle_sequence: u64,
-    /// Where it comes from: "config" (the server's federates_with).
+    /// Where it comes from: "config" (the server's federates_with, which wins) or "api".
     #[prost(string, tag = "10")]
     pub source: ::prost::alloc::string::String,
+    /// On create: a bootstrap bundle for the endpoint's trust domain (`-trustDomainBundlePath`).
+    #[prost(message, optional, tag = "11")]
+    pub trust_domain_bundle: ::core::option::Option<super::super::types::v1::Bundle>,
+    /// Who made it (set on create; sigil-controller records its own).
+    #[prost(string, tag = "12")]
+    pub managed_by: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BatchFederationRelationshipRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub relationships: ::prost::alloc::vec::Vec<FederationRelationship>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BatchDeleteFederationRelationshipRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub trust_domains: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FederationRelationshipResult {
+    #[prost(message, optional, tag = "1")]
+    pub status: ::core::option::Option<super::super::types::v1::Status>,
+    #[prost(message, optional, tag = "2")]
+    pub relationship: ::core::option::Option<FederationRelationship>,
+    #[prost(string, tag = "3")]
+    pub trust_domain: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BatchFederationRelationshipResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<FederationRelationshipResult>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -717,6 +751,95 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("sigil.admin.v1.Admin", "RefreshBundle"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn batch_create_federation_relationship(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BatchFederationRelationshipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/BatchCreateFederationRelationship",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "sigil.admin.v1.Admin",
+                        "BatchCreateFederationRelationship",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn batch_update_federation_relationship(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BatchFederationRelationshipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/BatchUpdateFederationRelationship",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "sigil.admin.v1.Admin",
+                        "BatchUpdateFederationRelationship",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn batch_delete_federation_relationship(
+            &mut self,
+            request: impl tonic::IntoRequest<
+                super::BatchDeleteFederationRelationshipRequest,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/BatchDeleteFederationRelationship",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "sigil.admin.v1.Admin",
+                        "BatchDeleteFederationRelationship",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -843,6 +966,27 @@ pub mod admin_server {
             request: tonic::Request<super::RefreshBundleRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RefreshBundleResponse>,
+            tonic::Status,
+        >;
+        async fn batch_create_federation_relationship(
+            &self,
+            request: tonic::Request<super::BatchFederationRelationshipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        >;
+        async fn batch_update_federation_relationship(
+            &self,
+            request: tonic::Request<super::BatchFederationRelationshipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        >;
+        async fn batch_delete_federation_relationship(
+            &self,
+            request: tonic::Request<super::BatchDeleteFederationRelationshipRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BatchFederationRelationshipResponse>,
             tonic::Status,
         >;
     }
@@ -1662,6 +1806,162 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RefreshBundleSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/BatchCreateFederationRelationship" => {
+                    #[allow(non_camel_case_types)]
+                    struct BatchCreateFederationRelationshipSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<
+                        super::BatchFederationRelationshipRequest,
+                    > for BatchCreateFederationRelationshipSvc<T> {
+                        type Response = super::BatchFederationRelationshipResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::BatchFederationRelationshipRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::batch_create_federation_relationship(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BatchCreateFederationRelationshipSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/BatchUpdateFederationRelationship" => {
+                    #[allow(non_camel_case_types)]
+                    struct BatchUpdateFederationRelationshipSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<
+                        super::BatchFederationRelationshipRequest,
+                    > for BatchUpdateFederationRelationshipSvc<T> {
+                        type Response = super::BatchFederationRelationshipResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::BatchFederationRelationshipRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::batch_update_federation_relationship(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BatchUpdateFederationRelationshipSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/BatchDeleteFederationRelationship" => {
+                    #[allow(non_camel_case_types)]
+                    struct BatchDeleteFederationRelationshipSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<
+                        super::BatchDeleteFederationRelationshipRequest,
+                    > for BatchDeleteFederationRelationshipSvc<T> {
+                        type Response = super::BatchFederationRelationshipResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::BatchDeleteFederationRelationshipRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::batch_delete_federation_relationship(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BatchDeleteFederationRelationshipSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
