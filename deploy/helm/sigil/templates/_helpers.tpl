@@ -1,0 +1,153 @@
+{{/*
+Names. With release `spire` the objects are named as SPIRE's chart names them (spire-server,
+spire-agent, spire-spiffe-csi-driver), so commands from SPIRE guides (`kubectl rollout status
+statefulset spire-server`, `kubectl logs daemonset/spire-agent`) work unchanged.
+*/}}
+{{- define "sigil.name" -}}
+{{- $release := .root.Release.Name -}}
+{{- if hasSuffix (printf "-%s" .component) $release -}}
+{{- $release | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" $release .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sigil.server.fullname" -}}{{ include "sigil.name" (dict "root" . "component" "server") }}{{- end -}}
+{{- define "sigil.agent.fullname" -}}{{ include "sigil.name" (dict "root" . "component" "agent") }}{{- end -}}
+{{- define "sigil.controller.fullname" -}}{{ include "sigil.name" (dict "root" . "component" "controller-manager") }}{{- end -}}
+{{- define "sigil.csi.fullname" -}}{{ include "sigil.name" (dict "root" . "component" "spiffe-csi-driver") }}{{- end -}}
+
+{{- define "sigil.server.serviceAccountName" -}}
+{{- default (include "sigil.server.fullname" .) (index .Values "spire-server").serviceAccount.name -}}
+{{- end -}}
+{{- define "sigil.agent.serviceAccountName" -}}
+{{- default (include "sigil.agent.fullname" .) (index .Values "spire-agent").serviceAccount.name -}}
+{{- end -}}
+
+{{/* Labels: the recommended ones, plus `app` (older SPIRE guides select `app=spire-server`). */}}
+{{- define "sigil.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: sigil
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "sigil.selectorLabels" . }}
+{{- end -}}
+
+{{- define "sigil.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{/* The trust domain: global.spire.trustDomain, else global.trustDomain (older charts). */}}
+{{- define "sigil.trustDomain" -}}
+{{- $g := .Values.global -}}
+{{- coalesce (dig "spire" "trustDomain" "" $g) (dig "trustDomain" "" $g) "example.org" -}}
+{{- end -}}
+
+{{/* The cluster name: global.spire.clusterName, else global.clusterName. */}}
+{{- define "sigil.clusterName" -}}
+{{- $g := .Values.global -}}
+{{- coalesce (dig "spire" "clusterName" "" $g) (dig "clusterName" "" $g) "example-cluster" -}}
+{{- end -}}
+
+{{- define "sigil.jwtIssuer" -}}
+{{- coalesce (dig "spire" "jwtIssuer" "" .Values.global) (index .Values "spire-server").jwtIssuer | default "" -}}
+{{- end -}}
+
+{{/* The controller runs when both the chart's and the older charts' switches allow it. */}}
+{{- define "sigil.controller.enabled" -}}
+{{- $server := index .Values "spire-server" -}}
+{{- if and $server.enabled $server.controllerManager.enabled (index .Values "spire-controller-manager").enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "sigil.controller.className" -}}
+{{- default (printf "%s-%s" .Release.Namespace .Release.Name) (index .Values "spire-server").controllerManager.className -}}
+{{- end -}}
+
+{{/*
+An image reference. `image` is the component's image values, `defaults` Sigil's top-level
+`image` (nil for third-party images). global.spire.image.registry overrides every registry.
+*/}}
+{{- define "sigil.image" -}}
+{{- $registry := coalesce (dig "spire" "image" "registry" "" .root.Values.global) .image.registry (dig "registry" "" (default (dict) .defaults)) | default "" -}}
+{{- $tag := coalesce .image.tag (dig "tag" "" (default (dict) .defaults)) .root.Chart.AppVersion -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%s" $registry .image.repository (toString $tag) -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (toString $tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sigil.pullPolicy" -}}
+{{- coalesce .image.pullPolicy (dig "pullPolicy" "" (default (dict) .defaults)) "IfNotPresent" -}}
+{{- end -}}
+
+{{/* Where the server's admin socket lives: an emptyDir at /tmp/spire-server shared with the
+controller; the server creates private/ in it with mode 0700 (it refuses a world-writable
+socket directory, which an emptyDir's root is). The path is SPIRE's chart's. */}}
+{{- define "sigil.server.socketDir" -}}/tmp/spire-server{{- end -}}
+{{- define "sigil.server.socketPath" -}}/tmp/spire-server/private/api.sock{{- end -}}
+
+{{/* The agent's socket directory inside its container (SPIRE's chart's path). */}}
+{{- define "sigil.agent.socketDir" -}}/tmp/spire-agent/public{{- end -}}
+{{- define "sigil.agent.socketPath" -}}{{ include "sigil.agent.socketDir" . }}/{{ base (index .Values "spire-agent").socketPath }}{{- end -}}
+
+{{- define "sigil.agent.serverAddress" -}}
+{{- $agent := index .Values "spire-agent" -}}
+{{- default (printf "%s.%s" (include "sigil.server.fullname" .) .Release.Namespace) $agent.server.address -}}
+{{- end -}}
+
+{{- define "sigil.agent.serverPort" -}}
+{{- $agent := index .Values "spire-agent" -}}
+{{- if $agent.server.port -}}{{ $agent.server.port }}{{- else -}}{{ (index .Values "spire-server").service.port }}{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap holding the agents' bootstrap bundle, if any. */}}
+{{- define "sigil.agent.bundleConfigMap" -}}
+{{- coalesce (dig "spire" "bundleConfigMap" "" .Values.global) (index .Values "spire-agent").bundleConfigMap | default "" -}}
+{{- end -}}
+
+{{/* Capabilities the agent gets (see deploy/helm/README.md, "Attestation tiers"). */}}
+{{- define "sigil.agent.capabilities" -}}
+{{- $agent := index .Values "spire-agent" -}}
+{{- $caps := list -}}
+{{- if $agent.attestation.ebpf -}}
+{{- $caps = concat $caps (list "BPF" "PERFMON" "SYS_ADMIN" "SYS_PTRACE") -}}
+{{- else if and $agent.workloadAttestors.unix.enabled $agent.workloadAttestors.unix.discoverWorkloadPath -}}
+{{- $caps = append $caps "SYS_PTRACE" -}}
+{{- end -}}
+{{- toJson $caps -}}
+{{- end -}}
+
+{{- define "sigil.checks" -}}
+{{- $server := index .Values "spire-server" -}}
+{{- $agent := index .Values "spire-agent" -}}
+{{- if .Values.global.spire.strictMode -}}
+{{- if eq (include "sigil.trustDomain" .) "example.org" -}}{{- fail "global.spire.strictMode: set global.spire.trustDomain (it is still example.org)" -}}{{- end -}}
+{{- if eq (include "sigil.clusterName" .) "example-cluster" -}}{{- fail "global.spire.strictMode: set global.spire.clusterName (it is still example-cluster)" -}}{{- end -}}
+{{- end -}}
+{{- if ne $server.dataStore.sql.databaseType "sqlite3" -}}
+{{- fail (printf "spire-server.dataStore.sql.databaseType %q: Sigil supports sqlite3 for now (PostgreSQL arrives with the high-availability datastore)" $server.dataStore.sql.databaseType) -}}
+{{- end -}}
+{{- if gt (int $server.replicaCount) 1 -}}
+{{- fail (printf "spire-server.replicaCount %d: several servers need a shared datastore (PostgreSQL), which Sigil does not have yet; with sqlite3 the server runs as one replica" (int $server.replicaCount)) -}}
+{{- end -}}
+{{- if $server.controllerManager.reconcile.clusterFederatedTrustDomains -}}
+{{- fail "spire-server.controllerManager.reconcile.clusterFederatedTrustDomains: Sigil does not federate yet (no ClusterFederatedTrustDomain); leave it false" -}}
+{{- end -}}
+{{- if $agent.trustBundleURL -}}
+{{- fail "spire-agent.trustBundleURL: sigil-agent has no trust_bundle_url; use spire-agent.bundleConfigMap or spire-agent.trustBundleHostPath" -}}
+{{- end -}}
+{{- if and $agent.enabled (not $agent.nodeAttestor.k8sPSAT.enabled) -}}
+{{- fail "spire-agent.nodeAttestor.k8sPSAT.enabled: the chart's agents attest with k8s_psat (join tokens are single-use, no fit for a DaemonSet)" -}}
+{{- end -}}
+{{- if and $agent.enabled (not (or $agent.workloadAttestors.k8s.enabled $agent.workloadAttestors.unix.enabled)) -}}
+{{- fail "spire-agent.workloadAttestors: enable k8s, unix or both" -}}
+{{- end -}}
+{{- if and $agent.attestation.lsm (not $agent.attestation.ebpf) -}}
+{{- fail "spire-agent.attestation.lsm needs spire-agent.attestation.ebpf (the lsm tier is an eBPF program)" -}}
+{{- end -}}
+{{- if and (has $agent.attestation.tier (list "lsm" "fentry" "tp_btf")) (not $agent.attestation.ebpf) -}}
+{{- fail (printf "spire-agent.attestation.tier %s is an eBPF tier: it needs spire-agent.attestation.ebpf" $agent.attestation.tier) -}}
+{{- end -}}
+{{- end -}}
