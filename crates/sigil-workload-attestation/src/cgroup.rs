@@ -132,9 +132,11 @@ pub(crate) fn parse_kubepods(path: &str) -> Option<PodRef> {
     let mut parts = path.split('/').filter(|p| !p.is_empty());
     // Nothing before "kubepods" counts: a path that merely contains "pod..." elsewhere is not a
     // pod.
-    parts
-        .by_ref()
-        .find(|p| *p == "kubepods" || *p == "kubepods.slice")?;
+    // A kubelet with `cgroupRoot` set (kind: `/kubelet`) names the systemd slice
+    // `<root>-kubepods.slice` under `<root>.slice`.
+    parts.by_ref().find(|p| {
+        *p == "kubepods" || *p == "kubepods.slice" || p.ends_with("-kubepods.slice")
+    })?;
     let mut pod_uid = None;
     let mut container_id = None;
     for part in parts {
@@ -221,6 +223,15 @@ mod tests {
         // CRI-O's conmon is not a container.
         let path = format!("/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{CID}.scope");
         assert_eq!(pod(&path), Some((UID.into(), None)));
+        // A kubelet with `cgroupRoot: /kubelet` (kind's nodes).
+        let path = format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope"
+        );
+        assert_eq!(pod(&path), Some((UID.into(), Some(CID.into()))));
+        let path = format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{u}.slice/cri-containerd-{CID}.scope"
+        );
+        assert_eq!(pod(&path), Some((UID.into(), Some(CID.into()))));
     }
 
     #[test]
@@ -240,6 +251,7 @@ mod tests {
     fn not_pods() {
         assert_eq!(pod("/user.slice/user-0.slice/session-1.scope"), None);
         assert_eq!(pod("/system.slice/containerd.service"), None);
+        assert_eq!(pod("/system.slice/not-kubepods.service/x"), None);
         assert_eq!(pod(&format!("/pod{UID}/{CID}")), None, "no kubepods root");
         assert_eq!(pod("/kubepods/burstable/podnot-a-uid/abc"), None);
         assert_eq!(pod("/kubepods/burstable"), None);
