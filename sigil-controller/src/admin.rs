@@ -168,6 +168,81 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// Every federation relationship in effect on the server.
+    pub async fn list_federation(
+        &self,
+    ) -> Result<Vec<sigil_proto::admin::FederationRelationship>, AdminError> {
+        let mut client = self.client.clone();
+        Ok(client
+            .list_federation_relationships(
+                sigil_proto::admin::ListFederationRelationshipsRequest {},
+            )
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner()
+            .relationships)
+    }
+
+    /// Creates, updates or deletes federation relationships; the failures, by trust domain.
+    pub async fn write_federation(
+        &self,
+        create: Vec<sigil_proto::admin::FederationRelationship>,
+        update: Vec<sigil_proto::admin::FederationRelationship>,
+        delete: Vec<String>,
+    ) -> Vec<(String, String)> {
+        use sigil_proto::admin::{
+            BatchDeleteFederationRelationshipRequest, BatchFederationRelationshipRequest,
+        };
+        let mut client = self.client.clone();
+        let mut failures = Vec::new();
+        let mut collect = |res: Result<
+            tonic::Response<sigil_proto::admin::BatchFederationRelationshipResponse>,
+            tonic::Status,
+        >,
+                           tds: Vec<String>| {
+            match res {
+                Ok(r) => {
+                    for r in r.into_inner().results {
+                        if let Some(s) = r.status.filter(|s| s.code != 0) {
+                            failures.push((r.trust_domain, s.message));
+                        }
+                    }
+                }
+                Err(s) => failures.extend(tds.into_iter().map(|td| (td, s.message().to_string()))),
+            }
+        };
+        if !delete.is_empty() {
+            let tds = delete.clone();
+            let res = client
+                .batch_delete_federation_relationship(BatchDeleteFederationRelationshipRequest {
+                    trust_domains: delete,
+                })
+                .await;
+            collect(res, tds);
+        }
+        if !create.is_empty() {
+            let tds = create.iter().map(|r| r.trust_domain.clone()).collect();
+            let res = client
+                .batch_create_federation_relationship(BatchFederationRelationshipRequest {
+                    relationships: create,
+                })
+                .await;
+            collect(res, tds);
+        }
+        if !update.is_empty() {
+            let tds = update.iter().map(|r| r.trust_domain.clone()).collect();
+            let res = client
+                .batch_update_federation_relationship(BatchFederationRelationshipRequest {
+                    relationships: update,
+                })
+                .await;
+            collect(res, tds);
+        }
+        failures
+    }
+}
+
 /// Per-entry results of one batch call into `out` (`n` of them whatever happened).
 fn collect(out: &mut Vec<WriteResult>, n: usize, res: Result<Vec<EntryResult>, tonic::Status>) {
     match res {

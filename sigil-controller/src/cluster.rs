@@ -31,6 +31,7 @@ pub enum Kind {
     EndpointSlice,
     ClusterSpiffeId,
     ClusterStaticEntry,
+    ClusterFederatedTrustDomain,
 }
 
 /// Objects of one kind by `namespace/name` (or `name`).
@@ -48,6 +49,7 @@ pub struct Cluster {
     pub endpoint_slices: Store,
     pub cluster_spiffe_ids: Store,
     pub cluster_static_entries: Store,
+    pub cluster_federated_trust_domains: Store,
     /// Poked on every change of any store.
     pub changed: Notify,
     synced: watch::Sender<usize>,
@@ -56,13 +58,14 @@ pub struct Cluster {
 // === impl Kind ===
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::Node,
         Kind::EndpointSlice,
         Kind::ClusterSpiffeId,
         Kind::ClusterStaticEntry,
+        Kind::ClusterFederatedTrustDomain,
     ];
 
     fn api_resource(self) -> ApiResource {
@@ -75,6 +78,9 @@ impl Kind {
             Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
             Kind::ClusterSpiffeId => ApiResource::erase::<ClusterSPIFFEID>(&()),
             Kind::ClusterStaticEntry => ApiResource::erase::<ClusterStaticEntry>(&()),
+            Kind::ClusterFederatedTrustDomain => {
+                ApiResource::erase::<crate::crd::ClusterFederatedTrustDomain>(&())
+            }
         }
     }
 
@@ -143,6 +149,7 @@ impl Cluster {
             endpoint_slices: Store::default(),
             cluster_spiffe_ids: Store::default(),
             cluster_static_entries: Store::default(),
+            cluster_federated_trust_domains: Store::default(),
             changed: Notify::new(),
             synced: watch::channel(0).0,
         })
@@ -156,6 +163,7 @@ impl Cluster {
             Kind::EndpointSlice => &self.endpoint_slices,
             Kind::ClusterSpiffeId => &self.cluster_spiffe_ids,
             Kind::ClusterStaticEntry => &self.cluster_static_entries,
+            Kind::ClusterFederatedTrustDomain => &self.cluster_federated_trust_domains,
         }
     }
 

@@ -1,11 +1,14 @@
 //! spire-controller-manager's custom resources, `spire.spiffe.io/v1alpha1`, as Rust types:
-//! `ClusterSPIFFEID` and `ClusterStaticEntry`. Field names, JSON names, required fields and
+//! `ClusterSPIFFEID`, `ClusterStaticEntry` and `ClusterFederatedTrustDomain`. Field names, JSON names, required fields and
 //! descriptions are upstream's (api/v1alpha1/*_types.go at the commit named in
 //! testdata/README.md), so the CRDs printed by `sigil-controller crds` are a drop-in for
 //! upstream's and `kubectl explain` reads the same.
 //!
-//! Two deliberate differences, both for seed manifests whose meaning is plain but which
+//! Three deliberate differences, all for seed manifests whose meaning is plain but which
 //! upstream's schema refuses (tests/schema.rs asserts they are the only ones):
+//! - ClusterFederatedTrustDomain's `bundleEndpointProfile.type` also takes seed 000's
+//!   `HTTPSSPIFFEAuthentication` and `HTTPSWebAuthentication`, aliases of `https_spiffe` and
+//!   `https_web` (the controller warns, naming the canonical value);
 //! - the TTLs (`ttl`, `jwtTtl`, `x509SVIDTTL`, `jwtSVIDTTL`) are int-or-string, an integer
 //!   being seconds ([`Duration`]);
 //! - `namespaceSelector` also takes `matchNames`, a list of namespace names (seed 002 writes
@@ -255,6 +258,86 @@ pub struct ClusterStaticEntryStatus {
     /// If the static entry was successfully created/updated.
     pub set: bool,
 }
+
+/// ClusterFederatedTrustDomainSpec defines the desired state of ClusterFederatedTrustDomain
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "spire.spiffe.io",
+    version = "v1alpha1",
+    kind = "ClusterFederatedTrustDomain",
+    plural = "clusterfederatedtrustdomains",
+    singular = "clusterfederatedtrustdomain",
+    status = "ClusterFederatedTrustDomainStatus",
+    doc = "ClusterFederatedTrustDomain is the Schema for the clusterfederatedtrustdomains API",
+    printcolumn = r#"{"jsonPath": ".spec.trustDomain", "name": "Trust Domain", "type": "string"}"#,
+    printcolumn = r#"{"jsonPath": ".spec.bundleEndpointURL", "name": "Endpoint URL", "type": "string"}"#,
+    derive = "PartialEq"
+)]
+pub struct ClusterFederatedTrustDomainSpec {
+    /// TrustDomain is the name of the trust domain to federate with (e.g. example.org)
+    #[serde(rename = "trustDomain")]
+    #[schemars(regex(pattern = "[a-z0-9._-]{1,255}"))]
+    pub trust_domain: String,
+
+    /// BundleEndpointURL is the URL of the bundle endpoint. It must be an
+    /// HTTPS URL and cannot contain userinfo (i.e. username/password).
+    #[serde(rename = "bundleEndpointURL")]
+    pub bundle_endpoint_url: String,
+
+    /// BundleEndpointProfile is the profile for the bundle endpoint.
+    #[serde(rename = "bundleEndpointProfile")]
+    pub bundle_endpoint_profile: BundleEndpointProfile,
+
+    /// TrustDomainBundle is the contents of the bundle for the referenced trust
+    /// domain. This field is optional when the resource is created.
+    #[serde(
+        default,
+        rename = "trustDomainBundle",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trust_domain_bundle: Option<String>,
+
+    /// Set which Controller Class will act on this object
+    #[serde(default, rename = "className", skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+}
+
+/// BundleEndpointProfile is the profile for the bundle endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct BundleEndpointProfile {
+    /// Type is the type of the bundle endpoint profile.
+    #[serde(rename = "type")]
+    #[schemars(schema_with = "profile_type")]
+    pub r#type: String,
+
+    /// EndpointSPIFFEID is the SPIFFE ID of the bundle endpoint. It is
+    /// required for the "https_spiffe" profile.
+    #[serde(
+        default,
+        rename = "endpointSPIFFEID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_spiffe_id: Option<String>,
+}
+
+/// The profile types upstream's enum allows, and the two spellings seed 000 uses
+/// (`HTTPSSPIFFEAuthentication`, `HTTPSWebAuthentication`) whose meaning is plain: accepted as
+/// aliases, reported with a warning naming the canonical value.
+pub const PROFILE_ALIASES: [(&str, &str); 2] = [
+    ("HTTPSSPIFFEAuthentication", "https_spiffe"),
+    ("HTTPSWebAuthentication", "https_web"),
+];
+
+fn profile_type(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["https_spiffe", "https_web", "HTTPSSPIFFEAuthentication", "HTTPSWebAuthentication"]
+    })
+}
+
+/// ClusterFederatedTrustDomainStatus defines the observed state of ClusterFederatedTrustDomain
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ClusterFederatedTrustDomainStatus {}
 
 /// A label selector with the schema controller-gen writes for `metav1.LabelSelector`: the
 /// `atomic` markers make server-side apply replace a selector (or its expression list) whole

@@ -9,7 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 use serde_json::{Map, Value, json};
 
-use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
+use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 
 /// A CRD could not be generated or printed. Generation is deterministic, so this is a bug in
 /// the types or in [`conform`], never something a user can cause.
@@ -31,10 +31,14 @@ pub enum CrdError {
 
 /// The CRDs, in upstream's file order (alphabetical by plural).
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, CrdError> {
-    [ClusterSPIFFEID::crd(), ClusterStaticEntry::crd()]
-        .into_iter()
-        .map(conform)
-        .collect()
+    [
+        ClusterFederatedTrustDomain::crd(),
+        ClusterSPIFFEID::crd(),
+        ClusterStaticEntry::crd(),
+    ]
+    .into_iter()
+    .map(conform)
+    .collect()
 }
 
 /// The CRDs as YAML documents, each starting with `---` like upstream's files.

@@ -8,6 +8,7 @@
 //! - [`config`]: spire-controller-manager's `ControllerManagerConfig` file.
 //! - [`render`], [`plan`], [`diff`]: the pure half of a pass: a pod's entry, the entries and
 //!   status of a whole pass, the writes that make the server agree.
+//! - [`federation`]: ClusterFederatedTrustDomains → the server's federation relationships.
 //! - [`cluster`]: the watches and the in-memory objects a pass reads.
 //! - [`admin`]: the server's admin API client; [`reconcile`]: one pass, its writes, statuses
 //!   and Events; [`run`]: the loop, leadership ([`leader`]), health and metrics ([`health`]).
@@ -21,6 +22,7 @@ pub mod crd;
 pub mod crds;
 pub mod diff;
 pub mod duration;
+pub mod federation;
 pub mod health;
 pub mod leader;
 pub mod plan;

@@ -81,6 +81,8 @@ pub struct Reconciler {
     reported: HashMap<By, Vec<String>>,
     /// Renders of earlier passes: a pass renders only what changed.
     cache: RenderCache,
+    /// The ClusterFederatedTrustDomain notes last reported, by resource name.
+    reported_federation: HashMap<String, Vec<String>>,
 }
 
 // === impl Reconciler ===
@@ -114,6 +116,7 @@ impl Reconciler {
             entries: HashMap::new(),
             reported: HashMap::new(),
             cache: RenderCache::default(),
+            reported_federation: HashMap::new(),
         }
     }
 
@@ -263,6 +266,9 @@ impl Reconciler {
 
         self.write_statuses(&plan, &csid_objects, &static_objects, &failed_by)
             .await;
+        if self.settings.reconcile.cluster_federated_trust_domains {
+            self.federation_pass(&mut report).await;
+        }
         self.report_failures(&plan.failures, &failed_by, &csid_objects, &static_objects)
             .await;
         report.duration = started.elapsed();
@@ -312,6 +318,103 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// ClusterFederatedTrustDomains → the server's federation relationships (few: listed on
+    /// every pass), and Events for what could not be applied.
+    async fn federation_pass(&mut self, report: &mut PassReport) {
+        let objects = self.cluster.cluster_federated_trust_domains.all();
+        let scope = self.settings.scope.clone();
+        let (desired, mut notes) =
+            crate::federation::declared(&objects, |class| scope.serves(class));
+        match self.admin.list_federation().await {
+            Ok(current) => {
+                report.admin_calls += 1;
+                let managed_by = self.settings.managed_by.clone();
+                let (create, update, delete, more) =
+                    crate::federation::changes(&desired, &current, &managed_by);
+                notes.extend(more);
+                if !(create.is_empty() && update.is_empty() && delete.is_empty()) {
+                    report.admin_calls +=
+                        [!create.is_empty(), !update.is_empty(), !delete.is_empty()]
+                            .iter()
+                            .filter(|b| **b)
+                            .count();
+                    let by_td: HashMap<String, String> = desired
+                        .values()
+                        .map(|d| (d.trust_domain.clone(), d.by.clone()))
+                        .collect();
+                    let failures = self
+                        .admin
+                        .write_federation(
+                            create
+                                .iter()
+                                .map(|d| crate::federation::to_proto(d, &managed_by, true))
+                                .collect(),
+                            update
+                                .iter()
+                                .map(|d| crate::federation::to_proto(d, &managed_by, false))
+                                .collect(),
+                            delete.clone(),
+                        )
+                        .await;
+                    for d in &create {
+                        tracing::info!(trust_domain = %d.trust_domain, url = %d.url, profile = %d.profile, "creating federation relationship");
+                    }
+                    for td in &delete {
+                        tracing::info!(trust_domain = %td, "deleting federation relationship");
+                    }
+                    for (td, message) in failures {
+                        report.failed += 1;
+                        tracing::warn!(trust_domain = %td, %message, "federation relationship write failed");
+                        if let Some(name) = by_td.get(&td) {
+                            notes.push(crate::federation::Note {
+                                name: name.clone(),
+                                message: format!("the server refused the relationship: {message}"),
+                                applied: false,
+                            });
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "listing federation relationships failed"),
+        }
+        // Events, when a resource's notes change.
+        let mut now: HashMap<String, Vec<(bool, String)>> = HashMap::new();
+        for n in notes {
+            now.entry(n.name).or_default().push((n.applied, n.message));
+        }
+        let names: HashMap<&str, &Arc<Value>> = objects
+            .iter()
+            .map(|o| (o["metadata"]["name"].as_str().unwrap_or_default(), o))
+            .collect();
+        for (name, msgs) in &now {
+            let texts: Vec<String> = msgs.iter().map(|(_, m)| m.clone()).collect();
+            if self.reported_federation.get(name) == Some(&texts) {
+                continue;
+            }
+            let Some(obj) = names.get(name.as_str()) else {
+                continue;
+            };
+            let applied = msgs.iter().all(|(a, _)| *a);
+            let note = texts.join("; ");
+            tracing::warn!(cluster_federated_trust_domain = %name, %note, "federation resource");
+            let event = Event {
+                type_: EventType::Warning,
+                reason: if applied { "Deprecated" } else { "Invalid" }.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            let reference = object_ref::<crate::crd::ClusterFederatedTrustDomain>(obj);
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, "failed to publish event");
+            }
+        }
+        self.reported_federation = now
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().map(|(_, m)| m).collect()))
+            .collect();
     }
 
     /// Writes each resource's status when it differs from what the API server has.

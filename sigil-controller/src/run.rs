@@ -203,6 +203,9 @@ pub async fn run(loaded: crate::config::Loaded, args: RunArgs) -> Result<(), Run
     if settings.reconcile.cluster_static_entries {
         kinds.push(Kind::ClusterStaticEntry);
     }
+    if settings.reconcile.cluster_federated_trust_domains {
+        kinds.push(Kind::ClusterFederatedTrustDomain);
+    }
     let watches = cluster.spawn_watches(&kube, &kinds);
     let reconciler = Reconciler::new(settings, cluster.clone(), admin, kube);
 

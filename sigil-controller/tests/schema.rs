@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use sigil_controller::crd::{ClusterSPIFFEID, ClusterStaticEntry};
+use sigil_controller::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 use sigil_controller::crds::{crds, to_json, to_yaml};
 
 fn testdata() -> PathBuf {
@@ -26,6 +26,7 @@ fn upstream_crd(kind: &str) -> Value {
     let file = match kind {
         "ClusterSPIFFEID" => "spire.spiffe.io_clusterspiffeids.yaml",
         "ClusterStaticEntry" => "spire.spiffe.io_clusterstaticentries.yaml",
+        "ClusterFederatedTrustDomain" => "spire.spiffe.io_clusterfederatedtrustdomains.yaml",
         _ => panic!("no upstream CRD for {kind}"),
     };
     let text = std::fs::read_to_string(testdata().join("upstream").join(file)).unwrap();
@@ -180,6 +181,9 @@ fn ttl_diff(path: &str) -> Vec<String> {
     ]
 }
 
+/// Seed 000's profile type spellings, accepted as aliases.
+const PROFILE_ENUM_DIFF: &str = r#".spec.bundleEndpointProfile.type.enum: ["https_spiffe","https_web","HTTPSSPIFFEAuthentication","HTTPSWebAuthentication"] != ["https_spiffe","https_web"]"#;
+
 #[test]
 fn schemas_match_upstream_except_the_documented_differences() {
     let cases = [
@@ -195,6 +199,10 @@ fn schemas_match_upstream_except_the_documented_differences() {
         (
             "ClusterStaticEntry",
             [ttl_diff(".spec.jwtSVIDTTL"), ttl_diff(".spec.x509SVIDTTL")].concat(),
+        ),
+        (
+            "ClusterFederatedTrustDomain",
+            vec![PROFILE_ENUM_DIFF.to_string()],
         ),
     ];
     for (kind, expected) in cases {
@@ -214,7 +222,11 @@ fn schemas_match_upstream_except_the_documented_differences() {
 
 #[test]
 fn envelope_matches_upstream() {
-    for kind in ["ClusterSPIFFEID", "ClusterStaticEntry"] {
+    for kind in [
+        "ClusterSPIFFEID",
+        "ClusterStaticEntry",
+        "ClusterFederatedTrustDomain",
+    ] {
         let (ours, up) = (our_crd(kind), upstream_crd(kind));
         assert_eq!(ours["metadata"]["name"], up["metadata"]["name"], "{kind}");
         for key in ["group", "names", "scope"] {
@@ -281,6 +293,11 @@ fn static_entry(spec: Value) -> Value {
             "metadata": { "name": "x" }, "spec": spec })
 }
 
+fn federation(spec: Value) -> Value {
+    json!({ "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterFederatedTrustDomain",
+            "metadata": { "name": "x" }, "spec": spec })
+}
+
 fn with(mut doc: Value, pointer: &str, value: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
     doc.pointer_mut(parent)
@@ -336,6 +353,92 @@ fn table() -> Vec<(&'static str, Value, Verdict)> {
         "/status",
         json!({ "rendered": true, "masked": false, "set": true }),
     );
+    let fed = federation(json!({
+        "trustDomain": "cluster-b.example.com",
+        "bundleEndpointURL": "https://spire-server.cluster-b.svc:8443",
+        "bundleEndpointProfile": { "type": "https_spiffe", "endpointSPIFFEID": "spiffe://cluster-b.example.com/spire/server" },
+    }));
+    let fed_rows = vec![
+        ("cftd: https_spiffe", fed.clone(), Valid),
+        (
+            "cftd: https_web, a bundle and a class",
+            with(
+                with(
+                    with(
+                        fed.clone(),
+                        "/spec/bundleEndpointProfile",
+                        json!({ "type": "https_web" }),
+                    ),
+                    "/spec/trustDomainBundle",
+                    json!("{\"keys\": []}"),
+                ),
+                "/spec/className",
+                json!("c"),
+            ),
+            Valid,
+        ),
+        (
+            "cftd: seed 000's HTTPSSPIFFEAuthentication",
+            with(
+                fed.clone(),
+                "/spec/bundleEndpointProfile/type",
+                json!("HTTPSSPIFFEAuthentication"),
+            ),
+            OursOnly,
+        ),
+        (
+            "cftd: HTTPSWebAuthentication",
+            with(
+                fed.clone(),
+                "/spec/bundleEndpointProfile",
+                json!({ "type": "HTTPSWebAuthentication" }),
+            ),
+            OursOnly,
+        ),
+        (
+            "cftd: an unknown profile type",
+            with(
+                fed.clone(),
+                "/spec/bundleEndpointProfile/type",
+                json!("mtls"),
+            ),
+            Invalid,
+        ),
+        (
+            "cftd: no trust domain",
+            without(fed.clone(), "/spec/trustDomain"),
+            Invalid,
+        ),
+        (
+            "cftd: no URL",
+            without(fed.clone(), "/spec/bundleEndpointURL"),
+            Invalid,
+        ),
+        (
+            "cftd: no profile",
+            without(fed.clone(), "/spec/bundleEndpointProfile"),
+            Invalid,
+        ),
+        (
+            "cftd: a profile without a type",
+            with(
+                fed.clone(),
+                "/spec/bundleEndpointProfile",
+                json!({ "endpointSPIFFEID": "spiffe://x/y" }),
+            ),
+            Invalid,
+        ),
+        (
+            "cftd: an unknown field",
+            with(fed.clone(), "/spec/refreshHint", json!("1m")),
+            Invalid,
+        ),
+        (
+            "cftd: trust domain with no allowed character",
+            with(fed.clone(), "/spec/trustDomain", json!("UPPER CASE")),
+            Invalid,
+        ),
+    ];
     vec![
         ("cs: minimal", min.clone(), Valid),
         ("cs: every field", full.clone(), Valid),
@@ -551,6 +654,9 @@ fn table() -> Vec<(&'static str, Value, Verdict)> {
             SchemaOnly,
         ),
     ]
+    .into_iter()
+    .chain(fed_rows)
+    .collect()
 }
 
 /// Reads the manifest with the types and writes it back: `Ok(true)` if nothing changed.
@@ -561,6 +667,10 @@ fn round_trip(doc: &Value) -> Result<bool, String> {
         ),
         Some("ClusterStaticEntry") => serde_json::to_value(
             serde_json::from_value::<ClusterStaticEntry>(doc.clone()).map_err(|e| e.to_string())?,
+        ),
+        Some("ClusterFederatedTrustDomain") => serde_json::to_value(
+            serde_json::from_value::<ClusterFederatedTrustDomain>(doc.clone())
+                .map_err(|e| e.to_string())?,
         ),
         other => return Err(format!("not a spire.spiffe.io kind: {other:?}")),
     }
@@ -575,10 +685,10 @@ fn manifest_table_same_verdicts_as_upstream() {
     for (name, doc, verdict) in table() {
         let kind = doc["kind"].as_str().unwrap();
         let v = by_kind
-            .entry(if kind == "ClusterSPIFFEID" {
-                "ClusterSPIFFEID"
-            } else {
-                "ClusterStaticEntry"
+            .entry(match kind {
+                "ClusterSPIFFEID" => "ClusterSPIFFEID",
+                "ClusterFederatedTrustDomain" => "ClusterFederatedTrustDomain",
+                _ => "ClusterStaticEntry",
             })
             .or_insert_with(|| Validators::for_kind(kind));
         let (ours, up) = (errors(&v.ours, &doc), errors(&v.upstream, &doc));
@@ -654,13 +764,14 @@ fn is_flat(p: &Path) -> bool {
 fn is_ours(doc: &Value) -> bool {
     matches!(
         doc["kind"].as_str(),
-        Some("ClusterSPIFFEID" | "ClusterStaticEntry")
+        Some("ClusterSPIFFEID" | "ClusterStaticEntry" | "ClusterFederatedTrustDomain")
     )
 }
 
 /// Every spire.spiffe.io manifest of the seeds is accepted by our schema and read back
-/// unchanged by the types. Upstream refuses some of them, for the two documented reasons only:
-/// with the integer TTLs written as `"<n>s"` and `matchNames` removed, it accepts them all.
+/// unchanged by the types. Upstream refuses some of them, for the documented reasons only: with
+/// the integer TTLs written as `"<n>s"`, `matchNames` removed and seed 000's
+/// `HTTPSSPIFFEAuthentication` written `https_spiffe`, it accepts them all.
 #[test]
 fn seed_manifests_validate() {
     let mut count = 0;
@@ -685,6 +796,13 @@ fn seed_manifests_validate() {
                 {
                     ns.remove("matchNames");
                 }
+                if let Some(t) = spec
+                    .get_mut("bundleEndpointProfile")
+                    .and_then(|p| p.get_mut("type"))
+                    && t == "HTTPSSPIFFEAuthentication"
+                {
+                    *t = json!("https_spiffe");
+                }
             }
             assert_eq!(
                 errors(&v.upstream, &as_upstream),
@@ -693,7 +811,7 @@ fn seed_manifests_validate() {
             );
         }
     }
-    assert_eq!(count, 7, "seed manifests in testdata/seeds");
+    assert_eq!(count, 9, "seed manifests in testdata/seeds");
 }
 
 /// Seeds 000 and 001 lost all indentation (`metadata:` then an unindented `name:`). Read as it
@@ -730,7 +848,7 @@ fn flattened_seeds_differ_only_in_indentation() {
         }
         pairs += 1;
     }
-    assert_eq!(pairs, 4);
+    assert_eq!(pairs, 5);
 }
 
 /// When the seeds themselves are at hand (a developer's checkout beside ../shared), the number
@@ -753,7 +871,9 @@ fn testdata_covers_every_seed_manifest() {
             .filter(|l| {
                 matches!(
                     l.trim(),
-                    "kind: ClusterSPIFFEID" | "kind: ClusterStaticEntry"
+                    "kind: ClusterSPIFFEID"
+                        | "kind: ClusterStaticEntry"
+                        | "kind: ClusterFederatedTrustDomain"
                 )
             })
             .count();

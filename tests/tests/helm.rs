@@ -686,7 +686,7 @@ fn check_rbac(r: &Rendered, namespace_labels: bool) {
         json!([
             {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-            {"apiGroups": ["spire.spiffe.io"], "resources": ["clusterspiffeids", "clusterstaticentries"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["spire.spiffe.io"], "resources": ["clusterfederatedtrustdomains", "clusterspiffeids", "clusterstaticentries"], "verbs": ["list", "watch"]},
             {"apiGroups": ["spire.spiffe.io"], "resources": ["clusterspiffeids/status", "clusterstaticentries/status"], "verbs": ["patch"]},
         ])
     );
@@ -1113,10 +1113,6 @@ fn values_sigil_cannot_honour_are_refused() {
         ),
         (vec!["spire-agent.nosuchkey=1"], "nosuchkey"),
         (vec!["tornjak-frontend.enabled=true"], "tornjak-frontend"),
-        (
-            vec!["spire-server.controllerManager.reconcile.clusterFederatedTrustDomains=true"],
-            "clusterFederatedTrustDomains",
-        ),
         (
             vec![
                 "spire-agent.attestation.ebpf=false",

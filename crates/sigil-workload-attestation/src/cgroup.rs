@@ -134,9 +134,9 @@ pub(crate) fn parse_kubepods(path: &str) -> Option<PodRef> {
     // pod.
     // A kubelet with `cgroupRoot` set (kind: `/kubelet`) names the systemd slice
     // `<root>-kubepods.slice` under `<root>.slice`.
-    parts.by_ref().find(|p| {
-        *p == "kubepods" || *p == "kubepods.slice" || p.ends_with("-kubepods.slice")
-    })?;
+    parts
+        .by_ref()
+        .find(|p| *p == "kubepods" || *p == "kubepods.slice" || p.ends_with("-kubepods.slice"))?;
     let mut pod_uid = None;
     let mut container_id = None;
     for part in parts {

@@ -221,3 +221,180 @@ fn two_trust_domains_federate_both_ways() {
         .expect("B's bundle for the workload");
     assert!(!fed.is_empty(), "{v}");
 }
+
+fn endpoint_only(port: u16) -> String {
+    format!(
+        "server {{\n  federation {{\n    bundle_endpoint {{\n      address = \"127.0.0.1\"\n      port = {port}\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// Relationships made with spire-server's `federation create|update|delete` (with a bootstrap
+/// bundle from `-trustDomainBundlePath`), then by sigil-controller from a
+/// ClusterFederatedTrustDomain written as seed 000 writes it.
+#[test]
+fn relationships_from_the_cli_and_from_cluster_federated_trust_domains() {
+    let dir = TestDir::new("federation-api");
+    let (pa, pb) = (free_port(), free_port());
+    let a = Server::start_with_config_file(&dir.path().join("a"), "a.test", &endpoint_only(pa));
+    let b = Server::start_with_config_file(&dir.path().join("b"), "b.test", &endpoint_only(pb));
+    let pem = dir.path().join("b.pem");
+    std::fs::write(&pem, b.cli(&["bundle", "show"]).ok().stdout).expect("bundle file");
+    let url = format!("https://127.0.0.1:{pb}");
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "federation",
+            "create",
+            "-trustDomain",
+            "b.test",
+            "-bundleEndpointURL",
+            &url,
+            "-bundleEndpointProfile",
+            "https_spiffe",
+            "-endpointSpiffeID",
+            "spiffe://b.test/spire/server",
+        ];
+        args.extend_from_slice(extra);
+        a.cli(&args)
+    };
+    let out = create(&["-trustDomainBundlePath", pem.to_str().unwrap()]).ok();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "\nTrust domain              : b.test\nBundle endpoint URL       : {url}\nBundle endpoint profile   : https_spiffe\nEndpoint SPIFFE ID        : spiffe://b.test/spire/server\n"
+        )
+    );
+    // Bootstrapped: the first fetch succeeds at once.
+    let s = wait_until("a successful refresh", Duration::from_secs(15), || {
+        let s = show(&a, "b.test");
+        (s["last_success"].as_i64().unwrap_or(0) > 0).then_some(s)
+    });
+    assert_eq!(s["source"], "api");
+    let again = create(&[]).fails();
+    assert!(
+        again.stderr.contains(
+            "Failed to create the following federation relationship (code: AlreadyExists"
+        ),
+        "{again}"
+    );
+    assert!(
+        again
+            .stderr
+            .contains("failed to create one or more federation relationships")
+    );
+    let bad = a
+        .cli(&[
+            "federation",
+            "create",
+            "-trustDomain",
+            "c.test",
+            "-bundleEndpointURL",
+            "https://c",
+            "-bundleEndpointProfile",
+            "https_spiffe",
+        ])
+        .fails();
+    assert!(
+        bad.stderr.contains("endpoint SPIFFE ID is required"),
+        "{bad}"
+    );
+
+    // Update: the new URL is fetched at once.
+    let url2 = format!("https://localhost:{pb}");
+    a.cli(&[
+        "federation",
+        "update",
+        "-trustDomain",
+        "b.test",
+        "-bundleEndpointURL",
+        &url2,
+        "-bundleEndpointProfile",
+        "https_spiffe",
+        "-endpointSpiffeID",
+        "spiffe://b.test/spire/server",
+    ])
+    .ok();
+    wait_until("the new URL in effect", Duration::from_secs(15), || {
+        let s = show(&a, "b.test");
+        (s["bundle_endpoint_url"] == url2.as_str() && s["last_success"].as_i64().unwrap_or(0) > 0)
+            .then_some(())
+    });
+    let out = a.cli(&["federation", "delete", "-id", "b.test"]).ok();
+    assert_eq!(out.stdout.trim(), "federation relationship deleted.");
+    let list = a.cli(&["federation", "list"]).ok();
+    assert_eq!(list.stdout.trim(), "Found 0 federation relationships");
+    let gone = a.cli(&["federation", "delete", "-id", "b.test"]).fails();
+    assert!(
+        gone.stderr
+            .contains("failed to delete federation relationship \"b.test\""),
+        "{gone}"
+    );
+
+    // sigil-controller: seed 000's ClusterFederatedTrustDomain (its HTTPSSPIFFEAuthentication
+    // spelling), with B's bundle as trustDomainBundle.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let kube = rt
+        .block_on(sigil_fake_kube::FakeKube::start_tls())
+        .expect("fake API server");
+    sigil_e2e::controller::apply_crds(&kube);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let mut ctl = sigil_e2e::controller::start_controller(
+        dir.path(),
+        "controller",
+        &kubeconfig,
+        &a.socket,
+        "a.test",
+        "demo",
+        "",
+    );
+    let doc = b.cli(&["bundle", "show", "-format", "spiffe"]).ok().stdout;
+    kube.apply(serde_json::json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterFederatedTrustDomain",
+        "metadata": {"name": "cluster-b-federation"},
+        "spec": {
+            "trustDomain": "b.test",
+            "bundleEndpointURL": url,
+            "bundleEndpointProfile": {"type": "HTTPSSPIFFEAuthentication", "endpointSPIFFEID": "spiffe://b.test/spire/server"},
+            "trustDomainBundle": doc,
+        },
+    }));
+    let s = wait_until(
+        "the controller's relationship fetched",
+        Duration::from_secs(20),
+        || {
+            let out = a.cli(&[
+                "federation",
+                "show",
+                "-trustDomain",
+                "b.test",
+                "-output",
+                "json",
+            ]);
+            let s = out.success().then(|| out.json())?;
+            (s["last_success"].as_i64().unwrap_or(0) > 0).then_some(s)
+        },
+    );
+    assert_eq!(s["managed_by"], "sigil-controller/demo/");
+    assert_eq!(
+        s["https_spiffe"]["endpoint_spiffe_id"],
+        "spiffe://b.test/spire/server"
+    );
+    assert!(
+        ctl.log().contains("is accepted as"),
+        "the alias is reported: {}",
+        ctl.log()
+    );
+    // The resource goes: so does the relationship it made.
+    kube.delete("ClusterFederatedTrustDomain", None, "cluster-b-federation");
+    wait_until("the relationship to go", Duration::from_secs(20), || {
+        let list = a.cli(&["federation", "list"]);
+        list.stdout
+            .contains("Found 0 federation relationships")
+            .then_some(())
+    });
+    ctl.assert_running();
+}

@@ -132,9 +132,6 @@ socket directory, which an emptyDir's root is). The path is SPIRE's chart's. */}
 {{- if gt (int $server.replicaCount) 1 -}}
 {{- fail (printf "spire-server.replicaCount %d: several servers need a shared datastore (PostgreSQL), which Sigil does not have yet; with sqlite3 the server runs as one replica" (int $server.replicaCount)) -}}
 {{- end -}}
-{{- if $server.controllerManager.reconcile.clusterFederatedTrustDomains -}}
-{{- fail "spire-server.controllerManager.reconcile.clusterFederatedTrustDomains: Sigil does not federate yet (no ClusterFederatedTrustDomain); leave it false" -}}
-{{- end -}}
 {{- if $agent.trustBundleURL -}}
 {{- fail "spire-agent.trustBundleURL: sigil-agent has no trust_bundle_url; use spire-agent.bundleConfigMap or spire-agent.trustBundleHostPath" -}}
 {{- end -}}
