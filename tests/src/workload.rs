@@ -95,6 +95,45 @@ pub async fn fetch_x509(socket: &Path) -> Result<Vec<Svid>, tonic::Status> {
         .collect()
 }
 
+/// The first `FetchX509SVID` message: the SVIDs and the federated bundles (by trust domain
+/// ID, X.509 authorities DER).
+pub async fn fetch_x509_context(
+    socket: &Path,
+) -> Result<(Vec<Svid>, std::collections::BTreeMap<String, Vec<Vec<u8>>>), tonic::Status> {
+    let mut c = client(socket)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let mut stream = c
+        .fetch_x509svid(request(pb::X509svidRequest {}))
+        .await?
+        .into_inner();
+    let msg = stream
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("FetchX509SVID stream ended without a message"))?;
+    let split = |der: &[u8], what: &str| {
+        sigil_spiffe::x509::parse_der_certs(der)
+            .map_err(|e| tonic::Status::internal(format!("agent sent a bad {what}: {e}")))
+    };
+    let mut federated = std::collections::BTreeMap::new();
+    for (td, der) in &msg.federated_bundles {
+        federated.insert(td.clone(), split(der, "federated bundle")?);
+    }
+    let svids = msg
+        .svids
+        .into_iter()
+        .map(|s| {
+            Ok(Svid {
+                chain: split(&s.x509_svid, "x509_svid")?,
+                bundle: split(&s.bundle, "bundle")?,
+                spiffe_id: s.spiffe_id,
+                key: s.x509_svid_key,
+            })
+        })
+        .collect::<Result<Vec<_>, tonic::Status>>()?;
+    Ok((svids, federated))
+}
+
 /// Fetches the X509-SVID whose SPIFFE ID is `want`, or the first one if `want` is `None`.
 pub async fn fetch_one(socket: &Path, want: Option<&str>) -> Result<Svid> {
     let svids = fetch_x509(socket)

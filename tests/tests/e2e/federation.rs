@@ -220,6 +220,84 @@ fn two_trust_domains_federate_both_ways() {
         .as_str()
         .expect("B's bundle for the workload");
     assert!(!fed.is_empty(), "{v}");
+
+    // Cross-domain mTLS (rustls): a workload of A and one of B, each trusting the other's
+    // domain through the federated bundle its agent serves.
+    let node_b = b.id("/node");
+    let token_b = b.token(Some(&node_b));
+    let agent_b = Agent::start(dir.path(), "agent-b", &b, &token_b);
+    b.create_entry(
+        &node_b,
+        &b.id("/server"),
+        &[&format!("unix:uid:{uid}")],
+        &["-federatesWith", "spiffe://a.test"],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let context = |socket: &std::path::Path, other: &str| {
+        wait_until(
+            "an SVID with the other domain's bundle",
+            Duration::from_secs(15),
+            || {
+                let (svids, fed) = rt
+                    .block_on(sigil_e2e::workload::fetch_x509_context(socket))
+                    .ok()?;
+                let other = fed.get(other)?.clone();
+                Some((svids.into_iter().next()?, other))
+            },
+        )
+    };
+    let (client_svid, b_roots) = context(&agent.socket, "spiffe://b.test");
+    let (server_svid, a_roots) = context(&agent_b.socket, "spiffe://a.test");
+    assert_eq!(client_svid.spiffe_id, "spiffe://a.test/workload");
+    assert_eq!(server_svid.spiffe_id, "spiffe://b.test/server");
+    let handshake = |client_roots: Vec<Vec<u8>>| {
+        let mut c = client_svid.clone();
+        c.bundle = client_roots;
+        let mut s = server_svid.clone();
+        s.bundle.extend(a_roots.clone());
+        rt.block_on(mtls_pair(&s, &c))
+    };
+    let (server_saw, client_saw) =
+        handshake([client_svid.bundle.clone(), b_roots.clone()].concat())
+            .expect("cross-domain mTLS");
+    assert_eq!(server_saw, "spiffe://a.test/workload");
+    assert_eq!(client_saw, "spiffe://b.test/server");
+    // Without B's bundle, A's workload cannot authenticate B's.
+    assert!(handshake(client_svid.bundle.clone()).is_err());
+}
+
+/// One mTLS handshake on loopback between `server` and `client` (each allowing the other's
+/// ID); the peer IDs each side saw.
+async fn mtls_pair(
+    server: &sigil_e2e::workload::Svid,
+    client: &sigil_e2e::workload::Svid,
+) -> anyhow::Result<(String, String)> {
+    use std::sync::Arc;
+    let (scfg, _) = sigil_e2e::mtls::server_config(server, vec![client.spiffe_id.clone()])?;
+    let (ccfg, _) = sigil_e2e::mtls::client_config(client, vec![server.spiffe_id.clone()])?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(scfg));
+    let srv = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let tls = acceptor.accept(tcp).await?;
+        anyhow::Ok(
+            sigil_e2e::mtls::peer_id(tls.get_ref().1.peer_certificates()).unwrap_or_default(),
+        )
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(ccfg))
+        .connect(name, tcp)
+        .await?;
+    let client_saw =
+        sigil_e2e::mtls::peer_id(tls.get_ref().1.peer_certificates()).unwrap_or_default();
+    drop(tls);
+    let server_saw = srv.await??;
+    Ok((server_saw, client_saw))
 }
 
 fn endpoint_only(port: u16) -> String {
