@@ -17,11 +17,15 @@
 //! 6. Kubernetes: pod → SVID through the k8s attestor (`--only-k8s`) and through
 //!    sigil-controller, and the controller at 10,000 pods (`--only-controller`).
 //!
+//! 7. Federation: a root rotation in one trust domain until a workload of the other holds the
+//!    new root (`--only-federation`).
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
 mod attestation;
 mod authz;
 mod controller;
+mod federation;
 mod k8s;
 mod latency;
 mod sds;
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
         ("--only-fetch", fetch_rows as RowsFn),
         ("--only-k8s", k8s_rows as RowsFn),
         ("--only-controller", controller_rows as RowsFn),
+        ("--only-federation", federation_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -134,6 +139,7 @@ fn main() -> Result<()> {
 
     k8s_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     controller_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+    federation_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
@@ -217,6 +223,17 @@ fn controller_rows(
     json: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     rt.block_on(controller::rows(bin_dir, quick, rows, json))
+}
+
+/// The federation rows (`--only-federation` runs just these).
+fn federation_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(federation::rows(bin_dir, quick, rows, json))
 }
 
 /// The FetchX509SVID latency rows (`--only-fetch` runs just these).
