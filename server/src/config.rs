@@ -680,6 +680,19 @@ health_checks {
         assert_eq!(rels[1].profile, sigil_federation::Profile::HttpsWeb);
         assert_eq!(rels[1].url.path_and_query(), "/bundle");
 
+        // Seed 000's cluster A config, verbatim (its indentation lost, which HCL ignores).
+        let seed = "server {\ntrust_domain = \"cluster-a.example.com\"\nfederation {\nbundle_endpoint {\naddress = \"0.0.0.0\"\nport = 8443\n}\nfederates_with \"cluster-b.example.com\" {\nbundle_endpoint_url = \"https://spire-server.cluster-b.svc:8443\"\nbundle_endpoint_profile \"https_spiffe\" {\nendpoint_spiffe_id = \"spiffe://cluster-b.example.com/spire/server\"\n}\n}\n}\n}";
+        let o = Overrides {
+            data_dir: Some("/x".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_hcl(seed, &o).unwrap();
+        assert_eq!(c.federation.bundle_endpoint.as_ref().unwrap().port, 8443);
+        assert_eq!(
+            c.federation.federates_with[0].url.as_str(),
+            "https://spire-server.cluster-b.svc:8443"
+        );
+
         // Defaults: https_spiffe, port 443, a 5 minute hint.
         let c = ServerConfig::from_hcl(
             "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n federation {\n bundle_endpoint {}\n }\n}",
