@@ -239,8 +239,9 @@ fn build_image(
             &dest,
         ])?;
     }
-    buildah.run(&["rm", ctr])?;
-    name_for_containerd(&layout)?;
+    buildah.output(&["rm", ctr])?;
+    let digest = name_for_containerd(&layout)?;
+    println!("    manifest {digest}");
     pack(&layout, &archive_path(image.name), out, timestamp)
 }
 
@@ -337,10 +338,23 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Adds `io.containerd.image.name` (the full reference) beside each manifest's
-/// `org.opencontainers.image.ref.name` in the layout's `index.json`.
-fn name_for_containerd(layout: &Path) -> Result<()> {
+/// `org.opencontainers.image.ref.name` in the layout's `index.json`; returns the manifest's
+/// digest, which both tags must share.
+fn name_for_containerd(layout: &Path) -> Result<String> {
     let path = layout.join("index.json");
     let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let digests: std::collections::BTreeSet<String> = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["digest"].as_str().map(str::to_string))
+        .collect();
+    if digests.len() != 1 {
+        bail!(
+            "{}: expected one manifest for both tags, found {digests:?}",
+            path.display()
+        );
+    }
     for m in index["manifests"].as_array_mut().into_iter().flatten() {
         let Some(annotations) = m["annotations"].as_object_mut() else {
             continue;
@@ -353,7 +367,7 @@ fn name_for_containerd(layout: &Path) -> Result<()> {
         }
     }
     std::fs::write(&path, serde_json::to_vec(&index)?)?;
-    Ok(())
+    Ok(digests.into_iter().next().unwrap_or_default())
 }
 
 /// The OCI layout as a tar (what the `oci-archive:` transport reads), written beside the final
