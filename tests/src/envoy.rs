@@ -205,6 +205,108 @@ pub fn bootstrap(
     })
 }
 
+/// Where Istio's sidecar bootstrap (`tools/packaging/common/envoy_bootstrap.json`) points the
+/// `sds-grpc` cluster: a path relative to Envoy's working directory, `/` in the istio-proxy
+/// container, where the `spire` injection template mounts the agent's socket directory at
+/// `/run/secrets/workload-spiffe-uds` (`/var/run` is `/run`). pilot-agent leaves Envoy to it
+/// when a socket is there, instead of serving SDS itself.
+pub const ISTIO_SDS_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
+
+/// Istio's sidecar bootstrap, the parts that concern SDS: the node as pilot-agent names it
+/// (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, cluster `<app>.<ns>`), and the static
+/// `sds-grpc` cluster exactly as Istio writes it (HTTP/2, 1 s connect timeout, round robin, the
+/// relative pipe [`ISTIO_SDS_SOCKET`]). `listeners` and `clusters` stand for what istiod sends
+/// over xDS, which refers to the secrets `default` and `ROOTCA` on `sds-grpc` ([`sds_secret`]).
+pub fn istio_sidecar_bootstrap(
+    pod: &str,
+    namespace: &str,
+    app: &str,
+    listeners: Vec<Value>,
+    clusters: Vec<Value>,
+) -> Value {
+    let mut sds = sds_cluster(Path::new(ISTIO_SDS_SOCKET));
+    sds["lb_policy"] = json!("ROUND_ROBIN");
+    let mut all_clusters = vec![sds];
+    all_clusters.extend(clusters);
+    json!({
+        "node": {
+            "id": format!("sidecar~10.244.0.7~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+            "cluster": format!("{app}.{namespace}"),
+            "metadata": {
+                "ISTIO_VERSION": "1.27.1",
+                "CLUSTER_ID": "Kubernetes",
+                "NAMESPACE": namespace,
+                "NAME": pod,
+                "SERVICE_ACCOUNT": app,
+                "WORKLOAD_NAME": app,
+                "PILOT_SAN": ["istiod.istio-system.svc"]
+            }
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": all_clusters}
+    })
+}
+
+/// An inbound listener in the shape istiod gives a sidecar under a STRICT PeerAuthentication:
+/// TLS requiring a client certificate, the SVID from SDS `default`, peers verified with SDS
+/// `ROOTCA` and accepted from any workload of `trust_domain` (a URI SAN prefix), and the
+/// client certificate forwarded as Istio sets it (`APPEND_FORWARD`, subject, URI and DNS in
+/// `x-forwarded-client-cert`). It answers 200 and echoes that header in `x-seen-xfcc`.
+pub fn istio_inbound_listener(port: u16, trust_domain: &str) -> Value {
+    json!({
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "inbound_0.0.0.0_8080",
+                    "forward_client_cert_details": "APPEND_FORWARD",
+                    "set_current_client_cert_details": {"subject": true, "dns": true, "uri": true},
+                    "route_config": {
+                        "name": "inbound|8080||",
+                        "virtual_hosts": [{
+                            "name": "inbound|http|8000",
+                            "domains": ["*"],
+                            "routes": [{
+                                "match": {"prefix": "/"},
+                                "direct_response": {"status": 200, "body": {"inline_string": "httpbin\n"}},
+                                "response_headers_to_add": [{
+                                    "header": {"key": "x-seen-xfcc", "value": "%REQ(x-forwarded-client-cert)%"}
+                                }]
+                            }]
+                        }]
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }]
+                }
+            }],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [sds_secret("default")],
+                        "combined_validation_context": {
+                            "default_validation_context": {
+                                "match_typed_subject_alt_names": [{
+                                    "san_type": "URI",
+                                    "matcher": {"prefix": format!("spiffe://{trust_domain}/")}
+                                }]
+                            },
+                            "validation_context_sds_secret_config": sds_secret("ROOTCA")
+                        }
+                    }
+                }
+            }
+        }]
+    })
+}
+
 /// A running Envoy.
 #[derive(Debug)]
 pub struct Envoy {
@@ -234,6 +336,25 @@ impl Envoy {
         let mut env = Self::spawn_with(parent, name, uid, bootstrap, Some(cgroup))?;
         env.wait_live()?;
         Ok(env)
+    }
+
+    /// [`start`](Self::start) in an istio-proxy container's layout: the working directory has
+    /// `var/run/secrets/workload-spiffe-uds/socket`, a link to the agent's socket `agent_socket`
+    /// (the chart links `socket` to the agent's socket in its directory, which the CSI driver or
+    /// a hostPath mounts there), so that [`ISTIO_SDS_SOCKET`] reaches the agent.
+    pub fn start_istio_sidecar(
+        parent: &Path,
+        name: &str,
+        uid: u32,
+        agent_socket: &Path,
+        bootstrap: &Value,
+    ) -> Result<Self> {
+        let dir = parent.join(name);
+        let link = dir.join(ISTIO_SDS_SOCKET.trim_start_matches("./"));
+        std::fs::create_dir_all(link.parent().context("socket directory")?)?;
+        std::os::unix::fs::symlink(agent_socket, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        Self::start(parent, name, uid, bootstrap)
     }
 
     /// Starts Envoy without waiting for it to become ready.
@@ -330,6 +451,34 @@ impl Envoy {
             }
         }
         Ok(out)
+    }
+
+    /// The SDS secrets Envoy holds, from its `/config_dump` (what `istioctl proxy-config secret`
+    /// reads): `(name, secret)` of every dynamic active secret, in Envoy's JSON (bytes base64).
+    pub fn active_secrets(&self) -> Result<Vec<(String, Value)>> {
+        let r = self.admin("/config_dump")?;
+        let dump: Value = serde_json::from_str(&r.body).context("parsing /config_dump")?;
+        let secrets = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c["@type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("SecretsConfigDump"))
+            })
+            .context("no SecretsConfigDump in /config_dump")?;
+        Ok(secrets["dynamic_active_secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    s["secret"].clone(),
+                )
+            })
+            .collect())
     }
 
     pub fn log(&self) -> String {

@@ -6,6 +6,8 @@ use std::process::Command;
 mod debian;
 mod demo;
 mod ebpf;
+mod images;
+mod kind;
 mod modgraph;
 mod setup;
 mod vmtest;
@@ -21,6 +23,13 @@ Commands:
             doing SPIFFE mTLS, with rustls and with two Envoys fed by SDS; needs root
   bench     setup, release build, then the benchmarks: a table on stdout and in
             target/bench/results.md (+ results.json)
+  images    Release build, then OCI images of sigil-server, sigil-agent and sigil-controller
+            (from scratch, buildah, no daemon) as target/images/<name>.oci.tar, tagged
+            ghcr.io/sigil-id/<name>:<version> and :latest
+  e2e-kind  deploy/kind/e2e.sh: on a machine with docker, kind, helm, kubectl and istioctl, the
+            images, the chart and Istio on a kind cluster, the seeds' sleep/httpbin flow checked,
+            then teardown (--check: only list what is missing; --no-build: use target/images;
+            --keep: leave the cluster)
   build-ebpf
             Build agent-ebpf (Debian rustc-web + bpf-linker) into target/ebpf/, where the
             agent's build script embeds it
@@ -208,6 +217,8 @@ fn main() -> Result<()> {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::demo(),
         Some("bench") => bench(&args[1..]),
+        Some("images") => images::images(),
+        Some("e2e-kind") => kind::e2e_kind(&args[1..]),
         Some("build-ebpf") => ebpf::build().map(drop),
         Some("vm-test") => vmtest::vm_test(),
         Some("build-wasm") => wasm::build().map(drop),

