@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// `NodeAttestor "k8s_psat"`, if configured. Join tokens are always accepted (as in SPIRE,
     /// where `join_token` is built in).
     pub k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
+    /// `Notifier "k8sbundle"`: the trust bundle kept in a ConfigMap.
+    pub k8sbundle: Option<sigil_k8sbundle::Config>,
     /// `server { federation { ... } }`.
     pub federation: FederationConfig,
 }
@@ -123,6 +125,7 @@ struct Raw {
     key_manager: Option<RawKm>,
     health: Option<HealthChecks>,
     k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
+    k8sbundle: Option<sigil_k8sbundle::Config>,
     federation: FederationConfig,
 }
 
@@ -273,6 +276,7 @@ impl ServerConfig {
             key_manager,
             health_checks: raw.health,
             k8s_psat: raw.k8s_psat,
+            k8sbundle: raw.k8sbundle,
             federation: raw.federation,
         })
     }
@@ -509,9 +513,14 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
             return Ok(());
         }
         ("NodeAttestor", _) => return Err(plugin.unsupported(Some("join_token, k8s_psat"))),
+        ("Notifier", "k8sbundle") => {
+            raw.k8sbundle = Some(sigil_k8sbundle::Config::from_plugin_data(plugin.data)?);
+            return Ok(());
+        }
+        ("Notifier", _) => return Err(plugin.unsupported(Some("k8sbundle"))),
         _ => {
             return Err(plugin.unsupported(Some(
-                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\"",
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\"",
             )));
         }
     }

@@ -178,6 +178,14 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         });
     }
 
+    // Notifier "k8sbundle": the bundle in a ConfigMap, checked as often as the CA rotates.
+    if let Some(notifier) = cfg.k8sbundle.clone() {
+        let ca = ca.clone();
+        tokio::spawn(sigil_k8sbundle::run(notifier, ROTATION_CHECK, move || {
+            ca.bundle().to_pem()
+        }));
+    }
+
     let listening = Listening {
         agent_api: agent_addr,
         health: health_addr,

@@ -324,8 +324,18 @@ fn seed_001_values_file_verbatim() {
     assert_eq!(svc["spec"]["ports"][0]["port"], 443);
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "grpc");
     assert_eq!(svc["spec"]["ports"][1]["targetPort"], "healthz");
-    // No bundle source: the agent bootstraps trusting the server on first contact.
-    assert!(c.agent.insecure_bootstrap && c.agent.trust_bundle_path.is_none());
+    // The bundle source: the spire-bundle ConfigMap the server's k8sbundle notifier keeps,
+    // mounted for the agent; never trust on first contact.
+    assert!(!c.agent.insecure_bootstrap);
+    assert_eq!(
+        c.agent.trust_bundle_path.as_deref(),
+        Some(Path::new("/run/spire/bundle/bundle.crt"))
+    );
+    let k8sbundle = c.server.k8sbundle.as_ref().expect("Notifier \"k8sbundle\"");
+    assert_eq!(k8sbundle.config_map, "spire-bundle");
+    assert_eq!(k8sbundle.config_map_key, "bundle.crt");
+    assert_eq!(k8sbundle.namespace, "spire-server");
+    r.get("ConfigMap", "spire-bundle");
     // The k8s attestor, node name from the downward API; no kubelet polling.
     let k8s = c
         .agent
@@ -669,6 +679,10 @@ fn check_rbac(r: &Rendered, namespace_labels: bool) {
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get"]},
         ])
+    );
+    assert_eq!(
+        rules("Role", "spire-server-bundle"),
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["spire-bundle"], "verbs": ["get", "patch"]}])
     );
     let mut agent =
         vec![json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]})];
@@ -1162,7 +1176,7 @@ fn notes_tell_how_to_check_a_workload_svid() {
         "sigil-server entry show -spiffeID spiffe://foo.com/ns/",
         "\"args\": [\"api\", \"fetch\", \"x509\", \"-socketPath\", \"/run/secrets/workload-spiffe-uds/socket\"",
         "\"csi\": {\"driver\": \"csi.spiffe.io\"",
-        "insecure_bootstrap",
+        "configmap spire-bundle",
     ] {
         assert!(text.contains(want), "NOTES lack {want:?}:\n{text}");
     }

@@ -17,7 +17,7 @@
 //! - bearer-token authentication (401 without one) and `Status` errors as the API server
 //!   writes them.
 //!
-//! Resources served: Pods (with `status`), Nodes, Namespaces, ServiceAccounts (with `token`)
+//! Resources served: Pods (with `status`), Nodes, Namespaces, ConfigMaps, ServiceAccounts (with `token`)
 //! in the core group (`/api/v1`); EndpointSlices (`discovery.k8s.io/v1`), Leases
 //! (`coordination.k8s.io/v1`) and CustomResourceDefinitions (`apiextensions.k8s.io/v1`) under
 //! `/apis`, Events (`events.k8s.io/v1`); TokenReviews, SelfSubjectReviews; discovery, `/version`, and just enough of
@@ -233,7 +233,7 @@ impl FakeKube {
     ///
     /// # Panics
     /// If `kind` is not one this server serves (Pod, Node, Namespace, ServiceAccount,
-    /// EndpointSlice, Lease, Event, CustomResourceDefinition, or a kind of a CRD it holds), the
+    /// ConfigMap, EndpointSlice, Lease, Event, CustomResourceDefinition, or a kind of a CRD it holds), the
     /// object has no name, or is a CRD the API server would refuse: a mistake in the test.
     pub fn apply(&self, obj: Value) -> Value {
         let kind = obj["kind"].as_str().unwrap_or_default();
@@ -366,7 +366,7 @@ impl FakeKube {
             .by_kind(api_version, kind)
             .unwrap_or_else(|| {
                 panic!(
-                    "sigil-fake-kube serves Pod, Node, Namespace, ServiceAccount, EndpointSlice, Lease, Event, CustomResourceDefinition and the kinds of its CRDs, not {kind:?} ({api_version:?})"
+                    "sigil-fake-kube serves Pod, Node, Namespace, ServiceAccount, ConfigMap, EndpointSlice, Lease, Event, CustomResourceDefinition and the kinds of its CRDs, not {kind:?} ({api_version:?})"
                 )
             })
     }

@@ -95,6 +95,10 @@ pub const RESOURCES: &[Resource] = &[
     },
     PODS,
     Resource {
+        short_names: &["cm"],
+        ..core("configmaps", "configmap", "ConfigMap", true)
+    },
+    Resource {
         short_names: &["sa"],
         ..core("serviceaccounts", "serviceaccount", "ServiceAccount", true)
     },

@@ -206,7 +206,12 @@ fn two_trust_domains_federate_both_ways() {
         &[&format!("unix:uid:{uid}")],
         // c.test has no bundle (yet): the workload is served without it, not refused
         // (spire#7146).
-        &["-federatesWith", "spiffe://b.test", "-federatesWith", "spiffe://c.test"],
+        &[
+            "-federatesWith",
+            "spiffe://b.test",
+            "-federatesWith",
+            "spiffe://c.test",
+        ],
     );
     let out = wait_until(
         "federated bundles on the Workload API",

@@ -15,6 +15,7 @@ mod k8s;
 mod k8s_psat;
 mod kind;
 mod lifecycle;
+mod notifier;
 mod python;
 mod rust_client;
 mod uids;

@@ -102,9 +102,10 @@ socket directory, which an emptyDir's root is). The path is SPIRE's chart's. */}
 {{- if $agent.server.port -}}{{ $agent.server.port }}{{- else -}}{{ (index .Values "spire-server").service.port }}{{- end -}}
 {{- end -}}
 
-{{/* The ConfigMap holding the agents' bootstrap bundle, if any. */}}
+{{/* The ConfigMap holding the trust bundle: the server's k8sbundle notifier keeps it, agents
+bootstrap from it (SPIRE's chart: `spire-bundle`). */}}
 {{- define "sigil.agent.bundleConfigMap" -}}
-{{- coalesce (dig "spire" "bundleConfigMap" "" .Values.global) (index .Values "spire-agent").bundleConfigMap | default "" -}}
+{{- coalesce (dig "spire" "bundleConfigMap" "" .Values.global) (index .Values "spire-agent").bundleConfigMap | default "spire-bundle" -}}
 {{- end -}}
 
 {{/* Capabilities the agent gets (see deploy/helm/README.md, "Attestation tiers"). */}}
