@@ -83,6 +83,9 @@ pub struct Reconciler {
     cache: RenderCache,
     /// The ClusterFederatedTrustDomain notes last reported, by resource name.
     reported_federation: HashMap<String, Vec<String>>,
+    /// The ClusterFederatedTrustDomains (names and resourceVersions) the last federation pass
+    /// saw: an event about a pod does not list the server's relationships again.
+    federation_seen: Option<u64>,
 }
 
 // === impl Reconciler ===
@@ -117,6 +120,7 @@ impl Reconciler {
             reported: HashMap::new(),
             cache: RenderCache::default(),
             reported_federation: HashMap::new(),
+            federation_seen: None,
         }
     }
 
@@ -136,6 +140,8 @@ impl Reconciler {
                 )
             })
             .collect();
+        // A resync checks the federation relationships again too (drift on the server).
+        self.federation_seen = None;
         Ok(calls)
     }
 
@@ -324,6 +330,29 @@ impl Reconciler {
     /// every pass), and Events for what could not be applied.
     async fn federation_pass(&mut self, report: &mut PassReport) {
         let objects = self.cluster.cluster_federated_trust_domains.all();
+        let seen = {
+            use std::hash::{Hash, Hasher};
+            let mut keys: Vec<(&str, &str)> = objects
+                .iter()
+                .map(|o| {
+                    (
+                        o["metadata"]["name"].as_str().unwrap_or_default(),
+                        o["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            keys.sort();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            keys.hash(&mut h);
+            h.finish()
+        };
+        if self.federation_seen == Some(seen) {
+            return;
+        }
+        let failed_before = report.failed;
+        let mut listed = true;
         let scope = self.settings.scope.clone();
         let (desired, mut notes) =
             crate::federation::declared(&objects, |class| scope.serves(class));
@@ -377,7 +406,10 @@ impl Reconciler {
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "listing federation relationships failed"),
+            Err(error) => {
+                listed = false;
+                tracing::warn!(%error, "listing federation relationships failed");
+            }
         }
         // Events, when a resource's notes change.
         let mut now: HashMap<String, Vec<(bool, String)>> = HashMap::new();
@@ -415,6 +447,8 @@ impl Reconciler {
             .into_iter()
             .map(|(k, v)| (k, v.into_iter().map(|(_, m)| m).collect()))
             .collect();
+        // Done unless a write failed (then the next pass tries again).
+        self.federation_seen = (listed && report.failed == failed_before).then_some(seen);
     }
 
     /// Writes each resource's status when it differs from what the API server has.
