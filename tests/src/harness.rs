@@ -408,7 +408,21 @@ impl Server {
         std::fs::create_dir_all(dir).expect("creating the test dir");
         std::fs::write(&config, format!("server {{\n{server_block}\n}}\n"))
             .expect("writing the server config");
-        Self::start_on_with(dir, trust_domain, 0, 1, Some(&config))
+        Self::start_on_with(dir, trust_domain, 0, 1, Some(&config), &[])
+    }
+
+    /// As [`Server::start_with_config_file`], with extra environment variables (e.g.
+    /// `SSL_CERT_FILE`, the roots an `https_web` bundle endpoint is checked against).
+    pub fn start_with_config_file_env(
+        dir: &Path,
+        trust_domain: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let path = dir.join("server.conf");
+        std::fs::create_dir_all(dir).expect("creating the test dir");
+        std::fs::write(&path, config).expect("writing the server config");
+        Self::start_on_with(dir, trust_domain, 0, 1, Some(&path), env)
     }
 
     /// As [`Server::start`], with `config` as the whole config file (a `server {}` block,
@@ -417,11 +431,11 @@ impl Server {
         let path = dir.join("server.conf");
         std::fs::create_dir_all(dir).expect("creating the test dir");
         std::fs::write(&path, config).expect("writing the server config");
-        Self::start_on_with(dir, trust_domain, 0, 1, Some(&path))
+        Self::start_on_with(dir, trust_domain, 0, 1, Some(&path), &[])
     }
 
     fn start_on(dir: &Path, trust_domain: &str, port: u16, starts: u32) -> Self {
-        Self::start_on_with(dir, trust_domain, port, starts, None)
+        Self::start_on_with(dir, trust_domain, port, starts, None, &[])
     }
 
     fn start_on_with(
@@ -430,6 +444,7 @@ impl Server {
         port: u16,
         starts: u32,
         config: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Self {
         let dir = dir.join("server");
         let data_dir = dir.join("data");
@@ -449,6 +464,7 @@ impl Server {
             .args(["-serverPort", &port.to_string()])
             .args(["-logLevel", "DEBUG"])
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .current_dir(&dir);
         let log = dir.join(format!("server.{starts}.log"));
         let mut proc = Proc::spawn("sigil-server", cmd, log);
@@ -520,7 +536,7 @@ impl Server {
             .expect("server dir has a parent")
             .to_path_buf();
         let config = self.config.clone();
-        let new = Self::start_on_with(&parent, &td, port, self.starts + 1, config.as_deref());
+        let new = Self::start_on_with(&parent, &td, port, self.starts + 1, config.as_deref(), &[]);
         *self = new;
     }
 

@@ -483,3 +483,148 @@ fn relationships_from_the_cli_and_from_cluster_federated_trust_domains() {
     });
     ctl.assert_running();
 }
+
+/// openssl, as an operator would make a Web PKI certificate: a test CA, and a serving
+/// certificate for `localhost` signed by it. Returns (CA PEM path, cert path, key path).
+fn web_pki(
+    dir: &std::path::Path,
+    tag: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !dir.join("ca.pem").exists() {
+        sh(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=sigil-test-ca 2>/dev/null",
+        );
+    }
+    sh(&format!(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {tag}.key -out {tag}.csr -subj /CN=localhost 2>/dev/null && \
+         printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > {tag}.ext && \
+         openssl x509 -req -in {tag}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {tag}.pem -days 1 -extfile {tag}.ext 2>/dev/null"
+    ));
+    (
+        dir.join("ca.pem"),
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    )
+}
+
+/// The serial of the certificate a TLS endpoint presents (openssl s_client).
+fn served_serial(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `https_web`: A serves its bundle with a Web PKI certificate from files (re-read when they
+/// change); B federates with it trusting a test CA through the system roots
+/// (`SSL_CERT_FILE`), with no bootstrap bundle; a relationship whose URL host the
+/// certificate does not name fails, visibly.
+#[test]
+fn https_web_endpoint_and_client() {
+    let dir = TestDir::new("federation-web");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("pki dir");
+    let (ca, cert, key) = web_pki(&pki, "endpoint");
+    let pa = free_port();
+    let a = Server::start_with_config_file(
+        &dir.path().join("a"),
+        "a.test",
+        &format!(
+            "server {{\n federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {pa}\n profile \"https_web\" {{\n serving_cert_file {{\n cert_file_path = \"{}\"\n key_file_path = \"{}\"\n file_sync_interval = \"1s\"\n }}\n }}\n }}\n }}\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let web = |td: &str, host: &str| {
+        format!(
+            "server {{\n federation {{\n federates_with \"a.test\" {{\n bundle_endpoint_url = \"https://{host}:{pa}\"\n bundle_endpoint_profile \"https_web\" {{}}\n }}\n }}\n}}\n# {td}\n"
+        )
+    };
+    let ca_s = ca.to_str().expect("utf-8");
+    let b = Server::start_with_config_file_env(
+        &dir.path().join("b"),
+        "b.test",
+        &web("b", "localhost"),
+        &[("SSL_CERT_FILE", ca_s)],
+    );
+    let c = Server::start_with_config_file_env(
+        &dir.path().join("c"),
+        "c.test",
+        &web("c", "127.0.0.1"),
+        &[("SSL_CERT_FILE", ca_s)],
+    );
+    let s = wait_until("B's first fetch", Duration::from_secs(15), || {
+        let s = show(&b, "a.test");
+        (s["last_success"].as_i64().unwrap_or(0) > 0).then_some(s)
+    });
+    assert!(s.get("https_web").is_some(), "{s}");
+    let pem_a = a.cli(&["bundle", "show"]).ok().stdout;
+    let listed = b
+        .cli(&["bundle", "list", "-id", "spiffe://a.test"])
+        .ok()
+        .stdout;
+    assert_eq!(listed.trim(), pem_a.trim());
+    // The certificate names localhost, not 127.0.0.1: C's fetch fails, and says so.
+    let s = wait_until("C's failure", Duration::from_secs(15), || {
+        let s = show(&c, "a.test");
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+            .then_some(s)
+    });
+    assert!(
+        s["last_error"].as_str().unwrap().contains("TLS handshake"),
+        "{s}"
+    );
+    assert_eq!(s["last_success"], 0);
+
+    // New files: served within file_sync_interval, and B still fetches.
+    let before = served_serial(pa);
+    let (_, cert2, key2) = web_pki(&pki, "renewed");
+    std::fs::copy(&key2, &key).expect("key");
+    std::fs::copy(&cert2, &cert).expect("cert");
+    let after = wait_until(
+        "the renewed certificate served",
+        Duration::from_secs(10),
+        || {
+            let s = served_serial(pa);
+            (!s.is_empty() && s != before).then_some(s)
+        },
+    );
+    assert!(after.starts_with("serial="), "{after}");
+    b.cli(&["federation", "refresh", "-id", "spiffe://a.test"])
+        .ok();
+    let t = std::time::Instant::now();
+    wait_until(
+        "B fetching through the renewed certificate",
+        Duration::from_secs(15),
+        || {
+            let s = show(&b, "a.test");
+            (s["last_error"] == ""
+                && s["last_success"].as_i64().unwrap_or(0) as u64
+                    >= std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs()
+                        .saturating_sub(t.elapsed().as_secs() + 1))
+            .then_some(())
+        },
+    );
+}
