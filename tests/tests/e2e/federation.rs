@@ -50,7 +50,7 @@ fn show(server: &Server, td: &str) -> Value {
 }
 
 /// B's bundle in SPIFFE format, set on A as the bootstrap of the relationship.
-fn bootstrap(from: &Server, to: &Server, dir: &TestDir, td: &str) {
+fn bootstrap_bundle(from: &Server, to: &Server, dir: &TestDir, td: &str) {
     let doc = from.cli(&["bundle", "show", "-format", "spiffe"]).ok();
     let path = dir.path().join(format!("{td}.json"));
     std::fs::write(&path, doc.stdout.as_bytes()).expect("bundle file");
@@ -154,8 +154,8 @@ fn two_trust_domains_federate_both_ways() {
     );
 
     // Bootstrap both ways, refresh on demand: each holds the other's bundle as served.
-    bootstrap(&b, &a, &dir, "b.test");
-    bootstrap(&a, &b, &dir, "a.test");
+    bootstrap_bundle(&b, &a, &dir, "b.test");
+    bootstrap_bundle(&a, &b, &dir, "a.test");
     let out = a
         .cli(&["federation", "refresh", "-id", "spiffe://b.test"])
         .ok();
@@ -627,4 +627,136 @@ fn https_web_endpoint_and_client() {
             .then_some(())
         },
     );
+}
+
+/// Replaces every SDS validation context name `ROOTCA` in an Envoy config with `ALL` (the
+/// agent's SPIFFE validator config with the own and the federated trust domains).
+fn validate_with_all(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Object(sds)) = m.get_mut("validation_context_sds_secret_config")
+                && sds.get("name") == Some(&Value::String("ROOTCA".into()))
+            {
+                sds.insert("name".into(), Value::String("ALL".into()));
+            }
+            m.values_mut().for_each(validate_with_all);
+        }
+        Value::Array(a) => a.iter_mut().for_each(validate_with_all),
+        _ => {}
+    }
+}
+
+/// Cross-domain mTLS between real Envoys over SDS, each with its own domain's agent (the
+/// `ALL` validation context holds the federated domain), and Sigil's Wasm filter enforcing an
+/// AuthorizationPolicy that names the other domain's principal.
+#[test]
+fn envoys_of_two_domains_and_a_policy_naming_the_other_domain() {
+    use sigil_e2e::authz_filter::{install_wasm, wasm_http_filter};
+    use sigil_e2e::envoy::{
+        Envoy, bootstrap, http_get, mtls_client_listener_and_cluster, mtls_server_listener,
+    };
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "Envoys run as other uids: run as root (CI does)"
+    );
+    let dir = TestDir::new("federation-envoy");
+    let (pa, pb) = (free_port(), free_port());
+    let a =
+        Server::start_with_config_file(&dir.path().join("a"), "a.test", &config(pa, "b.test", pb));
+    let b =
+        Server::start_with_config_file(&dir.path().join("b"), "b.test", &config(pb, "a.test", pa));
+    bootstrap_bundle(&b, &a, &dir, "b.test");
+    bootstrap_bundle(&a, &b, &dir, "a.test");
+    a.cli(&["federation", "refresh", "-id", "spiffe://b.test"])
+        .ok();
+    b.cli(&["federation", "refresh", "-id", "spiffe://a.test"])
+        .ok();
+    let (node_a, node_b) = (a.id("/node"), b.id("/node"));
+    let agent_a = Agent::start(dir.path(), "agent-a", &a, &a.token(Some(&node_a)));
+    let agent_b = Agent::start(dir.path(), "agent-b", &b, &b.token(Some(&node_b)));
+    let (sleep, other, httpbin) = (
+        "spiffe://a.test/ns/default/sa/sleep",
+        "spiffe://a.test/ns/default/sa/other",
+        "spiffe://b.test/ns/default/sa/httpbin",
+    );
+    a.create_entry(
+        &node_a,
+        sleep,
+        &["unix:uid:1001"],
+        &["-federatesWith", "spiffe://b.test"],
+    );
+    a.create_entry(
+        &node_a,
+        other,
+        &["unix:uid:1002"],
+        &["-federatesWith", "spiffe://b.test"],
+    );
+    b.create_entry(
+        &node_b,
+        httpbin,
+        &["unix:uid:1003"],
+        &["-federatesWith", "spiffe://a.test"],
+    );
+    for (s, td) in [(&a, "b.test"), (&b, "a.test")] {
+        wait_until("the other domain's bundle", Duration::from_secs(15), || {
+            (show(s, td)["last_success"].as_i64().unwrap_or(0) > 0).then_some(())
+        });
+    }
+
+    // httpbin's Envoy (domain B): accepts both of A's identities at the TLS layer; the policy
+    // allows only sleep.
+    let wasm = install_wasm(dir.path());
+    let policy = serde_json::json!({
+        "trustDomain": "b.test",
+        "policies": [{"name": "allow-sleep-from-a", "namespace": "default", "spec": {
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"principals": ["a.test/ns/default/sa/sleep"]}}]}]
+        }}]
+    });
+    let server_port = free_port();
+    let mut listener = mtls_server_listener(
+        server_port,
+        &[sleep, other],
+        vec![wasm_http_filter(&wasm, &policy)],
+    );
+    validate_with_all(&mut listener);
+    let _server = Envoy::start(
+        dir.path(),
+        "envoy-httpbin",
+        1003,
+        &bootstrap("httpbin", &agent_b.socket, vec![listener], vec![]),
+    )
+    .expect("httpbin's Envoy goes LIVE with B's SVID and the ALL validation context");
+    let client = |name: &str, uid: u32| {
+        let port = free_port();
+        let (mut l, mut c) = mtls_client_listener_and_cluster(port, server_port, &[httpbin]);
+        validate_with_all(&mut l);
+        validate_with_all(&mut c);
+        let envoy = Envoy::start(
+            dir.path(),
+            name,
+            uid,
+            &bootstrap(name, &agent_a.socket, vec![l], vec![c]),
+        )
+        .unwrap_or_else(|e| panic!("{name}'s Envoy: {e:#}"));
+        (envoy, port)
+    };
+    let (_sleep_envoy, sleep_port) = client("envoy-sleep", 1001);
+    let (_other_envoy, other_port) = client("envoy-other", 1002);
+    let r = wait_until(
+        "sleep → httpbin across domains",
+        Duration::from_secs(15),
+        || {
+            http_get(sleep_port, "/headers")
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
+    let xfcc = r.header("x-seen-xfcc").unwrap_or_default().to_string();
+    assert!(xfcc.contains(&format!("URI={sleep}")), "{xfcc}");
+    assert!(xfcc.contains(&format!("By={httpbin}")), "{xfcc}");
+    // Another identity of domain A: authenticated, refused by the policy.
+    let r = http_get(other_port, "/headers").expect("request");
+    assert_eq!(r.status, 403, "{r:?}");
 }
