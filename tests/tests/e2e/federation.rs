@@ -760,3 +760,96 @@ fn envoys_of_two_domains_and_a_policy_naming_the_other_domain() {
     let r = http_get(other_port, "/headers").expect("request");
     assert_eq!(r.status, 403, "{r:?}");
 }
+
+/// Three trust domains: A federates with B and C, each of them with A. A's CA lives 30 s, so
+/// its successor (a new root) appears about 15 s after start; B and C pick it up on their
+/// own (a quarter of A's 20 s hint, never under 15 s), with no `federation refresh`.
+#[test]
+fn three_domains_follow_a_rotation_on_their_own() {
+    let dir = TestDir::new("federation-three");
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let rel = |td: &str, port: u16| {
+        format!(
+            "federates_with \"{td}\" {{\n bundle_endpoint_url = \"https://127.0.0.1:{port}\"\n bundle_endpoint_profile \"https_spiffe\" {{\n endpoint_spiffe_id = \"spiffe://{td}/spire/server\"\n }}\n }}\n"
+        )
+    };
+    let conf = |port: u16, ca_ttl: &str, rels: String| {
+        format!(
+            "server {{\n ca_ttl = \"{ca_ttl}\"\n default_x509_svid_ttl = \"5s\"\n federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n refresh_hint = \"20s\"\n }}\n {rels} }}\n}}\n"
+        )
+    };
+    let a = Server::start_with_config_file(
+        &dir.path().join("a"),
+        "a.test",
+        &conf(
+            pa,
+            "30s",
+            format!("{}{}", rel("b.test", pb), rel("c.test", pc)),
+        ),
+    );
+    let b = Server::start_with_config_file(
+        &dir.path().join("b"),
+        "b.test",
+        &conf(pb, "24h", rel("a.test", pa)),
+    );
+    let c = Server::start_with_config_file(
+        &dir.path().join("c"),
+        "c.test",
+        &conf(pc, "24h", rel("a.test", pa)),
+    );
+    for (from, to, td) in [
+        (&b, &a, "b.test"),
+        (&c, &a, "c.test"),
+        (&a, &b, "a.test"),
+        (&a, &c, "a.test"),
+    ] {
+        bootstrap_bundle(from, to, &dir, td);
+        to.cli(&["federation", "refresh", "-id", &format!("spiffe://{td}")])
+            .ok();
+    }
+    let list = wait_until(
+        "A's two relationships refreshed",
+        Duration::from_secs(15),
+        || {
+            let out = a.cli(&["federation", "list", "-output", "json"]).ok();
+            let v = out.json();
+            let rels = v["federation_relationships"].as_array()?.clone();
+            (rels.len() == 2
+                && rels
+                    .iter()
+                    .all(|r| r["last_success"].as_i64().unwrap_or(0) > 0))
+            .then_some(rels)
+        },
+    );
+    assert_eq!(list[0]["trust_domain"], "b.test");
+    assert_eq!(list[1]["trust_domain"], "c.test");
+
+    // A's rotation: its bundle gains a root; B and C hold it without being asked. (Roots are
+    // compared one by one: A's old root leaves its bundle when it expires, 30 s in.)
+    let certs = |pem: &str| -> Vec<String> {
+        pem.split("-----END CERTIFICATE-----")
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.contains("BEGIN CERTIFICATE"))
+            .collect()
+    };
+    let before = certs(&a.cli(&["bundle", "show"]).ok().stdout);
+    let new_root = wait_until("A's successor root", Duration::from_secs(40), || {
+        certs(&a.cli(&["bundle", "show"]).ok().stdout)
+            .into_iter()
+            .find(|c| !before.contains(c))
+    });
+    for s in [&b, &c] {
+        wait_until(
+            "A's new root on the other side",
+            Duration::from_secs(40),
+            || {
+                let held = certs(
+                    &s.cli(&["bundle", "list", "-id", "spiffe://a.test"])
+                        .ok()
+                        .stdout,
+                );
+                held.contains(&new_root).then_some(())
+            },
+        );
+    }
+}
