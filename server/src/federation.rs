@@ -250,7 +250,8 @@ pub async fn start(
             b.refresh_hint = Some(hint);
             b.to_spiffe_json()
         });
-        tokio::spawn(serve(listener, acceptor(cert), document));
+        let acceptor = acceptor(cert).context("bundle endpoint TLS configuration")?;
+        tokio::spawn(serve(listener, acceptor, document));
         tracing::info!(address = ?endpoint_addr, profile = ?ep.profile, "serving the bundle endpoint");
     }
     let own = ca.trust_domain().clone();

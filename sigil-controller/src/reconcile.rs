@@ -469,19 +469,7 @@ impl Reconciler {
                 .get(&By::ClusterSpiffeId(name.to_string()))
                 .map_or(0, Vec::len);
             let status = csid_status(stats, failures as i64);
-            if obj.get("status") == Some(&status) {
-                continue;
-            }
-            if let Err(error) = api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
-            {
-                tracing::warn!(cluster_spiffe_id = name, %error, "failed to update status");
-            }
+            patch_status_if_changed(&api, obj, name, status).await;
         }
         let api: Api<ClusterStaticEntry> = Api::all(self.kube.clone());
         for obj in static_objects {
@@ -492,19 +480,7 @@ impl Reconciler {
             let by = By::ClusterStaticEntry(name.to_string());
             let set = s.rendered && !s.masked && !failed_by.contains_key(&by);
             let status = json!({"rendered": s.rendered, "masked": s.masked, "set": set});
-            if obj.get("status") == Some(&status) {
-                continue;
-            }
-            if let Err(error) = api
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
-            {
-                tracing::warn!(cluster_static_entry = name, %error, "failed to update status");
-            }
+            patch_status_if_changed(&api, obj, name, status).await;
         }
     }
 
@@ -591,6 +567,26 @@ impl Reconciler {
             }
         }
         self.reported = now;
+    }
+}
+
+/// Writes `status` on the resource's status subresource unless it already is the stored one.
+async fn patch_status_if_changed<K>(api: &Api<K>, obj: &Value, name: &str, status: Value)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if obj.get("status") == Some(&status) {
+        return;
+    }
+    if let Err(error) = api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+    {
+        tracing::warn!(kind = %K::kind(&()), name, %error, "failed to update status");
     }
 }
 

@@ -67,32 +67,7 @@ impl std::fmt::Debug for Svid {
 
 /// Reads the first message of `FetchX509SVID` and closes the stream.
 pub async fn fetch_x509(socket: &Path) -> Result<Vec<Svid>, tonic::Status> {
-    let mut c = client(socket)
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
-    let mut stream = c
-        .fetch_x509svid(request(pb::X509svidRequest {}))
-        .await?
-        .into_inner();
-    let msg = stream
-        .message()
-        .await?
-        .ok_or_else(|| tonic::Status::unknown("FetchX509SVID stream ended without a message"))?;
-    msg.svids
-        .into_iter()
-        .map(|s| {
-            let split = |der: &[u8], what: &str| {
-                sigil_spiffe::x509::parse_der_certs(der)
-                    .map_err(|e| tonic::Status::internal(format!("agent sent a bad {what}: {e}")))
-            };
-            Ok(Svid {
-                chain: split(&s.x509_svid, "x509_svid")?,
-                bundle: split(&s.bundle, "bundle")?,
-                spiffe_id: s.spiffe_id,
-                key: s.x509_svid_key,
-            })
-        })
-        .collect()
+    fetch_x509_context(socket).await.map(|(svids, _)| svids)
 }
 
 /// The first `FetchX509SVID` message: the SVIDs and the federated bundles (by trust domain

@@ -25,14 +25,13 @@ pub type BundleDocument = Arc<dyn Fn() -> String + Send + Sync>;
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The TLS acceptor of a bundle endpoint presenting `cert`.
-pub fn acceptor(cert: Arc<dyn ResolvesServerCert>) -> TlsAcceptor {
+/// The TLS acceptor of a bundle endpoint presenting `cert` (TLS 1.2 and 1.3 only).
+pub fn acceptor(cert: Arc<dyn ResolvesServerCert>) -> Result<TlsAcceptor, rustls::Error> {
     let config = rustls::ServerConfig::builder_with_provider(sigil_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("TLS 1.2 and 1.3 are supported by the ring provider")
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    TlsAcceptor::from(Arc::new(config))
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves the bundle endpoint on `listener` until the task is dropped.

@@ -82,7 +82,7 @@ async fn endpoint(pki: &Pki, doc: Arc<Mutex<String>>) -> String {
     let document: BundleDocument = Arc::new(move || doc.lock().unwrap().clone());
     tokio::spawn(serve(
         listener,
-        acceptor(Arc::new(Fixed(server_svid(pki)))),
+        acceptor(Arc::new(Fixed(server_svid(pki)))).unwrap(),
         document,
     ));
     format!("https://localhost:{port}")

@@ -575,22 +575,7 @@ impl Admin for AdminApi {
         req: Request<pb::BatchFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
         authorize(&req)?;
-        let mut results = Vec::new();
-        for r in req.into_inner().relationships {
-            let res = match relationship_from_proto(&r) {
-                Ok((rel, bundle)) => self
-                    .shared
-                    .federation
-                    .create(rel, &r.managed_by, bundle)
-                    .await
-                    .map_err(federation_status),
-                Err(s) => Err(s),
-            };
-            results.push(federation_result(&r, res));
-        }
-        Ok(Response::new(pb::BatchFederationRelationshipResponse {
-            results,
-        }))
+        self.write_relationships(req.into_inner(), true).await
     }
 
     async fn batch_update_federation_relationship(
@@ -598,22 +583,7 @@ impl Admin for AdminApi {
         req: Request<pb::BatchFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
         authorize(&req)?;
-        let mut results = Vec::new();
-        for r in req.into_inner().relationships {
-            let res = match relationship_from_proto(&r) {
-                Ok((rel, bundle)) => self
-                    .shared
-                    .federation
-                    .update(rel, bundle)
-                    .await
-                    .map_err(federation_status),
-                Err(s) => Err(s),
-            };
-            results.push(federation_result(&r, res));
-        }
-        Ok(Response::new(pb::BatchFederationRelationshipResponse {
-            results,
-        }))
+        self.write_relationships(req.into_inner(), false).await
     }
 
     async fn batch_delete_federation_relationship(
@@ -667,6 +637,33 @@ impl Admin for AdminApi {
             )));
         }
         Ok(Response::new(pb::RefreshBundleResponse {}))
+    }
+}
+
+impl AdminApi {
+    /// Creates (`create`) or updates each relationship; one result per relationship.
+    async fn write_relationships(
+        &self,
+        req: pb::BatchFederationRelationshipRequest,
+        create: bool,
+    ) -> Result<Response<pb::BatchFederationRelationshipResponse>, Status> {
+        let federation = &self.shared.federation;
+        let mut results = Vec::new();
+        for r in req.relationships {
+            let res = match relationship_from_proto(&r) {
+                Ok((rel, bundle)) if create => federation.create(rel, &r.managed_by, bundle).await,
+                Ok((rel, bundle)) => federation.update(rel, bundle).await,
+                Err(s) => {
+                    results.push(federation_result(&r, Err(s)));
+                    continue;
+                }
+            }
+            .map_err(federation_status);
+            results.push(federation_result(&r, res));
+        }
+        Ok(Response::new(pb::BatchFederationRelationshipResponse {
+            results,
+        }))
     }
 }
 
