@@ -1,13 +1,21 @@
-//! The trust domain's certificate authority: a self-signed root that signs X509-SVIDs, and an
-//! ES256 key that signs JWT-SVIDs.
+//! The trust domain's certificate authority: an X.509 CA that signs X509-SVIDs, and an ES256
+//! key that signs JWT-SVIDs.
 //!
-//! Rotation follows SPIRE's shape: when the active CA passes half its lifetime a successor is
-//! *prepared* (its root and JWT key join the bundle at once, so every agent and workload learns
-//! to trust it), and it is *activated* at five sixths of the old CA's lifetime. SVIDs are never
-//! valid beyond the CA that signs them.
+//! Both follow SPIRE's authority life cycle, each on its own: an *active* authority signs; when
+//! it passes half its lifetime a successor is *prepared* (its root or key joins the bundle at
+//! once, so every agent and workload learns to trust it) and it is *activated* at five sixths
+//! of the old one's lifetime; the previous authority becomes *old* and stays in the bundle until
+//! it expires. An operator can drive the same steps by hand (`localauthority x509|jwt
+//! prepare|activate`), *taint* an old authority (agents re-issue everything it signed) and then
+//! *revoke* it (it leaves the bundle). SVIDs are never valid beyond the CA that signs them.
+//!
+//! With `UpstreamAuthority "disk"` (see [`upstream`]) the X.509 CA is an intermediate signed by
+//! the upstream key; the bundle then holds the upstream roots, not the server's CA.
 //!
 //! Keys are held by a key manager: `disk` writes them to a 0600 JSON file (atomically: temp file,
 //! fsync, rename) so a restart keeps the same CA and bundle; `memory` keeps them in RAM only.
+
+pub mod upstream;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,10 +26,12 @@ use rcgen::{
 use sigil_spiffe::bundle::{Bundle, JwtAuthority};
 use sigil_spiffe::jwt::JwtSigner;
 use sigil_spiffe::{SpiffeId, TrustDomain};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
+pub use upstream::DiskUpstream;
 
 /// Where the CA and JWT signing keys live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,25 +97,57 @@ pub enum CaError {
     Csr(String),
     #[error("the CA expires too soon to sign anything")]
     Expired,
+    #[error("UpstreamAuthority \"disk\": {0}")]
+    Upstream(String),
+    /// An authority-management request that SPIRE's rules refuse; `code` is the gRPC status
+    /// SPIRE answers with, `message` its text.
+    #[error("{message}")]
+    Refused { code: RefusalCode, message: String },
+}
+
+/// The gRPC status of a refused authority-management request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    InvalidArgument,
+    FailedPrecondition,
+    NotFound,
+    Internal,
 }
 
 fn crypto(e: impl std::fmt::Display) -> CaError {
     CaError::Crypto(e.to_string())
 }
 
-/// One X.509 authority: a root certificate and its key.
+fn refused(code: RefusalCode, message: impl Into<String>) -> CaError {
+    CaError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+/// One X.509 authority: the CA certificate and its key.
 struct X509Authority {
     /// rcgen issuer built from the certificate and key; signing needs nothing else.
     issuer: Issuer<'static, KeyPair>,
     cert_der: Vec<u8>,
+    /// Upstream intermediates above this CA, leaf-most first (empty without an upstream, or when
+    /// the upstream certificate is the root). They follow the CA in every SVID chain.
+    upstream_chain: Vec<Vec<u8>>,
+    /// Subject key ID, hex: SPIRE's authority ID.
+    id: String,
+    /// Subject key ID of the upstream certificate that signed it ("" without an upstream).
+    upstream_id: String,
     not_before: i64,
     not_after: i64,
+    /// PKCS#8 of the key, kept only to persist it (zeroized on drop).
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for X509Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
         f.debug_struct("X509Authority")
+            .field("id", &self.id)
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
@@ -115,7 +157,10 @@ impl std::fmt::Debug for X509Authority {
 /// One JWT signing key.
 struct JwtKey {
     signer: JwtSigner,
+    not_before: i64,
     not_after: i64,
+    /// PKCS#8 of the key, kept only to persist it (zeroized on drop).
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -128,36 +173,153 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
-/// A CA generation: the X.509 root and JWT key that rotate together.
-struct Generation {
-    x509: X509Authority,
-    jwt: JwtKey,
-    /// PKCS#8 of both keys, kept only to persist them (zeroized on drop).
-    x509_pkcs8: zeroize::Zeroizing<Vec<u8>>,
-    jwt_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+/// What the life cycle needs to know of an authority.
+trait Authority {
+    fn id(&self) -> &str;
+    fn not_before(&self) -> i64;
+    fn not_after(&self) -> i64;
 }
 
-impl std::fmt::Debug for Generation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The PKCS#8 fields are left out on purpose: whether `Zeroizing`'s own `Debug` hides
-        // its contents depends on the zeroize version, so nothing here relies on it.
-        f.debug_struct("Generation")
-            .field("x509", &self.x509)
-            .field("jwt", &self.jwt)
-            .finish_non_exhaustive()
+impl Authority for X509Authority {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn not_before(&self) -> i64 {
+        self.not_before
+    }
+    fn not_after(&self) -> i64 {
+        self.not_after
     }
 }
 
-/// Generations of the CA; holds private keys, hence the hand-written `Debug` below.
-struct State {
-    active: Arc<Generation>,
+impl Authority for JwtKey {
+    fn id(&self) -> &str {
+        self.signer.kid()
+    }
+    fn not_before(&self) -> i64 {
+        self.not_before
+    }
+    fn not_after(&self) -> i64 {
+        self.not_after
+    }
+}
+
+/// The authorities of one kind.
+struct Slots<A> {
+    active: Arc<A>,
     /// Prepared successor (in the bundle, not yet signing).
-    next: Option<Arc<Generation>>,
-    /// Older generations still in the bundle until they expire.
-    retired: Vec<Arc<Generation>>,
+    prepared: Option<Arc<A>>,
+    /// Previously active authorities, oldest first, in the bundle until they expire or are
+    /// revoked. The last one is SPIRE's "old" authority while nothing is prepared.
+    old: Vec<Arc<A>>,
+}
+
+impl<A: std::fmt::Debug> std::fmt::Debug for Slots<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("active", &self.active)
+            .field("prepared", &self.prepared)
+            .field("old", &self.old)
+            .finish()
+    }
+}
+
+/// What SPIRE keeps in its "next" slot: the prepared authority, or else the old one.
+enum Next<'a, A> {
+    Prepared(&'a Arc<A>),
+    Old(&'a Arc<A>),
+    None,
+}
+
+impl<A: Authority> Slots<A> {
+    fn new(active: A) -> Self {
+        Self {
+            active: Arc::new(active),
+            prepared: None,
+            old: Vec::new(),
+        }
+    }
+
+    fn next(&self) -> Next<'_, A> {
+        match (&self.prepared, self.old.last()) {
+            (Some(p), _) => Next::Prepared(p),
+            (None, Some(o)) => Next::Old(o),
+            (None, None) => Next::None,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<A>> {
+        self.old
+            .iter()
+            .chain([&self.active])
+            .chain(self.prepared.iter())
+    }
+
+    /// Whether the schedule calls for a successor now.
+    fn prepare_due(&self, now: i64) -> bool {
+        let a = &self.active;
+        self.prepared.is_none() && now >= a.not_before() + (a.not_after() - a.not_before()) / 2
+    }
+
+    /// Activates the prepared authority; the active one becomes old.
+    fn activate(&mut self) -> bool {
+        match self.prepared.take() {
+            Some(next) => {
+                let old = std::mem::replace(&mut self.active, next);
+                self.old.push(old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies the schedule: a successor (made by the caller) is prepared, activated at 5/6 of
+    /// the active one's life; expired old authorities leave. Returns whether anything changed.
+    fn rotate(&mut self, now: i64, successor: Option<A>) -> bool {
+        let mut changed = false;
+        if let Some(next) = successor
+            && self.prepared.is_none()
+        {
+            self.prepared = Some(Arc::new(next));
+            changed = true;
+        }
+        let a = &self.active;
+        let life = a.not_after() - a.not_before();
+        if now >= a.not_before() + life * 5 / 6 {
+            changed |= self.activate();
+        }
+        let before = self.old.len();
+        self.old.retain(|g| g.not_after() > now);
+        changed | (self.old.len() != before)
+    }
+}
+
+/// Everything the CA holds; private keys, hence the hand-written `Debug`s.
+struct State {
+    x509: Slots<X509Authority>,
+    jwt: Slots<JwtKey>,
+    /// With an upstream authority: its roots, as the bundle publishes them (oldest first).
+    upstream_roots: Vec<Vec<u8>>,
+    /// Tainted X.509 authority IDs (local or upstream subject key IDs) and JWT key IDs.
+    tainted_x509: BTreeSet<String>,
+    tainted_jwt: BTreeSet<String>,
+    /// Revoked upstream roots' subject key IDs: never re-added from the upstream's files.
+    revoked_upstream: BTreeSet<String>,
     /// The bundle's `spiffe_sequence`: bumped on every change of the bundle, kept across
     /// restarts, so federated peers can refuse an older bundle.
     sequence: u64,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("x509", &self.x509)
+            .field("jwt", &self.jwt)
+            .field("tainted_x509", &self.tainted_x509)
+            .field("tainted_jwt", &self.tainted_jwt)
+            .field("sequence", &self.sequence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parameters of the CA.
@@ -169,6 +331,7 @@ pub struct CaConfig {
     pub key_type: KeyType,
     pub key_manager: KeyManager,
     pub jwt_issuer: Option<String>,
+    pub upstream: Option<DiskUpstream>,
 }
 
 /// The CA handle.
@@ -188,16 +351,6 @@ pub struct Ca {
 pub(crate) struct Probes {
     pub sign_threads: std::sync::Mutex<Vec<std::thread::ThreadId>>,
     pub keygen_lock_free: std::sync::Mutex<Vec<bool>>,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("active", &self.active)
-            .field("next", &self.next)
-            .field("retired", &self.retired)
-            .finish()
-    }
 }
 
 impl std::fmt::Debug for Ca {
@@ -221,10 +374,62 @@ pub struct SignedSvid {
     pub expires_at: i64,
 }
 
+/// An authority as `localauthority ... show` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityInfo {
+    pub authority_id: String,
+    /// Unix seconds; 0 when not reported.
+    pub expires_at: i64,
+    pub upstream_authority_subject_key_id: String,
+}
+
+/// Active, prepared and old authorities of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityStates {
+    pub active: Option<AuthorityInfo>,
+    pub prepared: Option<AuthorityInfo>,
+    pub old: Option<AuthorityInfo>,
+}
+
+/// Which authorities an operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorityKind {
+    X509,
+    Jwt,
+}
+
 // --- persistence format ---
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredGeneration {
+struct StoredX509 {
+    key: String,
+    cert: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream_chain: Vec<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredJwt {
+    kid: String,
+    key: String,
+    not_after: i64,
+    #[serde(default)]
+    not_before: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(bound(deserialize = "T: serde::Deserialize<'de>"))]
+struct StoredSlots<T> {
+    active: T,
+    #[serde(default)]
+    prepared: Option<T>,
+    #[serde(default)]
+    old: Vec<T>,
+}
+
+/// A generation as files written before X.509 and JWT authorities rotated separately held it.
+#[derive(serde::Deserialize)]
+struct LegacyGeneration {
     x509_key: String,
     x509_cert: String,
     jwt_kid: String,
@@ -232,16 +437,30 @@ struct StoredGeneration {
     jwt_not_after: i64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, Default)]
 struct StoredKeys {
-    active: StoredGeneration,
-    #[serde(default)]
-    next: Option<StoredGeneration>,
-    #[serde(default)]
-    retired: Vec<StoredGeneration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x509: Option<StoredSlots<StoredX509>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jwt: Option<StoredSlots<StoredJwt>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream_roots: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    tainted_x509: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    tainted_jwt: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    revoked_upstream: BTreeSet<String>,
     /// Absent in files written before federation: starts at 1.
     #[serde(default)]
     sequence: u64,
+    // The format before separate rotation: read, never written.
+    #[serde(default, skip_serializing)]
+    active: Option<LegacyGeneration>,
+    #[serde(default, skip_serializing)]
+    next: Option<LegacyGeneration>,
+    #[serde(default, skip_serializing)]
+    retired: Vec<LegacyGeneration>,
 }
 
 fn random_serial() -> SerialNumber {
@@ -267,17 +486,35 @@ fn to_time(unix: i64) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(crypto)
 }
 
-// === impl Generation ===
+/// The X.509 distinguished name's `serialNumber` attribute: makes every CA's subject unique
+/// (across rotations and servers under one upstream), which OpenSSL's path building needs.
+const DN_SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
 
-impl Generation {
-    fn create(cfg: &CaConfig, now: i64) -> Result<Self, CaError> {
+// === impl X509Authority ===
+
+impl X509Authority {
+    /// A new CA: self-signed, or signed by the upstream authority (its lifetime capped by it).
+    fn create(
+        cfg: &CaConfig,
+        upstream: Option<&upstream::UpstreamSigner>,
+        now: i64,
+    ) -> Result<Self, CaError> {
         let alg = match cfg.key_type {
             KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         };
         let key = KeyPair::generate_for(alg).map_err(crypto)?;
         let not_before = now - 10; // small backdate for clock skew
-        let not_after = now + cfg.ca_ttl.as_secs() as i64;
+        let mut not_after = now + cfg.ca_ttl.as_secs() as i64;
+        if let Some(up) = upstream {
+            not_after = not_after.min(up.not_after);
+            if not_after <= now {
+                return Err(CaError::Upstream(
+                    "the upstream certificate has expired".into(),
+                ));
+            }
+        }
+        let serial = random_serial();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         for c in &cfg.subject.country {
@@ -289,6 +526,10 @@ impl Generation {
         if !cfg.subject.common_name.is_empty() {
             dn.push(DnType::CommonName, cfg.subject.common_name.as_str());
         }
+        dn.push(
+            DnType::CustomDnType(DN_SERIAL_NUMBER.to_vec()),
+            hex::encode(serial.to_bytes()),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -304,75 +545,311 @@ impl Generation {
                 .try_into()
                 .map_err(crypto)?,
         )];
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(serial);
         params.not_before = to_time(not_before)?;
         params.not_after = to_time(not_after)?;
-        let cert = params.self_signed(&key).map_err(crypto)?;
-        let x509_pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
-        let cert_der = cert.der().to_vec();
-        let (jwt_signer, jwt_pkcs8) = JwtSigner::generate(random_kid()).map_err(crypto)?;
+        let (cert_der, upstream_chain, upstream_id) = match upstream {
+            None => (
+                params.self_signed(&key).map_err(crypto)?.der().to_vec(),
+                Vec::new(),
+                String::new(),
+            ),
+            Some(up) => {
+                params.use_authority_key_identifier_extension = true;
+                let cert = params.signed_by(&key, &up.issuer).map_err(crypto)?;
+                (
+                    cert.der().to_vec(),
+                    up.chain.clone(),
+                    up.subject_key_id.clone(),
+                )
+            }
+        };
+        let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+        let id = Self::id_of(&cert_der)?;
         let issuer = Issuer::new(params, key);
         Ok(Self {
-            x509: X509Authority {
-                issuer,
-                cert_der,
-                not_before,
-                not_after,
-            },
-            jwt: JwtKey {
-                signer: jwt_signer,
-                not_after,
-            },
-            x509_pkcs8,
-            jwt_pkcs8: zeroize::Zeroizing::new(jwt_pkcs8),
+            issuer,
+            cert_der,
+            upstream_chain,
+            id,
+            upstream_id,
+            not_before,
+            not_after,
+            pkcs8,
         })
     }
 
-    fn store(&self) -> StoredGeneration {
-        StoredGeneration {
-            x509_key: B64.encode(&*self.x509_pkcs8),
-            x509_cert: B64.encode(&self.x509.cert_der),
-            jwt_kid: self.jwt.signer.kid().to_string(),
-            jwt_key: B64.encode(&*self.jwt_pkcs8),
-            jwt_not_after: self.jwt.not_after,
+    fn id_of(cert_der: &[u8]) -> Result<String, CaError> {
+        sigil_spiffe::x509::key_ids(cert_der)
+            .map_err(crypto)?
+            .0
+            .ok_or_else(|| CaError::Crypto("CA certificate without subject key identifier".into()))
+    }
+
+    fn store(&self) -> StoredX509 {
+        StoredX509 {
+            key: B64.encode(&*self.pkcs8),
+            cert: B64.encode(&self.cert_der),
+            upstream_chain: self.upstream_chain.iter().map(|c| B64.encode(c)).collect(),
         }
     }
 
-    fn load(s: &StoredGeneration, path: &str) -> Result<Self, CaError> {
+    fn load(key_b64: &str, cert_b64: &str, chain: &[String], path: &str) -> Result<Self, CaError> {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             CaError::Corrupt(path.to_string(), format!("{what}: {e}"))
         };
-        let key_der = zeroize::Zeroizing::new(
-            B64.decode(&s.x509_key)
-                .map_err(|e| corrupt("x509_key", &e))?,
-        );
-        let cert_der = B64
-            .decode(&s.x509_cert)
-            .map_err(|e| corrupt("x509_cert", &e))?;
-        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| corrupt("x509_key", &e))?;
+        let pkcs8 =
+            zeroize::Zeroizing::new(B64.decode(key_b64).map_err(|e| corrupt("x509 key", &e))?);
+        let cert_der = B64.decode(cert_b64).map_err(|e| corrupt("x509 cert", &e))?;
+        let upstream_chain = chain
+            .iter()
+            .map(|c| B64.decode(c).map_err(|e| corrupt("upstream chain", &e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| corrupt("x509 key", &e))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
-            .map_err(|e| corrupt("x509_cert", &e))?;
+            .map_err(|e| corrupt("x509 cert", &e))?;
         let (_, parsed) =
-            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| corrupt("x509_cert", &e))?;
-        let not_before = parsed.validity().not_before.timestamp();
-        let not_after = parsed.validity().not_after.timestamp();
-        let jwt_der =
-            zeroize::Zeroizing::new(B64.decode(&s.jwt_key).map_err(|e| corrupt("jwt_key", &e))?);
-        let signer = JwtSigner::from_pkcs8(s.jwt_kid.clone(), &jwt_der)
-            .map_err(|e| corrupt("jwt_key", &e))?;
+            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| corrupt("x509 cert", &e))?;
+        let (id, aki) =
+            sigil_spiffe::x509::key_ids(&cert_der).map_err(|e| corrupt("x509 cert", &e))?;
+        let id = id.ok_or_else(|| corrupt("x509 cert", &"no subject key identifier"))?;
+        // Self-signed CAs name themselves; an upstream-signed one names the upstream key.
+        let upstream_id = match aki {
+            Some(aki) if aki != id => aki,
+            _ => String::new(),
+        };
         Ok(Self {
-            x509: X509Authority {
-                issuer,
-                cert_der,
-                not_before,
-                not_after,
-            },
-            jwt: JwtKey {
-                signer,
-                not_after: s.jwt_not_after,
-            },
-            x509_pkcs8: key_der,
-            jwt_pkcs8: jwt_der,
+            issuer,
+            not_before: parsed.validity().not_before.timestamp(),
+            not_after: parsed.validity().not_after.timestamp(),
+            cert_der,
+            upstream_chain,
+            id,
+            upstream_id,
+            pkcs8,
+        })
+    }
+}
+
+// === impl JwtKey ===
+
+impl JwtKey {
+    fn create(cfg: &CaConfig, now: i64) -> Result<Self, CaError> {
+        let (signer, pkcs8) = JwtSigner::generate(random_kid()).map_err(crypto)?;
+        Ok(Self {
+            signer,
+            not_before: now - 10,
+            not_after: now + cfg.ca_ttl.as_secs() as i64,
+            pkcs8: zeroize::Zeroizing::new(pkcs8),
+        })
+    }
+
+    fn store(&self) -> StoredJwt {
+        StoredJwt {
+            kid: self.signer.kid().to_string(),
+            key: B64.encode(&*self.pkcs8),
+            not_after: self.not_after,
+            not_before: self.not_before,
+        }
+    }
+
+    fn load(s: &StoredJwt, ca_ttl: Duration, path: &str) -> Result<Self, CaError> {
+        let pkcs8 = zeroize::Zeroizing::new(
+            B64.decode(&s.key)
+                .map_err(|e| CaError::Corrupt(path.into(), format!("jwt key: {e}")))?,
+        );
+        let signer = JwtSigner::from_pkcs8(s.kid.clone(), &pkcs8)
+            .map_err(|e| CaError::Corrupt(path.into(), format!("jwt key: {e}")))?;
+        // Files from before separate rotation have no not_before: the key was made one CA
+        // lifetime before it expires.
+        let not_before = if s.not_before == 0 {
+            s.not_after - ca_ttl.as_secs() as i64
+        } else {
+            s.not_before
+        };
+        Ok(Self {
+            signer,
+            not_before,
+            not_after: s.not_after,
+            pkcs8,
+        })
+    }
+}
+
+fn load_slots<S, A>(
+    s: &StoredSlots<S>,
+    load: impl Fn(&S) -> Result<A, CaError>,
+) -> Result<Slots<A>, CaError> {
+    Ok(Slots {
+        active: Arc::new(load(&s.active)?),
+        prepared: s.prepared.as_ref().map(&load).transpose()?.map(Arc::new),
+        old: s
+            .old
+            .iter()
+            .map(|g| load(g).map(Arc::new))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn store_slots<A, S>(s: &Slots<A>, store: impl Fn(&A) -> S) -> StoredSlots<S> {
+    StoredSlots {
+        active: store(&s.active),
+        prepared: s.prepared.as_deref().map(&store),
+        old: s.old.iter().map(|a| store(a)).collect(),
+    }
+}
+
+fn info_x509(a: &X509Authority) -> AuthorityInfo {
+    AuthorityInfo {
+        authority_id: a.id.clone(),
+        expires_at: a.not_after,
+        upstream_authority_subject_key_id: a.upstream_id.clone(),
+    }
+}
+
+fn info_jwt(a: &JwtKey) -> AuthorityInfo {
+    AuthorityInfo {
+        authority_id: a.signer.kid().to_string(),
+        expires_at: a.not_after,
+        upstream_authority_subject_key_id: String::new(),
+    }
+}
+
+fn states<A: Authority>(s: &Slots<A>, info: impl Fn(&A) -> AuthorityInfo) -> AuthorityStates {
+    let (prepared, old) = match s.next() {
+        Next::Prepared(p) => (Some(info(p)), None),
+        Next::Old(o) => (None, Some(info(o))),
+        Next::None => (None, None),
+    };
+    AuthorityStates {
+        active: Some(info(&s.active)),
+        prepared,
+        old,
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn load(stored: StoredKeys, cfg: &CaConfig, path: &str) -> Result<Self, CaError> {
+        let ttl = cfg.ca_ttl;
+        let (x509, jwt) = match (&stored.x509, &stored.jwt, &stored.active) {
+            (Some(x), Some(j), _) => (
+                load_slots(x, |s| {
+                    X509Authority::load(&s.key, &s.cert, &s.upstream_chain, path)
+                })?,
+                load_slots(j, |s| JwtKey::load(s, ttl, path))?,
+            ),
+            (None, None, Some(active)) => {
+                // Before separate rotation, each generation held both.
+                let x = |g: &LegacyGeneration| {
+                    X509Authority::load(&g.x509_key, &g.x509_cert, &[], path)
+                };
+                let j = |g: &LegacyGeneration| {
+                    JwtKey::load(
+                        &StoredJwt {
+                            kid: g.jwt_kid.clone(),
+                            key: g.jwt_key.clone(),
+                            not_after: g.jwt_not_after,
+                            not_before: 0,
+                        },
+                        ttl,
+                        path,
+                    )
+                };
+                let legacy = StoredSlotsRef {
+                    active,
+                    prepared: stored.next.as_ref(),
+                    old: &stored.retired,
+                };
+                (legacy.load(x)?, legacy.load(j)?)
+            }
+            _ => {
+                return Err(CaError::Corrupt(
+                    path.into(),
+                    "neither x509 and jwt authorities nor a legacy active generation".into(),
+                ));
+            }
+        };
+        let upstream_roots = stored
+            .upstream_roots
+            .iter()
+            .map(|r| {
+                B64.decode(r)
+                    .map_err(|e| CaError::Corrupt(path.into(), format!("upstream root: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(State {
+            x509,
+            jwt,
+            upstream_roots,
+            tainted_x509: stored.tainted_x509,
+            tainted_jwt: stored.tainted_jwt,
+            revoked_upstream: stored.revoked_upstream,
+            sequence: stored.sequence.max(1),
+        })
+    }
+
+    fn store(&self) -> StoredKeys {
+        StoredKeys {
+            x509: Some(store_slots(&self.x509, X509Authority::store)),
+            jwt: Some(store_slots(&self.jwt, JwtKey::store)),
+            upstream_roots: self.upstream_roots.iter().map(|r| B64.encode(r)).collect(),
+            tainted_x509: self.tainted_x509.clone(),
+            tainted_jwt: self.tainted_jwt.clone(),
+            revoked_upstream: self.revoked_upstream.clone(),
+            sequence: self.sequence,
+            ..Default::default()
+        }
+    }
+
+    /// Adds the upstream's roots that are new (and not revoked); drops expired ones.
+    fn merge_upstream_roots(&mut self, roots: &[Vec<u8>], now: i64) -> bool {
+        let mut changed = false;
+        for r in roots {
+            let id = sigil_spiffe::x509::key_ids(r).ok().and_then(|(ski, _)| ski);
+            let revoked = id.is_some_and(|id| self.revoked_upstream.contains(&id));
+            if !revoked && !self.upstream_roots.contains(r) {
+                self.upstream_roots.push(r.clone());
+                changed = true;
+            }
+        }
+        let before = self.upstream_roots.len();
+        self.upstream_roots
+            .retain(|r| sigil_spiffe::x509::not_after_unix(r).is_ok_and(|t| t > now));
+        changed | (before != self.upstream_roots.len())
+    }
+
+    /// The roots the bundle publishes.
+    fn roots(&self, upstream: bool) -> Vec<Vec<u8>> {
+        if upstream {
+            self.upstream_roots.clone()
+        } else {
+            self.x509.all().map(|a| a.cert_der.clone()).collect()
+        }
+    }
+}
+
+/// The legacy file's generations, borrowed, for loading either half of them.
+struct StoredSlotsRef<'a> {
+    active: &'a LegacyGeneration,
+    prepared: Option<&'a LegacyGeneration>,
+    old: &'a [LegacyGeneration],
+}
+
+impl StoredSlotsRef<'_> {
+    fn load<A>(
+        &self,
+        load: impl Fn(&LegacyGeneration) -> Result<A, CaError>,
+    ) -> Result<Slots<A>, CaError> {
+        Ok(Slots {
+            active: Arc::new(load(self.active)?),
+            prepared: self.prepared.map(&load).transpose()?.map(Arc::new),
+            old: self
+                .old
+                .iter()
+                .map(|g| load(g).map(Arc::new))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -392,27 +869,24 @@ impl Ca {
                 })?;
                 let stored: StoredKeys = serde_json::from_slice(&text)
                     .map_err(|e| CaError::Corrupt(p.clone(), e.to_string()))?;
-                State {
-                    active: Arc::new(Generation::load(&stored.active, &p)?),
-                    next: stored
-                        .next
-                        .as_ref()
-                        .map(|g| Generation::load(g, &p).map(Arc::new))
-                        .transpose()?,
-                    retired: stored
-                        .retired
-                        .iter()
-                        .map(|g| Generation::load(g, &p).map(Arc::new))
-                        .collect::<Result<_, _>>()?,
-                    sequence: stored.sequence.max(1),
-                }
+                State::load(stored, &cfg, &p)?
             }
-            _ => State {
-                active: Arc::new(Generation::create(&cfg, now)?),
-                next: None,
-                retired: vec![],
-                sequence: 1,
-            },
+            _ => {
+                let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
+                let mut state = State {
+                    x509: Slots::new(X509Authority::create(&cfg, upstream.as_ref(), now)?),
+                    jwt: Slots::new(JwtKey::create(&cfg, now)?),
+                    upstream_roots: Vec::new(),
+                    tainted_x509: BTreeSet::new(),
+                    tainted_jwt: BTreeSet::new(),
+                    revoked_upstream: BTreeSet::new(),
+                    sequence: 1,
+                };
+                if let Some(up) = &upstream {
+                    state.merge_upstream_roots(&up.roots, now);
+                }
+                state
+            }
         };
         let ca = Self {
             cfg,
@@ -431,19 +905,15 @@ impl Ca {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn persist(&self) -> Result<(), CaError> {
         let KeyManager::Disk { keys_path } = &self.cfg.key_manager else {
             return Ok(());
         };
-        let stored = {
-            let s = self.read();
-            StoredKeys {
-                active: s.active.store(),
-                next: s.next.as_ref().map(|g| g.store()),
-                retired: s.retired.iter().map(|g| g.store()).collect(),
-                sequence: s.sequence,
-            }
-        };
+        let stored = self.read().store();
         let bytes = zeroize::Zeroizing::new(
             serde_json::to_vec_pretty(&stored).map_err(|e| CaError::Crypto(e.to_string()))?,
         );
@@ -461,38 +931,47 @@ impl Ca {
         })
     }
 
-    /// Prepares/activates/retires generations as their lifetimes require. Returns true if the
+    /// A new X.509 authority (key generation and, with an upstream, reading its files: done
+    /// without holding the state lock). Returns the upstream's roots too.
+    fn create_x509(&self, now: i64) -> Result<(X509Authority, Vec<Vec<u8>>), CaError> {
+        #[cfg(test)]
+        self.probes
+            .keygen_lock_free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.state.try_write().is_ok());
+        let upstream = self
+            .cfg
+            .upstream
+            .as_ref()
+            .map(DiskUpstream::load)
+            .transpose()?;
+        let a = X509Authority::create(&self.cfg, upstream.as_ref(), now)?;
+        Ok((a, upstream.map(|u| u.roots).unwrap_or_default()))
+    }
+
+    /// Prepares/activates/retires authorities as their lifetimes require. Returns true if the
     /// bundle changed (so agents must be told).
     pub fn rotate_if_due(&self, now: i64) -> Result<bool, CaError> {
-        // A successor's keys are generated before taking the write lock, so signing (which
-        // reads the state) never waits for key generation.
-        let due = {
+        // Successors are made before taking the write lock, so signing (which reads the
+        // state) never waits for key generation.
+        let (x509_due, jwt_due) = {
             let s = self.read();
-            let a = &s.active.x509;
-            s.next.is_none() && now >= a.not_before + (a.not_after - a.not_before) / 2
+            (s.x509.prepare_due(now), s.jwt.prepare_due(now))
         };
-        let successor = due.then(|| self.create_generation(now)).transpose()?;
+        let x509_next = x509_due.then(|| self.create_x509(now)).transpose()?;
+        let jwt_next = jwt_due
+            .then(|| JwtKey::create(&self.cfg, now))
+            .transpose()?;
         let changed = {
-            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-            let mut changed = false;
-            if let Some(next) = successor
-                && s.next.is_none()
-            {
-                s.next = Some(Arc::new(next));
-                changed = true;
-            }
-            let a = &s.active.x509;
-            let life = a.not_after - a.not_before;
-            if now >= a.not_before + life * 5 / 6
-                && let Some(next) = s.next.take()
-            {
-                let old = std::mem::replace(&mut s.active, next);
-                s.retired.push(old);
-                changed = true;
-            }
-            let before = s.retired.len();
-            s.retired.retain(|g| g.x509.not_after > now);
-            changed |= s.retired.len() != before;
+            let mut s = self.write();
+            let (x509_next, roots) = match x509_next {
+                Some((a, roots)) => (Some(a), roots),
+                None => (None, Vec::new()),
+            };
+            let mut changed = s.merge_upstream_roots(&roots, now);
+            changed |= s.x509.rotate(now, x509_next);
+            changed |= s.jwt.rotate(now, jwt_next);
             if changed {
                 s.sequence += 1;
             }
@@ -508,37 +987,37 @@ impl Ca {
         &self.cfg.trust_domain
     }
 
-    /// The trust domain's own bundle: every generation's root and JWT key.
+    /// Whether an upstream authority signs the X.509 CA.
+    pub fn has_upstream(&self) -> bool {
+        self.cfg.upstream.is_some()
+    }
+
+    /// The trust domain's own bundle: the roots and every JWT key, with what is tainted.
     pub fn bundle(&self) -> Bundle {
         let s = self.read();
         let mut b = Bundle::new(self.cfg.trust_domain.clone());
-        let gens = s.retired.iter().chain([&s.active]).chain(s.next.iter());
-        for g in gens {
-            b.x509_authorities.push(g.x509.cert_der.clone());
+        b.x509_authorities = s.roots(self.has_upstream());
+        for k in s.jwt.all() {
             b.jwt_authorities.push(JwtAuthority {
-                key_id: g.jwt.signer.kid().to_string(),
-                public_key_der: g.jwt.signer.public_key_spki_der(),
-                expires_at: g.jwt.not_after,
+                key_id: k.signer.kid().to_string(),
+                public_key_der: k.signer.public_key_spki_der(),
+                expires_at: k.not_after,
             });
         }
         b.sequence_number = Some(s.sequence);
+        b.tainted_x509_authorities = s.tainted_x509.clone();
+        b.tainted_jwt_authorities = s.tainted_jwt.clone();
         b
+    }
+
+    /// The bundle's sequence number: changes whenever the authorities do.
+    pub fn sequence(&self) -> u64 {
+        self.read().sequence
     }
 
     /// Root certificates that verify SVIDs (DER).
     pub fn x509_roots(&self) -> Vec<Vec<u8>> {
-        self.bundle().x509_authorities
-    }
-
-    /// A successor generation (key generation: CPU work, done without holding the state lock).
-    fn create_generation(&self, now: i64) -> Result<Generation, CaError> {
-        #[cfg(test)]
-        self.probes
-            .keygen_lock_free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.state.try_write().is_ok());
-        Generation::create(&self.cfg, now)
+        self.read().roots(self.has_upstream())
     }
 
     #[cfg(test)]
@@ -561,8 +1040,7 @@ impl Ca {
     ) -> Result<SignedSvid, CaError> {
         #[cfg(test)]
         self.record_signing();
-        let active = self.read().active.clone();
-        let ca = &active.x509;
+        let ca = self.read().x509.active.clone();
         // Never valid beyond the CA.
         let not_after = (now + ttl.as_secs() as i64).min(ca.not_after);
         if not_after <= now {
@@ -599,8 +1077,15 @@ impl Ca {
         params.not_before = to_time(now - 10)?;
         params.not_after = to_time(not_after)?;
         let cert = params.signed_by(public_key, &ca.issuer).map_err(crypto)?;
+        // With an upstream, the CA is an intermediate: the chain carries it and whatever
+        // upstream intermediates lead to the roots.
+        let mut chain = vec![cert.der().to_vec()];
+        if self.has_upstream() {
+            chain.push(ca.cert_der.clone());
+            chain.extend(ca.upstream_chain.iter().cloned());
+        }
         Ok(SignedSvid {
-            chain: vec![cert.der().to_vec()],
+            chain,
             serial_hex,
             expires_at: not_after,
         })
@@ -632,13 +1117,12 @@ impl Ca {
     ) -> Result<(String, i64), CaError> {
         #[cfg(test)]
         self.record_signing();
-        let active = self.read().active.clone();
-        let exp = (now + ttl.as_secs() as i64).min(active.jwt.not_after);
+        let key = self.read().jwt.active.clone();
+        let exp = (now + ttl.as_secs() as i64).min(key.not_after);
         if exp <= now {
             return Err(CaError::Expired);
         }
-        let token = active
-            .jwt
+        let token = key
             .signer
             .sign_with_issuer(id, audience, now, exp, self.cfg.jwt_issuer.as_deref())
             .map_err(crypto)?;
@@ -651,6 +1135,292 @@ impl Ca {
             KeyManager::Disk { keys_path } => Some(keys_path.clone()),
             KeyManager::Memory => None,
         }
+    }
+
+    // --- authority management (`localauthority`, `upstreamauthority`) ---
+
+    /// Active, prepared and old authorities of one kind.
+    pub fn authority_states(&self, kind: AuthorityKind) -> AuthorityStates {
+        let s = self.read();
+        match kind {
+            AuthorityKind::X509 => states(&s.x509, info_x509),
+            AuthorityKind::Jwt => states(&s.jwt, info_jwt),
+        }
+    }
+
+    /// Commits a change of the bundle: bumps the sequence and persists.
+    fn commit(&self, mut s: std::sync::RwLockWriteGuard<'_, State>) -> Result<(), CaError> {
+        s.sequence += 1;
+        drop(s);
+        self.persist()
+    }
+
+    /// Makes a new authority and puts it in the prepared slot (replacing any prepared one).
+    pub fn prepare(&self, kind: AuthorityKind, now: i64) -> Result<AuthorityInfo, CaError> {
+        match kind {
+            AuthorityKind::X509 => {
+                let (a, roots) = self.create_x509(now)?;
+                let info = info_x509(&a);
+                let mut s = self.write();
+                s.merge_upstream_roots(&roots, now);
+                s.x509.prepared = Some(Arc::new(a));
+                self.commit(s)?;
+                Ok(info)
+            }
+            AuthorityKind::Jwt => {
+                let k = JwtKey::create(&self.cfg, now)?;
+                let info = info_jwt(&k);
+                let mut s = self.write();
+                s.jwt.prepared = Some(Arc::new(k));
+                self.commit(s)?;
+                Ok(info)
+            }
+        }
+    }
+
+    /// Activates the prepared authority `id` (SPIRE's checks and messages).
+    pub fn activate(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityInfo, CaError> {
+        use RefusalCode::*;
+        fn check<A: Authority>(s: &Slots<A>, id: &str) -> Result<(), CaError> {
+            let (next_id, prepared) = match s.next() {
+                Next::Prepared(p) => (p.id(), true),
+                Next::Old(o) => (o.id(), false),
+                Next::None => ("", false),
+            };
+            if id.is_empty() {
+                return Err(refused(InvalidArgument, "no authority ID provided"));
+            }
+            if id != next_id {
+                return Err(refused(InvalidArgument, "unexpected authority ID"));
+            }
+            if !prepared {
+                return Err(refused(
+                    Internal,
+                    "only Prepared authorities can be activated: unsupported local authority status: OLD",
+                ));
+            }
+            Ok(())
+        }
+        let mut s = self.write();
+        let info = match kind {
+            AuthorityKind::X509 => {
+                check(&s.x509, id)?;
+                s.x509.activate();
+                info_x509(&s.x509.active)
+            }
+            AuthorityKind::Jwt => {
+                check(&s.jwt, id)?;
+                s.jwt.activate();
+                info_jwt(&s.jwt.active)
+            }
+        };
+        self.commit(s)?;
+        Ok(info)
+    }
+
+    /// Taints the old local authority `id`: still trusted, but agents re-issue what it signed.
+    pub fn taint(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityInfo, CaError> {
+        use RefusalCode::*;
+        if kind == AuthorityKind::X509 && self.has_upstream() {
+            return Err(refused(
+                FailedPrecondition,
+                "local authority can't be tainted if there is an upstream authority",
+            ));
+        }
+        fn check<A: Authority>(s: &Slots<A>, id: &str) -> Result<(), CaError> {
+            if id.is_empty() {
+                return Err(refused(InvalidArgument, "no authority ID provided"));
+            }
+            if id == s.active.id() {
+                return Err(refused(
+                    InvalidArgument,
+                    "unable to taint current local authority",
+                ));
+            }
+            match s.next() {
+                Next::Old(o) if o.id() == id => Ok(()),
+                Next::Prepared(p) if p.id() == id => Err(refused(
+                    InvalidArgument,
+                    "only Old local authorities can be tainted: unsupported local authority status: PREPARED",
+                )),
+                _ => Err(refused(InvalidArgument, "unexpected authority ID")),
+            }
+        }
+        let mut s = self.write();
+        let info = match kind {
+            AuthorityKind::X509 => {
+                check(&s.x509, id)?;
+                if !s.tainted_x509.insert(id.to_string()) {
+                    return Err(refused(
+                        InvalidArgument,
+                        "failed to taint X.509 authority: root CA is already tainted",
+                    ));
+                }
+                s.x509.old.last().map(|a| info_x509(a)).unwrap_or_default()
+            }
+            AuthorityKind::Jwt => {
+                check(&s.jwt, id)?;
+                if !s.tainted_jwt.insert(id.to_string()) {
+                    return Err(refused(
+                        InvalidArgument,
+                        "failed to taint JWT authority: key is already tainted",
+                    ));
+                }
+                // SPIRE reports only the ID of a tainted JWT authority.
+                AuthorityInfo {
+                    authority_id: id.to_string(),
+                    ..Default::default()
+                }
+            }
+        };
+        self.commit(s)?;
+        Ok(info)
+    }
+
+    /// Removes a tainted old authority from the bundle.
+    pub fn revoke(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityInfo, CaError> {
+        use RefusalCode::*;
+        let mut s = self.write();
+        match kind {
+            AuthorityKind::X509 => {
+                if self.has_upstream() {
+                    return Err(refused(
+                        FailedPrecondition,
+                        "local authority can't be revoked if there is an upstream authority",
+                    ));
+                }
+                let invalid =
+                    |why: &str| refused(InvalidArgument, format!("invalid authority ID: {why}"));
+                if id.is_empty() {
+                    return Err(invalid("no authority ID provided"));
+                }
+                if id == s.x509.active.id {
+                    return Err(invalid("unable to use current authority"));
+                }
+                if !matches!(s.x509.next(), Next::Old(o) if o.id == id) {
+                    return Err(invalid("only Old local authority can be revoked"));
+                }
+                if !s.tainted_x509.contains(id) {
+                    return Err(refused(
+                        InvalidArgument,
+                        "failed to revoke X.509 authority: it is not possible to revoke an untainted root CA",
+                    ));
+                }
+                s.x509.old.retain(|a| a.id != id);
+                s.tainted_x509.remove(id);
+            }
+            AuthorityKind::Jwt => {
+                let invalid =
+                    |why: &str| refused(InvalidArgument, format!("invalid authority ID: {why}"));
+                if id.is_empty() {
+                    return Err(invalid("no authority ID provided"));
+                }
+                if let Some(p) = &s.jwt.prepared
+                    && p.id() == id
+                {
+                    return Err(invalid("unable to use a prepared key"));
+                }
+                if id == s.jwt.active.id() {
+                    return Err(invalid("unable to use current authority"));
+                }
+                if !s.jwt.old.iter().any(|k| k.id() == id) {
+                    return Err(invalid("no JWT authority found with provided authority ID"));
+                }
+                if !s.tainted_jwt.contains(id) {
+                    return Err(refused(
+                        InvalidArgument,
+                        "failed to revoke JWT authority: it is not possible to revoke an untainted key",
+                    ));
+                }
+                s.jwt.old.retain(|k| k.id() != id);
+                s.tainted_jwt.remove(id);
+            }
+        }
+        self.commit(s)?;
+        Ok(AuthorityInfo {
+            authority_id: id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// Checks `upstreamauthority taint|revoke -subjectKeyID` (SPIRE's rules and messages) and
+    /// returns the normalised (lowercase) subject key ID.
+    fn check_upstream_id(&self, s: &State, ski: &str, prefix: &str) -> Result<String, CaError> {
+        use RefusalCode::*;
+        if !self.has_upstream() {
+            return Err(refused(
+                FailedPrecondition,
+                "upstream authority is not configured",
+            ));
+        }
+        let ski = ski.to_ascii_lowercase();
+        let invalid = |why: &str| refused(InvalidArgument, format!("{prefix}: {why}"));
+        if ski.is_empty() {
+            return Err(invalid("no subject key ID provided"));
+        }
+        if ski == s.x509.active.upstream_id {
+            return Err(invalid(
+                "unable to use upstream authority singing current authority",
+            ));
+        }
+        match s.x509.next() {
+            Next::Old(o) if o.upstream_id == ski => Ok(ski),
+            Next::Prepared(p) if p.upstream_id == ski => Err(invalid(
+                "only upstream authorities signing an old authority can be used",
+            )),
+            _ => Err(invalid(
+                "upstream authority didn't sign the old local authority",
+            )),
+        }
+    }
+
+    fn upstream_root_position(s: &State, ski: &str) -> Option<usize> {
+        s.upstream_roots.iter().position(|r| {
+            sigil_spiffe::x509::key_ids(r).is_ok_and(|(id, _)| id.as_deref() == Some(ski))
+        })
+    }
+
+    /// Taints the upstream root that signed the old local authority.
+    pub fn taint_upstream(&self, ski: &str) -> Result<String, CaError> {
+        let mut s = self.write();
+        let ski = self.check_upstream_id(&s, ski, "provided subject key id is not valid")?;
+        if Self::upstream_root_position(&s, &ski).is_none() {
+            return Err(refused(
+                RefusalCode::NotFound,
+                "failed to taint upstream authority: no ca found with provided subject key ID",
+            ));
+        }
+        if !s.tainted_x509.insert(ski.clone()) {
+            return Err(refused(
+                RefusalCode::InvalidArgument,
+                "failed to taint upstream authority: root CA is already tainted",
+            ));
+        }
+        self.commit(s)?;
+        Ok(ski)
+    }
+
+    /// Removes a tainted upstream root from the bundle for good.
+    pub fn revoke_upstream(&self, ski: &str) -> Result<String, CaError> {
+        let mut s = self.write();
+        let ski = self.check_upstream_id(&s, ski, "invalid subject key ID")?;
+        let Some(pos) = Self::upstream_root_position(&s, &ski) else {
+            return Err(refused(
+                RefusalCode::NotFound,
+                "failed to revoke X.509 upstream authority: no ca found with provided subject key ID",
+            ));
+        };
+        if !s.tainted_x509.contains(&ski) {
+            return Err(refused(
+                RefusalCode::InvalidArgument,
+                "failed to revoke X.509 upstream authority: it is not possible to revoke an untainted root CA",
+            ));
+        }
+        s.upstream_roots.remove(pos);
+        s.tainted_x509.remove(&ski);
+        s.revoked_upstream.insert(ski.clone());
+        self.commit(s)?;
+        Ok(ski)
     }
 }
 
@@ -695,24 +1465,24 @@ mod tests {
     fn debug_never_shows_private_keys() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
-        // A successor too, so `next` is populated.
+        // Successors too, so the prepared slots are populated.
         assert!(ca.rotate_if_due(crate::now_unix() + 13 * 3600).unwrap());
         let state = ca.state.read().unwrap();
-        let generations: Vec<&Arc<Generation>> = std::iter::once(&state.active)
-            .chain(state.next.iter())
-            .collect();
-        assert_eq!(generations.len(), 2);
-        let keys: Vec<Vec<u8>> = generations
+        let x509: Vec<&Arc<X509Authority>> = state.x509.all().collect();
+        let jwt: Vec<&Arc<JwtKey>> = state.jwt.all().collect();
+        assert_eq!((x509.len(), jwt.len()), (2, 2));
+        let keys: Vec<Vec<u8>> = x509
             .iter()
-            .flat_map(|g| [g.x509_pkcs8.to_vec(), g.jwt_pkcs8.to_vec()])
+            .map(|a| a.pkcs8.to_vec())
+            .chain(jwt.iter().map(|k| k.pkcs8.to_vec()))
             .collect();
         let texts = [
             format!("{ca:?}"),
             format!("{ca:#?}"),
             format!("{:?}", *state),
-            format!("{:?}", generations[0]),
-            format!("{:?}", generations[0].jwt),
-            format!("{:?}", generations[0].x509),
+            format!("{:?}", state.x509),
+            format!("{:?}", x509[0]),
+            format!("{:?}", jwt[0]),
         ];
         drop(state);
         let identity = crate::tls::ServerIdentity::new(&ca, Duration::from_secs(600)).unwrap();
@@ -738,6 +1508,7 @@ mod tests {
                 keys_path: dir.join("keys.json"),
             },
             jwt_issuer: None,
+            upstream: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub k8sbundle: Option<sigil_k8sbundle::Config>,
     /// `server { federation { ... } }`.
     pub federation: FederationConfig,
+    /// `UpstreamAuthority "disk"`: the CA is an intermediate of the operator's upstream CA.
+    pub upstream_authority: Option<crate::ca::DiskUpstream>,
 }
 
 /// SPIRE's `federation` block: the bundle endpoint this server serves, and the trust domains
@@ -127,6 +129,7 @@ struct Raw {
     k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
     k8sbundle: Option<sigil_k8sbundle::Config>,
     federation: FederationConfig,
+    upstream_authority: Option<crate::ca::DiskUpstream>,
 }
 
 #[derive(Debug)]
@@ -278,6 +281,7 @@ impl ServerConfig {
             k8s_psat: raw.k8s_psat,
             k8sbundle: raw.k8sbundle,
             federation: raw.federation,
+            upstream_authority: raw.upstream_authority,
         })
     }
 }
@@ -518,9 +522,30 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
             return Ok(());
         }
         ("Notifier", _) => return Err(plugin.unsupported(Some("k8sbundle"))),
+        ("UpstreamAuthority", "disk") => {
+            let key = |name: &str, v: Option<String>| {
+                v.filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        invalid(&format!("UpstreamAuthority \"disk\" {name}"), "is required")
+                    })
+            };
+            let cert = plugin.data.string("cert_file_path")?;
+            let key_path = plugin.data.string("key_file_path")?;
+            raw.upstream_authority = Some(crate::ca::DiskUpstream {
+                cert_file_path: key("cert_file_path", cert)?,
+                key_file_path: key("key_file_path", key_path)?,
+                bundle_file_path: plugin
+                    .data
+                    .string("bundle_file_path")?
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from),
+            });
+        }
+        ("UpstreamAuthority", _) => return Err(plugin.unsupported(Some("disk"))),
         _ => {
             return Err(plugin.unsupported(Some(
-                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\"",
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\", UpstreamAuthority \"disk\"",
             )));
         }
     }

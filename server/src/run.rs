@@ -90,6 +90,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
             key_type: cfg.ca_key_type,
             key_manager: cfg.key_manager.clone(),
             jwt_issuer: cfg.jwt_issuer.clone(),
+            upstream: cfg.upstream_authority.clone(),
         })
         .context("loading the CA")?,
     );
@@ -151,20 +152,29 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ROTATION_CHECK);
+            // The bundle's sequence when the server SVID was last checked: any change of the
+            // authorities (a rotation here, or `localauthority ... activate|taint` through the
+            // admin API) re-issues it, so it is always signed by the active authority.
+            let mut seen = ca.sequence();
             loop {
                 tick.tick().await;
                 // Key generation, signing and the keys file's fsync: blocking work, off the
                 // async workers that serve agents.
-                let (ca, identity) = (ca.clone(), identity.clone());
+                let (ca2, identity) = (ca.clone(), identity.clone());
                 let rotated = tokio::task::spawn_blocking(move || {
-                    let rotated = ca.rotate_if_due(crate::now_unix());
-                    let force = matches!(rotated, Ok(true));
-                    if let Err(e) = identity.renew_if_due(&ca, ttl, force) {
+                    let rotated = ca2.rotate_if_due(crate::now_unix());
+                    let now_seen = ca2.sequence();
+                    let force = matches!(rotated, Ok(true)) || now_seen != seen;
+                    if let Err(e) = identity.renew_if_due(&ca2, ttl, force) {
                         tracing::error!(error = %e, "renewing the server SVID");
                     }
-                    rotated
+                    (rotated, now_seen)
                 })
-                .await;
+                .await
+                .map(|(rotated, now_seen)| {
+                    seen = now_seen;
+                    rotated
+                });
                 match rotated {
                     Ok(Ok(true)) => {
                         tracing::info!("CA rotated; bundle updated");

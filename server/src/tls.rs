@@ -273,6 +273,7 @@ mod tests {
                 key_type: KeyType::EcP256,
                 key_manager: KeyManager::Memory,
                 jwt_issuer: None,
+                upstream: None,
             })
             .unwrap(),
         );

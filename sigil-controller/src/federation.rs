@@ -251,5 +251,6 @@ fn bundle_proto(b: &sigil_spiffe::Bundle) -> sigil_proto::types::Bundle {
             .collect(),
         refresh_hint: b.refresh_hint.unwrap_or(0),
         sequence_number: b.sequence_number.unwrap_or(0),
+        ..Default::default()
     }
 }

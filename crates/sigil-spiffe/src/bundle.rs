@@ -144,6 +144,12 @@ pub struct Bundle {
     pub refresh_hint: Option<i64>,
     /// Incremented on every change by the publisher.
     pub sequence_number: Option<u64>,
+    /// Authority IDs (subject key IDs, lowercase hex) of X.509 authorities an operator has
+    /// tainted: still trusted, but every SVID chained to one must be re-issued. Travels only
+    /// between Sigil's server and agents (SPIFFE bundle JSON has no such member).
+    pub tainted_x509_authorities: std::collections::BTreeSet<String>,
+    /// Key IDs of tainted JWT authorities: tokens signed with them are dropped from caches.
+    pub tainted_jwt_authorities: std::collections::BTreeSet<String>,
 }
 
 /// The SPIFFE bundle document as read. Unknown members are ignored.
@@ -183,6 +189,8 @@ impl Bundle {
             jwt_authorities: Vec::new(),
             refresh_hint: None,
             sequence_number: None,
+            tainted_x509_authorities: Default::default(),
+            tainted_jwt_authorities: Default::default(),
         }
     }
 

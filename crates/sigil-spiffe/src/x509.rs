@@ -322,6 +322,29 @@ pub fn spki_der_of_cert(der: &[u8]) -> Result<Vec<u8>, SvidError> {
     Ok(cert.public_key().raw.to_vec())
 }
 
+/// The certificate's key identifiers, lowercase hex (SPIRE's authority IDs): its own
+/// `subjectKeyIdentifier` and the `authorityKeyIdentifier` naming its issuer's key, each `None`
+/// when the extension is absent.
+pub fn key_ids(der: &[u8]) -> Result<(Option<String>, Option<String>), SvidError> {
+    use x509_parser::extensions::ParsedExtension;
+    let cert = parse_chain_cert(der, 0)?;
+    let (mut ski, mut aki) = (None, None);
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(hex_lower(id.0)),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|id| hex_lower(id.0))
+            }
+            _ => {}
+        }
+    }
+    Ok((ski, aki))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 // === SVID structure ===
 
 fn id_from_cert(cert: &X509Certificate<'_>, index: usize) -> Result<SpiffeId, SvidError> {

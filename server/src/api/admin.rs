@@ -355,6 +355,24 @@ impl Admin for AdminApi {
         Ok(Response::new(bundle_to_proto(&self.shared.ca.bundle())))
     }
 
+    async fn get_authority_state(
+        &self,
+        req: Request<pb::GetAuthorityStateRequest>,
+    ) -> Result<Response<pb::AuthorityStateResponse>, Status> {
+        authorize(&req)?;
+        super::authority::get_state(&self.shared, req.into_inner()).map(Response::new)
+    }
+
+    async fn change_authority(
+        &self,
+        req: Request<pb::ChangeAuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityState>, Status> {
+        authorize(&req)?;
+        super::authority::change(&self.shared, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_federated_bundles(
         &self,
         req: Request<pb::ListFederatedBundlesRequest>,

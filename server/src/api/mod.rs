@@ -1,6 +1,7 @@
 //! gRPC services: the agent API (`node`, TLS) and the admin API (`admin`, Unix socket).
 
 pub mod admin;
+mod authority;
 pub mod node;
 
 use crate::ca::Ca;
@@ -90,6 +91,7 @@ mod tests {
             key_type: cfg.ca_key_type,
             key_manager: KeyManager::Memory,
             jwt_issuer: None,
+            upstream: None,
         })
         .unwrap();
         let ca = Arc::new(ca);

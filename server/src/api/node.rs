@@ -56,6 +56,8 @@ pub(crate) fn bundle_to_proto(b: &sigil_spiffe::bundle::Bundle) -> types::Bundle
             .collect(),
         refresh_hint: b.refresh_hint.unwrap_or(0),
         sequence_number: b.sequence_number.unwrap_or(0),
+        tainted_x509_authorities: b.tainted_x509_authorities.iter().cloned().collect(),
+        tainted_jwt_authorities: b.tainted_jwt_authorities.iter().cloned().collect(),
     }
 }
 

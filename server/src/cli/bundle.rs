@@ -43,9 +43,49 @@ pub(super) async fn bundle_show(socket: &str, p: &Parsed, out: Out) -> Result<i3
         .get_bundle(pb::GetBundleRequest {})
         .await?
         .into_inner();
+    if out.json {
+        // spire-server prints its API's Bundle message, where tainted authorities are marked.
+        println!("{:#}", bundle_api_json(&b));
+        return Ok(0);
+    }
     let b = bundle_from_proto(&b)?;
     print_bundle(&b, format, out);
     Ok(0)
+}
+
+/// A bundle as spire-server's `-output json` prints it (protojson of `spire.api.types.Bundle`:
+/// DER as base64, 64-bit integers as strings, every authority with its `tainted` mark).
+fn bundle_api_json(b: &types::Bundle) -> Value {
+    use sigil_spiffe::x509::key_ids;
+    let x509: Vec<Value> = b
+        .x509_authorities
+        .iter()
+        .map(|der| {
+            let ski = key_ids(der).ok().and_then(|(ski, _)| ski);
+            let tainted = ski.is_some_and(|s| b.tainted_x509_authorities.contains(&s));
+            json!({"asn1": super::b64(der), "tainted": tainted})
+        })
+        .collect();
+    let jwt: Vec<Value> = b
+        .jwt_authorities
+        .iter()
+        .map(|k| {
+            json!({
+                "public_key": super::b64(&k.public_key),
+                "key_id": k.key_id,
+                "expires_at": k.expires_at.to_string(),
+                "tainted": b.tainted_jwt_authorities.contains(&k.key_id),
+            })
+        })
+        .collect();
+    json!({
+        "trust_domain": b.trust_domain,
+        "x509_authorities": x509,
+        "jwt_authorities": jwt,
+        "wit_authorities": [],
+        "refresh_hint": b.refresh_hint.to_string(),
+        "sequence_number": b.sequence_number.to_string(),
+    })
 }
 
 pub(super) async fn bundle_list(socket: &str, p: &Parsed, out: Out) -> Result<i32> {
@@ -75,11 +115,21 @@ pub(super) async fn bundle_list(socket: &str, p: &Parsed, out: Out) -> Result<i3
         );
     }
     if out.json {
-        let v: Vec<Value> = bundles
+        let v: Vec<Value> = list
             .iter()
-            .map(|b| serde_json::from_str(&b.to_spiffe_json()).unwrap_or(Value::Null))
+            .filter(|b| {
+                want.as_ref().is_none_or(|w| {
+                    sigil_spiffe::TrustDomain::from_id_or_name(&b.trust_domain)
+                        .is_ok_and(|td| &td == w)
+                })
+            })
+            .map(bundle_api_json)
             .collect();
-        println!("{}", json!({"bundles": v}));
+        if want.is_some() && v.len() == 1 {
+            println!("{:#}", v[0]);
+        } else {
+            println!("{:#}", json!({"bundles": v, "next_page_token": ""}));
+        }
     } else {
         for b in &bundles {
             if want.is_none() {

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use crate::config::DEFAULT_SOCKET_PATH;
 
 mod agent;
+mod authority;
 mod bundle;
 mod entry;
 mod federation;
@@ -33,6 +34,8 @@ Commands:
   bundle show|list|set|delete
   agent list|show|evict|ban
   federation create|update|delete|list|show|refresh
+  localauthority x509|jwt show|prepare|activate|taint|revoke
+  upstreamauthority taint|revoke
   healthcheck         Determines server health status
 
 Run `sigil-server <command> -h` for the flags of a command.";
@@ -68,8 +71,12 @@ async fn dispatch(args: Vec<String>) -> Result<i32> {
     let (cmd, rest) = match words.as_slice() {
         ["run", ..] => ("run", &args[1..]),
         ["healthcheck", ..] => ("healthcheck", &args[1..]),
+        ["localauthority", kind @ ("x509" | "jwt"), verb, ..] if !verb.starts_with('-') => {
+            let name = format!("localauthority {kind} {verb}");
+            return sub(&name, &args[3..]).await;
+        }
         [
-            group @ ("entry" | "token" | "bundle" | "agent" | "federation"),
+            group @ ("entry" | "token" | "bundle" | "agent" | "federation" | "upstreamauthority"),
             verb,
             ..,
         ] if !verb.starts_with('-') => {
@@ -105,7 +112,8 @@ fn flags_for(cmd: &str) -> Option<FlagSet> {
             .or_else(|| token::flags(cmd))
             .or_else(|| bundle::flags(cmd))
             .or_else(|| agent::flags(cmd))
-            .or_else(|| federation::flags(cmd)),
+            .or_else(|| federation::flags(cmd))
+            .or_else(|| authority::flags(cmd)),
     }
 }
 
@@ -159,6 +167,9 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
         "federation create" => federation::federation_create(&socket, &p, out).await,
         "federation update" => federation::federation_update(&socket, &p, out).await,
         "federation delete" => federation::federation_delete(&socket, &p, out).await,
+        c if c.starts_with("localauthority ") || c.starts_with("upstreamauthority ") => {
+            authority::run(&socket, c, &p, out).await
+        }
         other => bail!("unknown command {other:?}"),
     }
 }

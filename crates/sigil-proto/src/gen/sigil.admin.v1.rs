@@ -251,6 +251,116 @@ pub struct RefreshBundleRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RefreshBundleResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuthorityState {
+    /// X.509: the CA certificate's subject key ID (hex); JWT: the key ID.
+    #[prost(string, tag = "1")]
+    pub authority_id: ::prost::alloc::string::String,
+    /// Unix seconds; 0 when not reported (as SPIRE, after a JWT taint or any revoke).
+    #[prost(int64, tag = "2")]
+    pub expires_at: i64,
+    /// X.509 only: subject key ID of the upstream certificate that signed this authority.
+    #[prost(string, tag = "3")]
+    pub upstream_authority_subject_key_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAuthorityStateRequest {
+    #[prost(enumeration = "AuthorityKind", tag = "1")]
+    pub kind: i32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuthorityStateResponse {
+    #[prost(message, optional, tag = "1")]
+    pub active: ::core::option::Option<AuthorityState>,
+    #[prost(message, optional, tag = "2")]
+    pub prepared: ::core::option::Option<AuthorityState>,
+    #[prost(message, optional, tag = "3")]
+    pub old: ::core::option::Option<AuthorityState>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangeAuthorityRequest {
+    #[prost(enumeration = "AuthorityKind", tag = "1")]
+    pub kind: i32,
+    #[prost(enumeration = "AuthorityAction", tag = "2")]
+    pub action: i32,
+    /// The authority ID (for UPSTREAM_X509: the subject key ID). Unused by PREPARE.
+    #[prost(string, tag = "3")]
+    pub authority_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AuthorityKind {
+    Unspecified = 0,
+    X509 = 1,
+    Jwt = 2,
+    /// The upstream authority that signed the local X.509 authorities (UpstreamAuthority).
+    UpstreamX509 = 3,
+}
+impl AuthorityKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "AUTHORITY_KIND_UNSPECIFIED",
+            Self::X509 => "X509",
+            Self::Jwt => "JWT",
+            Self::UpstreamX509 => "UPSTREAM_X509",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "AUTHORITY_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "X509" => Some(Self::X509),
+            "JWT" => Some(Self::Jwt),
+            "UPSTREAM_X509" => Some(Self::UpstreamX509),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AuthorityAction {
+    Unspecified = 0,
+    Prepare = 1,
+    Activate = 2,
+    Taint = 3,
+    Revoke = 4,
+}
+impl AuthorityAction {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "AUTHORITY_ACTION_UNSPECIFIED",
+            Self::Prepare => "PREPARE",
+            Self::Activate => "ACTIVATE",
+            Self::Taint => "TAINT",
+            Self::Revoke => "REVOKE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "AUTHORITY_ACTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "PREPARE" => Some(Self::Prepare),
+            "ACTIVATE" => Some(Self::Activate),
+            "TAINT" => Some(Self::Taint),
+            "REVOKE" => Some(Self::Revoke),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod admin_client {
     #![allow(
@@ -840,6 +950,52 @@ pub mod admin_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Authority management (`localauthority` / `upstreamauthority`), SPIRE's LocalAuthority API.
+        pub async fn get_authority_state(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetAuthorityStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AuthorityStateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/GetAuthorityState",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "GetAuthorityState"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn change_authority(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ChangeAuthorityRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuthorityState>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/ChangeAuthority",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "ChangeAuthority"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -989,6 +1145,18 @@ pub mod admin_server {
             tonic::Response<super::BatchFederationRelationshipResponse>,
             tonic::Status,
         >;
+        /// Authority management (`localauthority` / `upstreamauthority`), SPIRE's LocalAuthority API.
+        async fn get_authority_state(
+            &self,
+            request: tonic::Request<super::GetAuthorityStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AuthorityStateResponse>,
+            tonic::Status,
+        >;
+        async fn change_authority(
+            &self,
+            request: tonic::Request<super::ChangeAuthorityRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuthorityState>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -1962,6 +2130,96 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = BatchDeleteFederationRelationshipSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/GetAuthorityState" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetAuthorityStateSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::GetAuthorityStateRequest>
+                    for GetAuthorityStateSvc<T> {
+                        type Response = super::AuthorityStateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetAuthorityStateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_authority_state(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetAuthorityStateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/ChangeAuthority" => {
+                    #[allow(non_camel_case_types)]
+                    struct ChangeAuthoritySvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ChangeAuthorityRequest>
+                    for ChangeAuthoritySvc<T> {
+                        type Response = super::AuthorityState;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ChangeAuthorityRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::change_authority(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ChangeAuthoritySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -69,6 +69,17 @@ pub struct Bundle {
     pub refresh_hint: i64,
     #[prost(uint64, tag = "5")]
     pub sequence_number: u64,
+    /// Authority IDs (subject key IDs, lowercase hex) of tainted X.509 authorities: agents
+    /// re-issue every SVID chained to one.
+    #[prost(string, repeated, tag = "6")]
+    pub tainted_x509_authorities: ::prost::alloc::vec::Vec<
+        ::prost::alloc::string::String,
+    >,
+    /// Key IDs of tainted JWT authorities: agents drop tokens signed with them.
+    #[prost(string, repeated, tag = "7")]
+    pub tainted_jwt_authorities: ::prost::alloc::vec::Vec<
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
