@@ -134,6 +134,7 @@ pub async fn run_until(
     let creds = Credentials {
         svid: Arc::new(boot.svid),
         roots: Arc::new(boot.roots),
+        tainted: Default::default(),
     };
     let (mut manager, handle) = Manager::new(
         endpoint,

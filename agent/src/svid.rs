@@ -14,6 +14,18 @@ pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], now: i64) -> Result<Sp
     sigil_spiffe::x509::verify_svid_chain(chain, roots, now).map_err(|e| SvidError(e.to_string()))
 }
 
+/// Whether any certificate of `chain` is, or was signed by, one of the `tainted` authorities
+/// (subject key IDs, hex): such an SVID must be re-issued.
+pub fn chained_to(chain: &[Vec<u8>], tainted: &std::collections::BTreeSet<String>) -> bool {
+    !tainted.is_empty()
+        && chain.iter().any(|der| {
+            sigil_spiffe::x509::key_ids(der).is_ok_and(|(ski, aki)| {
+                ski.is_some_and(|s| tainted.contains(&s))
+                    || aki.is_some_and(|a| tainted.contains(&a))
+            })
+        })
+}
+
 /// The SPIFFE ID in a certificate's URI SAN.
 pub fn spiffe_id(cert_der: &[u8]) -> Result<SpiffeId, SvidError> {
     sigil_spiffe::x509::spiffe_id_of_cert(cert_der).map_err(|e| SvidError(e.to_string()))

@@ -146,21 +146,21 @@ impl BundleRecord {
     pub fn from_proto(b: &sigil_proto::types::Bundle) -> Result<Self, String> {
         let td = TrustDomain::from_id_or_name(&b.trust_domain)
             .map_err(|e| format!("bundle with invalid trust domain {:?}: {e}", b.trust_domain))?;
-        let bundle = Bundle {
-            trust_domain: td,
-            x509_authorities: b.x509_authorities.clone(),
-            jwt_authorities: b
-                .jwt_authorities
-                .iter()
-                .map(|k| sigil_spiffe::JwtAuthority {
-                    key_id: k.key_id.clone(),
-                    public_key_der: k.public_key.clone(),
-                    expires_at: k.expires_at,
-                })
-                .collect(),
-            refresh_hint: (b.refresh_hint != 0).then_some(b.refresh_hint),
-            sequence_number: (b.sequence_number != 0).then_some(b.sequence_number),
-        };
+        let mut bundle = Bundle::new(td);
+        bundle.x509_authorities = b.x509_authorities.clone();
+        bundle.jwt_authorities = b
+            .jwt_authorities
+            .iter()
+            .map(|k| sigil_spiffe::JwtAuthority {
+                key_id: k.key_id.clone(),
+                public_key_der: k.public_key.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect();
+        bundle.refresh_hint = (b.refresh_hint != 0).then_some(b.refresh_hint);
+        bundle.sequence_number = (b.sequence_number != 0).then_some(b.sequence_number);
+        bundle.tainted_x509_authorities = b.tainted_x509_authorities.iter().cloned().collect();
+        bundle.tainted_jwt_authorities = b.tainted_jwt_authorities.iter().cloned().collect();
         Ok(Self {
             x509_der: bundle.x509_authorities_concat_der(),
             jwks: bundle.to_jwks_json().into_bytes(),

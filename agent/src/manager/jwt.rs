@@ -49,6 +49,8 @@ struct Key {
 #[derive(Clone)]
 struct Cached {
     token: String,
+    /// The `kid` that signed it: a taint of that key drops the token.
+    kid: String,
     refresh_at: i64,
     expires_at: i64,
 }
@@ -185,10 +187,16 @@ impl JwtSigner {
             .into_inner();
 
         // Half-life from the token's own iat when present (the server's clock), else from now.
-        let issued_at = sigil_spiffe::jwt::parse_unverified(&resp.token)
-            .ok()
+        let parsed = sigil_spiffe::jwt::parse_unverified(&resp.token).ok();
+        let issued_at = parsed
+            .as_ref()
             .and_then(|t| t.claims.get("iat").and_then(serde_json::Value::as_i64))
             .unwrap_or(now);
+        let kid = parsed
+            .as_ref()
+            .and_then(|t| t.header.get("kid").and_then(serde_json::Value::as_str))
+            .unwrap_or_default()
+            .to_string();
         let expires_at = resp.expires_at;
         let refresh_at = issued_at + (expires_at - issued_at).max(0) / 2;
         let mut cache = self.lock();
@@ -200,6 +208,7 @@ impl JwtSigner {
             key,
             Cached {
                 token: resp.token.clone(),
+                kid,
                 refresh_at,
                 expires_at,
             },
@@ -210,6 +219,13 @@ impl JwtSigner {
     /// Drops tokens of entries that no longer exist.
     pub fn retain_entries(&self, exists: impl Fn(&str) -> bool) {
         self.lock().retain(|k, _| exists(&k.entry_id));
+    }
+
+    /// Drops tokens signed with a tainted key: the next request mints one with the active key.
+    pub fn drop_signed_by(&self, tainted: &std::collections::BTreeSet<String>) {
+        if !tainted.is_empty() {
+            self.lock().retain(|_, c| !tainted.contains(&c.kid));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
@@ -234,6 +250,7 @@ mod tests {
     fn token(t: &str) -> Cached {
         Cached {
             token: t.into(),
+            kid: format!("kid-{t}"),
             refresh_at: 10,
             expires_at: 20,
         }
@@ -283,6 +300,20 @@ mod tests {
         lru.retain(|k, _| k.audience[0] != "b");
         assert_eq!(lru.len(), 2);
         assert_eq!(lru.order.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tokens_signed_by_a_tainted_key_are_dropped() {
+        let (_tx, rx) = watch::channel(None);
+        let signer = JwtSigner::new(rx, 10);
+        for aud in ["a", "b", "c"] {
+            signer.lock().insert(key(aud), token(aud));
+        }
+        signer.drop_signed_by(&["kid-b".to_string()].into());
+        let mut lru = signer.lock();
+        assert_eq!(lru.len(), 2);
+        assert!(lru.get(&key("b")).is_none());
+        assert!(lru.get(&key("a")).is_some());
     }
 
     #[tokio::test]

@@ -387,28 +387,49 @@ impl Manager {
     }
 
     /// A new own-trust-domain bundle: serve it, trust it for the server connection, persist it,
-    /// and re-sign SVIDs that no longer chain to it (their CA was removed).
+    /// and re-sign SVIDs that no longer chain to it (their CA was removed) or that are chained
+    /// to a tainted authority; JWT-SVIDs signed with a tainted key are dropped.
     fn bundle_changed(&mut self, rec: BundleRecord) {
         let st = &mut self.state;
         let roots = rec.bundle.x509_authorities.clone();
-        let x509_changed = st
-            .bundle
-            .as_ref()
-            .is_none_or(|old| old.bundle.x509_authorities != roots);
+        let tainted = rec.bundle.tainted_x509_authorities.clone();
+        let (x509_changed, taint_changed) = match st.bundle.as_ref() {
+            Some(old) => (
+                old.bundle.x509_authorities != roots,
+                old.bundle.tainted_x509_authorities != tainted,
+            ),
+            None => (true, true),
+        };
+        self.jwt.drop_signed_by(&rec.bundle.tainted_jwt_authorities);
         st.bundle = Some(Arc::new(rec));
         st.dirty = true;
-        if !x509_changed || roots.is_empty() {
+        if !(x509_changed || taint_changed) || roots.is_empty() {
             return;
         }
-        tracing::info!(authorities = roots.len(), "trust bundle updated");
+        tracing::info!(
+            authorities = roots.len(),
+            tainted = tainted.len(),
+            "trust bundle updated"
+        );
         let now = svid::now_unix();
+        let mut resign = 0usize;
         for svid in st.svids.values_mut() {
-            if svid::verify_chain(&svid.chain, &roots, now).is_err() {
+            if svid::chained_to(&svid.chain, &tainted)
+                || svid::verify_chain(&svid.chain, &roots, now).is_err()
+            {
                 let mut s = (**svid).clone();
                 s.rotate_at_ms = 0;
                 *svid = Arc::new(s);
+                resign += 1;
             }
         }
+        if resign > 0 {
+            tracing::info!(
+                svids = resign,
+                "re-issuing SVIDs chained to a tainted or removed authority"
+            );
+        }
+        let tainted = Arc::new(tainted);
         let roots = Arc::new(roots);
         // Written by `persist_bundle` after this snapshot is applied: an fsync has no place
         // on an async worker.
@@ -416,6 +437,7 @@ impl Manager {
         self.creds.send_modify(|c| {
             let mut next = (**c).clone();
             next.roots = roots;
+            next.tainted = tainted;
             *c = Arc::new(next);
         });
     }
@@ -709,11 +731,16 @@ async fn renew_agent_svid(
     let mut rx = creds.subscribe();
     loop {
         let current = rx.borrow_and_update().clone();
-        let due = rotate_at_ms(
-            lifetime_start(current.svid.not_before, current.svid.received_at),
-            current.svid.not_after,
-            0.0,
-        );
+        // An SVID signed by a tainted authority is renewed now (SPIRE's taint semantics).
+        let due = if svid::chained_to(&current.svid.chain, &current.tainted) {
+            0
+        } else {
+            rotate_at_ms(
+                lifetime_start(current.svid.not_before, current.svid.received_at),
+                current.svid.not_after,
+                0.0,
+            )
+        };
         if due > now_unix_ms() {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline_from_unix_ms(due)) => {}

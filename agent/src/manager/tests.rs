@@ -86,6 +86,7 @@ fn manager(ca: &TestCa) -> (Manager, ManagerHandle) {
     let creds = Credentials {
         svid: Arc::new(crate::node::AgentSvid::new(chain, key).unwrap()),
         roots: Arc::new(vec![ca.der.clone()]),
+        tainted: Default::default(),
     };
     Manager::new(
         ServerEndpoint::new(&host, 8081, &trust_domain),

@@ -54,6 +54,8 @@ pub struct Credentials {
     /// The own trust domain's X.509 authorities (DER), which the server's certificate must
     /// chain to.
     pub roots: Arc<Vec<Vec<u8>>>,
+    /// Tainted X.509 authority IDs: an agent SVID chained to one is renewed at once.
+    pub tainted: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// The server's address and expected identity.

@@ -5,6 +5,7 @@
 //! The binaries must be built first: `cargo xtask test` does it (`cargo build -p sigil-server
 //! -p sigil-agent`).
 
+mod authority;
 mod cli;
 mod controller;
 mod ebpf;
