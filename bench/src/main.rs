@@ -417,6 +417,7 @@ fn ca_sign_rate(threads: usize, secs: f64, with_csr: bool) -> Result<f64> {
         key_type: KeyType::EcP256,
         key_manager: KeyManager::Memory,
         jwt_issuer: None,
+        upstream: None,
     })?;
     let keys: Vec<rcgen::KeyPair> = (0..64)
         .map(|_| rcgen::KeyPair::generate())

@@ -125,6 +125,7 @@ pub async fn fanout(n: usize) -> Result<(f64, f64)> {
             PrivateKeyDer::new(agent_svid.key.as_bytes().to_vec()),
         )?),
         roots: Arc::new(vec![ca.der.clone()]),
+        tainted: Default::default(),
     };
     let (_creds_tx, creds_rx) = watch::channel(Arc::new(creds));
     let (_client_tx, client_rx) = watch::channel(None);

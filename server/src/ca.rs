@@ -1655,4 +1655,167 @@ mod tests {
         let v = sigil_spiffe::jwt::validate(&tok, "aud1", now, |_| Some(&bundle)).unwrap();
         assert_eq!(v.claims["iss"], "https://oidc.example.org");
     }
+
+    #[test]
+    fn authority_rules_follow_spire() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let now = crate::now_unix();
+        let refused_with = |r: Result<AuthorityInfo, CaError>, want: &str| match r {
+            Err(CaError::Refused { message, .. }) => {
+                assert!(message.contains(want), "{message} lacks {want}")
+            }
+            other => panic!("expected a refusal with {want}, got {other:?}"),
+        };
+        let first = ca.authority_states(AuthorityKind::X509).active.unwrap();
+        refused_with(
+            ca.taint(AuthorityKind::X509, ""),
+            "no authority ID provided",
+        );
+        refused_with(
+            ca.taint(AuthorityKind::X509, &first.authority_id),
+            "unable to taint current local authority",
+        );
+        refused_with(
+            ca.activate(AuthorityKind::X509, "nope"),
+            "unexpected authority ID",
+        );
+        let next = ca.prepare(AuthorityKind::X509, now).unwrap();
+        let seq = ca.sequence();
+        refused_with(
+            ca.taint(AuthorityKind::X509, &next.authority_id),
+            "only Old local authorities can be tainted",
+        );
+        ca.activate(AuthorityKind::X509, &next.authority_id)
+            .unwrap();
+        assert!(ca.sequence() > seq);
+        refused_with(
+            ca.activate(AuthorityKind::X509, &first.authority_id),
+            "only Prepared authorities can be activated",
+        );
+        refused_with(
+            ca.revoke(AuthorityKind::X509, &first.authority_id),
+            "untainted root CA",
+        );
+        ca.taint(AuthorityKind::X509, &first.authority_id).unwrap();
+        assert!(
+            ca.bundle()
+                .tainted_x509_authorities
+                .contains(&first.authority_id)
+        );
+        refused_with(
+            ca.taint(AuthorityKind::X509, &first.authority_id),
+            "already tainted",
+        );
+        // The taint survives a restart.
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        assert!(
+            ca.bundle()
+                .tainted_x509_authorities
+                .contains(&first.authority_id)
+        );
+        ca.revoke(AuthorityKind::X509, &first.authority_id).unwrap();
+        let b = ca.bundle();
+        assert_eq!(b.x509_authorities.len(), 1);
+        assert!(b.tainted_x509_authorities.is_empty());
+        // JWT: revoke may name any old key, but not a prepared one.
+        let jwt_first = ca.authority_states(AuthorityKind::Jwt).active.unwrap();
+        let jwt_next = ca.prepare(AuthorityKind::Jwt, now).unwrap();
+        refused_with(
+            ca.revoke(AuthorityKind::Jwt, &jwt_next.authority_id),
+            "unable to use a prepared key",
+        );
+        ca.activate(AuthorityKind::Jwt, &jwt_next.authority_id)
+            .unwrap();
+        refused_with(
+            ca.revoke(AuthorityKind::Jwt, "nope"),
+            "no JWT authority found",
+        );
+        let tainted = ca
+            .taint(AuthorityKind::Jwt, &jwt_first.authority_id)
+            .unwrap();
+        assert_eq!(tainted.expires_at, 0, "SPIRE reports only the ID");
+        ca.revoke(AuthorityKind::Jwt, &jwt_first.authority_id)
+            .unwrap();
+        assert_eq!(ca.bundle().jwt_authorities.len(), 1);
+        // Tokens are signed by the new key.
+        let id: SpiffeId = "spiffe://example.org/w".parse().unwrap();
+        let (tok, _) = ca
+            .sign_jwt_svid(&id, &["a".into()], Duration::from_secs(60), now)
+            .unwrap();
+        let header = sigil_spiffe::jwt::parse_unverified(&tok).unwrap().header;
+        assert_eq!(header["kid"], jwt_next.authority_id.as_str());
+    }
+
+    #[test]
+    fn legacy_keys_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let (x, j) = {
+            let s = ca.state.read().unwrap();
+            (s.x509.active.clone(), s.jwt.active.clone())
+        };
+        let legacy = serde_json::json!({
+            "active": {
+                "x509_key": B64.encode(&*x.pkcs8),
+                "x509_cert": B64.encode(&x.cert_der),
+                "jwt_kid": j.signer.kid(),
+                "jwt_key": B64.encode(&*j.pkcs8),
+                "jwt_not_after": j.not_after,
+            },
+            "retired": [],
+            "sequence": 7,
+        });
+        std::fs::write(dir.path().join("keys.json"), legacy.to_string()).unwrap();
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let b = ca.bundle();
+        assert_eq!(b.x509_authorities, vec![x.cert_der.clone()]);
+        assert_eq!(b.jwt_authorities[0].key_id, j.signer.kid());
+        assert_eq!(b.sequence_number, Some(7));
+    }
+
+    #[test]
+    fn upstream_files_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = params.self_signed(&root_key).unwrap();
+        let cert = dir.path().join("ca.crt");
+        let key = dir.path().join("ca.key");
+        std::fs::write(&cert, root.pem()).unwrap();
+        std::fs::write(&key, root_key.serialize_pem()).unwrap();
+        let up = DiskUpstream {
+            cert_file_path: cert.clone(),
+            key_file_path: key.clone(),
+            bundle_file_path: None,
+        };
+        let mut c = cfg(dir.path());
+        c.upstream = Some(up.clone());
+        let ca = Ca::load_or_create(c.clone()).unwrap();
+        assert_eq!(ca.x509_roots(), vec![root.der().to_vec()]);
+        let (_k, csr) = csr();
+        let pk = Ca::csr_public_key(&csr).unwrap();
+        let id: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let now = crate::now_unix();
+        let svid = ca
+            .sign_x509_svid(&pk, &id, &[], Duration::from_secs(60), now)
+            .unwrap();
+        assert_eq!(svid.chain.len(), 2);
+        sigil_spiffe::x509::verify_svid_chain(&svid.chain, &ca.x509_roots(), now).unwrap();
+        // A key that is not the certificate's; a missing file; a non-PKCS#8 key.
+        std::fs::write(&key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let err = up.load().unwrap_err().to_string();
+        assert!(err.contains("does not belong to the certificate"), "{err}");
+        std::fs::remove_file(&key).unwrap();
+        let err = up.load().unwrap_err().to_string();
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        std::fs::write(
+            &key,
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = up.load().unwrap_err().to_string();
+        assert!(err.contains("PKCS#8"), "{err}");
+    }
 }

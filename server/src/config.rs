@@ -600,6 +600,12 @@ plugins {
             keys_path = "/run/spire/data/keys.json"
         }
     }
+    UpstreamAuthority "disk" {
+        plugin_data {
+            cert_file_path = "/run/spire/ca/ca.crt"
+            key_file_path = "/run/spire/ca/ca.key"
+        }
+    }
 }
 
 health_checks {
@@ -632,6 +638,47 @@ health_checks {
         );
         assert_eq!(c.health_checks.unwrap().bind_port, 8080);
         assert_eq!(c.log_level, "info");
+        // Seed 002's UpstreamAuthority "disk", without bundle_file_path.
+        assert_eq!(
+            c.upstream_authority,
+            Some(crate::ca::DiskUpstream {
+                cert_file_path: "/run/spire/ca/ca.crt".into(),
+                key_file_path: "/run/spire/ca/ca.key".into(),
+                bundle_file_path: None,
+            })
+        );
+    }
+
+    #[test]
+    fn upstream_authority_errors_are_named() {
+        let conf = |data: &str| {
+            format!(
+                "server {{\n trust_domain = \"a\"\n data_dir = \"/x\"\n}}\nplugins {{\n UpstreamAuthority \"disk\" {{\n plugin_data {{\n {data}\n }}\n }}\n}}"
+            )
+        };
+        for (data, want) in [
+            ("key_file_path = \"/k\"", "cert_file_path"),
+            ("cert_file_path = \"/c\"", "key_file_path"),
+            (
+                "cert_file_path = \"/c\"\n key_file_path = \"/k\"\n bogus = 1",
+                "bogus",
+            ),
+        ] {
+            let err = ServerConfig::from_hcl(&conf(data), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{data}: {err}");
+        }
+        let err = ServerConfig::from_hcl(
+            "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n UpstreamAuthority \"awssecret\" {\n plugin_data {\n }\n }\n}",
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("unsupported UpstreamAuthority plugin \"awssecret\""),
+            "{err}"
+        );
     }
 
     #[test]

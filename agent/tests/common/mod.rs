@@ -128,6 +128,7 @@ impl Harness {
         let creds = Credentials {
             svid: Arc::new(AgentSvid::new(vec![agent_der], PrivateKeyDer::new(agent_key)).unwrap()),
             roots: Arc::new(vec![ca.der.clone()]),
+            tainted: Default::default(),
         };
         let (creds_tx, creds_rx) = watch::channel(Arc::new(creds));
         // No server connection: JWT minting answers Unavailable.

@@ -44,14 +44,14 @@ impl std::fmt::Debug for UpstreamSigner {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, CaError> {
+fn read(path: &std::path::Path) -> Result<Vec<u8>, CaError> {
     std::fs::read(path).map_err(|source| CaError::Io {
         path: path.display().to_string(),
         source,
     })
 }
 
-fn invalid(path: &PathBuf, what: impl std::fmt::Display) -> CaError {
+fn invalid(path: &std::path::Path, what: impl std::fmt::Display) -> CaError {
     CaError::Upstream(format!("{}: {what}", path.display()))
 }
 
