@@ -20,9 +20,13 @@
 //! 7. Federation: a root rotation in one trust domain until a workload of the other holds the
 //!    new root (`--only-federation`).
 //!
+//! 8. Authority management: `localauthority x509 taint` until all 1000 cached SVIDs of an agent
+//!    are re-signed, on an open stream (`--only-authority`).
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
 mod attestation;
+mod authority;
 mod authz;
 mod controller;
 mod federation;
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         ("--only-k8s", k8s_rows as RowsFn),
         ("--only-controller", controller_rows as RowsFn),
         ("--only-federation", federation_rows as RowsFn),
+        ("--only-authority", authority_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -140,6 +145,7 @@ fn main() -> Result<()> {
     k8s_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     controller_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     federation_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+    authority_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
@@ -234,6 +240,17 @@ fn federation_rows(
     json: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     rt.block_on(federation::rows(bin_dir, quick, rows, json))
+}
+
+/// The authority-management rows (`--only-authority` runs just these).
+fn authority_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(authority::rows(bin_dir, quick, rows, json))
 }
 
 /// The FetchX509SVID latency rows (`--only-fetch` runs just these).
