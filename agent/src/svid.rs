@@ -77,3 +77,31 @@ pub fn now_unix() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    #[test]
+    fn chained_to_finds_the_signing_authority() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca_id = sigil_spiffe::x509::key_ids(ca.der()).unwrap().0.unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut leaf = CertificateParams::default();
+        leaf.use_authority_key_identifier_extension = true;
+        let leaf = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        let chain = vec![leaf.der().to_vec()];
+        assert!(chained_to(&chain, &[ca_id.clone()].into()));
+        assert!(!chained_to(&chain, &["00ff".to_string()].into()));
+        assert!(!chained_to(&chain, &Default::default()));
+        // An intermediate in the chain counts by its own key ID too.
+        let with_ca = vec![chain[0].clone(), ca.der().to_vec()];
+        assert!(chained_to(&with_ca, &[ca_id].into()));
+    }
+}
