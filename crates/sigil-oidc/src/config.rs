@@ -91,7 +91,10 @@ pub enum Source {
         poll_interval: Duration,
     },
     /// `file`: a SPIFFE bundle document on disk.
-    File { path: PathBuf, poll_interval: Duration },
+    File {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +225,9 @@ impl Config {
         if let Some(mut b) = server_api {
             let address = b.string("address")?.unwrap_or_default();
             let poll_interval = poll_interval(&mut b, "server_api")?;
-            if let Some(mut experimental) = b.block("experimental", "server_api experimental block")? {
+            if let Some(mut experimental) =
+                b.block("experimental", "server_api experimental block")?
+            {
                 named_pipe(&mut experimental, "named_pipe_name")?;
                 experimental.finish()?;
             }
@@ -268,7 +273,11 @@ impl Config {
         let health_checks = health.map(read_health_checks).transpose()?;
 
         // SPIRE's validateOS (Unix): which listener, then the sources' addresses.
-        let listen = match (serving, insecure_addr.is_empty(), listen_socket_path.is_empty()) {
+        let listen = match (
+            serving,
+            insecure_addr.is_empty(),
+            listen_socket_path.is_empty(),
+        ) {
             (None, true, true) => {
                 return Err(invalid(
                     "either acme, serving_cert_file, insecure_addr or listen_socket_path must be configured",
@@ -333,9 +342,8 @@ impl Config {
         let jwt_issuer = if jwt_issuer.is_empty() {
             None
         } else {
-            let u = AbsUrl::parse(&jwt_issuer).map_err(|e| {
-                invalid(format!("the jwt_issuer url could not be parsed: {e}"))
-            })?;
+            let u = AbsUrl::parse(&jwt_issuer)
+                .map_err(|e| invalid(format!("the jwt_issuer url could not be parsed: {e}")))?;
             if u.scheme.is_empty() {
                 return Err(invalid("the jwt_issuer url must contain a scheme"));
             }
@@ -517,11 +525,12 @@ fn read_serving_cert_file(mut b: Block) -> Result<ServingCertFile, ConfigError> 
             "invalid addr in the serving_cert_file configuration section: {e}"
         ))
     })?;
-    let file_sync_interval = parse_duration_field(sync, DEFAULT_FILE_SYNC_INTERVAL).map_err(|e| {
-        invalid(format!(
-            "invalid file_sync_interval in the serving_cert_file configuration section: {e}"
-        ))
-    })?;
+    let file_sync_interval =
+        parse_duration_field(sync, DEFAULT_FILE_SYNC_INTERVAL).map_err(|e| {
+            invalid(format!(
+                "invalid file_sync_interval in the serving_cert_file configuration section: {e}"
+            ))
+        })?;
     Ok(ServingCertFile {
         cert_file_path: PathBuf::from(cert),
         key_file_path: PathBuf::from(key),
@@ -583,11 +592,309 @@ pub fn split_host_port(addr: &str) -> Result<(&str, &str), String> {
 
 /// The socket address to bind for `addr` (Go's `:port` is every interface).
 pub async fn resolve_bind(addr: &str) -> std::io::Result<SocketAddr> {
-    let (host, port) =
-        split_host_port(addr).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let (host, port) = split_host_port(addr)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     tokio::net::lookup_host((host, port.parse::<u16>().unwrap_or(0)))
         .await?
         .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {addr}")))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no address for {addr}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn spire_readme_examples() {
+        // "Server API and Serving Certificate".
+        let c = Config::parse(
+            r#"
+log_level = "debug"
+domains = ["mypublicdomain.test"]
+serving_cert_file {
+ cert_file_path = "/some/path/on/disk/to/cert.pem"
+ key_file_path = "/some/path/on/disk/to/key.pem"
+}
+server_api {
+    address = "unix:///tmp/spire-server/private/api.sock"
+}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.domains, ["mypublicdomain.test"]);
+        assert_eq!(
+            c.listen,
+            Listen::ServingCertFile(ServingCertFile {
+                cert_file_path: "/some/path/on/disk/to/cert.pem".into(),
+                key_file_path: "/some/path/on/disk/to/key.pem".into(),
+                addr: ":443".into(),
+                file_sync_interval: DEFAULT_FILE_SYNC_INTERVAL,
+            })
+        );
+        assert_eq!(
+            c.source,
+            Source::ServerApi {
+                socket: "/tmp/spire-server/private/api.sock".into(),
+                poll_interval: DEFAULT_POLL_INTERVAL,
+            }
+        );
+        assert_eq!(c.health_checks, None);
+        assert_eq!(c.server_path_prefix, "");
+
+        // "Workload API and Serving Certificate".
+        let c = Config::parse(
+            r#"
+log_level = "debug"
+domains = ["mypublicdomain.test"]
+serving_cert_file {
+ cert_file_path = "/some/path/on/disk/to/cert.pem"
+ key_file_path = "/some/path/on/disk/to/key.pem"
+}
+workload_api {
+    socket_path = "/tmp/spire-agent/public/api.sock"
+    trust_domain = "domain.test"
+}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.source,
+            Source::WorkloadApi {
+                socket_path: "/tmp/spire-agent/public/api.sock".into(),
+                trust_domain: "domain.test".into(),
+                poll_interval: DEFAULT_POLL_INTERVAL,
+            }
+        );
+
+        // "Listening on a Unix Socket".
+        let c = Config::parse(
+            r#"
+log_level = "debug"
+domains = ["mypublicdomain.test"]
+listen_socket_path = "/run/oidc-discovery-provider/server.sock"
+workload_api {
+    socket_path = "/tmp/spire-agent/private/api.sock"
+    trust_domain = "domain.test"
+}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            Listen::Socket("/run/oidc-discovery-provider/server.sock".into())
+        );
+
+        // The ACME examples: SPIRE accepts them, Sigil says why it cannot.
+        let e = err(r#"
+log_level = "debug"
+domains = ["mypublicdomain.test"]
+acme {
+    cache_dir = "/some/path/on/disk/to/cache/creds"
+    email = "email@domain.test"
+    tos_accepted = true
+}
+server_api {
+    address = "unix:///tmp/spire-server/private/api.sock"
+}
+"#);
+        assert!(
+            e.starts_with("the acme section is not supported by Sigil"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_key_and_default() {
+        let c = Config::parse(
+            r#"
+log_level = "WARN"
+log_format = "json"
+log_requests = true
+domains = ["a.test", "b.test", "a.test"]
+set_key_use = true
+allow_insecure_scheme = true
+insecure_addr = ":8080"
+jwt_issuer = "https://issuer.test/td"
+jwks_uri = "https://cdn.test/keys.json"
+server_path_prefix = "/instance/1"
+file {
+    path = "/etc/bundle.json"
+    poll_interval = "5m"
+}
+health_checks {
+    bind_port = "9090"
+    live_path = "/alive"
+}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.log_requests && c.set_key_use && c.allow_insecure_scheme);
+        assert_eq!(c.domains, ["a.test", "b.test"]);
+        assert_eq!(c.listen, Listen::Insecure(":8080".into()));
+        assert_eq!(
+            c.source,
+            Source::File {
+                path: "/etc/bundle.json".into(),
+                poll_interval: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(
+            c.health_checks,
+            Some(HealthChecks {
+                bind_port: 9090,
+                live_path: "/alive".into(),
+                ready_path: "/ready".into()
+            })
+        );
+        assert_eq!(c.jwt_issuer.unwrap().host, "issuer.test");
+        assert_eq!(c.jwks_uri.unwrap().raw, "https://cdn.test/keys.json");
+        assert_eq!(c.server_path_prefix, "/instance/1");
+
+        // health_checks {} alone enables SPIRE's defaults; a zero poll interval is the default.
+        let c = Config::parse(
+            "domains = [\"a\"]\ninsecure_addr = \":1\"\nserver_api {\n address = \"unix:/s.sock\"\n poll_interval = \"0s\"\n}\nhealth_checks {}\n",
+        )
+        .unwrap();
+        assert_eq!(c.health_checks.unwrap().bind_port, 8008);
+        assert_eq!(c.source.poll_interval(), DEFAULT_POLL_INTERVAL);
+        assert_eq!(
+            c.source,
+            Source::ServerApi {
+                socket: "/s.sock".into(),
+                poll_interval: DEFAULT_POLL_INTERVAL
+            }
+        );
+    }
+
+    #[test]
+    fn spire_errors() {
+        let src = "server_api {\n address = \"unix:///s\"\n}\n";
+        let l = "insecure_addr = \":8080\"\n";
+        for (text, want) in [
+            (
+                format!("{l}{src}"),
+                "at least one domain must be configured",
+            ),
+            (
+                format!("domains = [\"d\"]\n{src}"),
+                "either acme, serving_cert_file, insecure_addr or listen_socket_path must be configured",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}"),
+                "exactly one of the server_api, workload_api, or file sections must be configured",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}{src}file {{\n path = \"/b\"\n}}\n"),
+                "the server_api, workload_api, and file sections are mutually exclusive",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}listen_socket_path = \"/s\"\n{src}"),
+                "insecure_addr and listen_socket_path are mutually exclusive",
+            ),
+            (
+                format!(
+                    "domains = [\"d\"]\n{l}serving_cert_file {{\n cert_file_path = \"c\"\n key_file_path = \"k\"\n}}\n{src}"
+                ),
+                "serving_cert_file and insecure_addr are mutually exclusive",
+            ),
+            (
+                format!(
+                    "domains = [\"d\"]\nlisten_socket_path = \"/s\"\nserving_cert_file {{\n cert_file_path = \"c\"\n key_file_path = \"k\"\n}}\n{src}"
+                ),
+                "serving_cert_file and listen_socket_path are mutually exclusive",
+            ),
+            (
+                format!(
+                    "domains = [\"d\"]\nserving_cert_file {{\n key_file_path = \"k\"\n}}\n{src}"
+                ),
+                "cert_file_path must be configured in the serving_cert_file configuration section",
+            ),
+            (
+                format!(
+                    "domains = [\"d\"]\nserving_cert_file {{\n cert_file_path = \"c\"\n}}\n{src}"
+                ),
+                "key_file_path must be configured in the serving_cert_file configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}server_api {{\n}}\n"),
+                "address must be configured in the server_api configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}server_api {{\n address = \"dns:///x\"\n}}\n"),
+                "address must use the unix name system in the server_api configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}workload_api {{\n socket_path = \"/s\"\n}}\n"),
+                "trust_domain must be configured in the workload_api configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}workload_api {{\n trust_domain = \"td\"\n}}\n"),
+                "socket_path must be configured in the workload_api configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}{src}jwt_issuer = \"issuer.test\"\n"),
+                "the jwt_issuer url must contain a scheme",
+            ),
+            (
+                format!("domains = [\"d\"]\n{l}{src}jwt_issuer = \"https:///path\"\n"),
+                "the jwt_issuer url must contain a host",
+            ),
+            (
+                format!(
+                    "domains = [\"d\"]\n{l}acme {{\n email = \"e\"\n tos_accepted = true\n}}\n{src}"
+                ),
+                "insecure_addr and the acme section are mutually exclusive",
+            ),
+            (
+                format!("domains = [\"d\"]\nacme {{\n email = \"e\"\n}}\n{src}"),
+                "tos_accepted must be set to true in the acme configuration section",
+            ),
+            (
+                format!("domains = [\"d\"]\nacme {{\n tos_accepted = true\n}}\n{src}"),
+                "email must be configured in the acme configuration section",
+            ),
+        ] {
+            assert_eq!(err(&text), want, "{text}");
+        }
+        // Problems SPIRE's decoder would not notice, named by Sigil's strict reader.
+        let base = format!("domains = [\"d\"]\n{l}");
+        assert!(err(&format!("{base}{src}domain = \"typo\"\n")).contains("\"domain\""));
+        assert!(
+            err(&format!(
+                "{base}server_api {{\n address = \"unix:///s\"\n poll_intervall = \"1s\"\n}}\n"
+            ))
+            .contains("poll_intervall")
+        );
+        assert!(
+            err(&format!(
+                "{base}server_api {{\n address = \"unix:///s\"\n poll_interval = \"soon\"\n}}\n"
+            ))
+            .starts_with("invalid poll_interval in the server_api configuration section")
+        );
+        assert!(
+            err(&format!("{base}{src}jwks_uri = \"/keys\"\n"))
+                .starts_with("the jwks_uri setting could not be parsed")
+        );
+        assert!(
+            err(&format!(
+                "{base}{src}experimental {{\n listen_named_pipe_name = \"x\"\n}}\n"
+            ))
+            .contains("Windows-only")
+        );
+        assert!(err(&format!("domains = [\"d\"]\nserving_cert_file {{\n cert_file_path = \"c\"\n key_file_path = \"k\"\n addr = \"nope\"\n}}\n{src}")).starts_with("invalid addr in the serving_cert_file configuration section"));
+        assert!(err("domains = [").starts_with("parsing config file"));
+    }
 }

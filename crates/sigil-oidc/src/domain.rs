@@ -33,7 +33,9 @@ pub struct DomainPolicy {
 
 impl DomainPolicy {
     /// SPIRE's `DomainAllowlist`: every configured domain must itself be valid.
-    pub fn allowlist<'a>(domains: impl IntoIterator<Item = &'a String>) -> Result<Self, DomainError> {
+    pub fn allowlist<'a>(
+        domains: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Self, DomainError> {
         let allowed = domains
             .into_iter()
             .map(|d| domain_key(d).map(str::to_string))
@@ -93,7 +95,9 @@ pub fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -123,8 +127,14 @@ mod tests {
             p.check("bücher.example").unwrap_err().to_string(),
             "domain \"bücher.example\" must already be punycode encoded"
         );
-        assert!(matches!(p.check("a_b.example"), Err(DomainError::Invalid { .. })));
-        assert!(matches!(p.check("-a.example"), Err(DomainError::InvalidLabel { .. })));
+        assert!(matches!(
+            p.check("a_b.example"),
+            Err(DomainError::Invalid { .. })
+        ));
+        assert!(matches!(
+            p.check("-a.example"),
+            Err(DomainError::InvalidLabel { .. })
+        ));
         assert_eq!(
             p.check("xn--bcher-kva.example").unwrap_err(),
             DomainError::NotAllowed("xn--bcher-kva.example".into())

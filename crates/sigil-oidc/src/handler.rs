@@ -151,7 +151,10 @@ impl Handler {
         };
         let mut resp = Response::new(Body::from(go_json_indent(&doc)));
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             HeaderValue::from_static("*"),
@@ -183,7 +186,10 @@ impl Handler {
         );
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         h.insert(header::EXPIRES, HeaderValue::from_static("0"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             HeaderValue::from_static("*"),
@@ -272,7 +278,10 @@ pub fn text_error(status: StatusCode, msg: &str) -> Response<Body> {
 /// Go's `http.Redirect` with 301, as `ServeMux` answers an unclean path.
 fn redirect(method: &Method, location: &str) -> Response<Body> {
     let body = if *method == Method::GET || *method == Method::HEAD {
-        format!("<a href=\"{}\">Moved Permanently</a>.\n\n", html_escape(location))
+        format!(
+            "<a href=\"{}\">Moved Permanently</a>.\n\n",
+            html_escape(location)
+        )
     } else {
         String::new()
     };
@@ -296,4 +305,307 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&#34;")
         .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Fetched, JwtKey, KeyStore};
+    use http_body_util::BodyExt as _;
+    use sigil_spiffe::jwk::Jwk;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const X: &str = "ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k";
+    const Y: &str = "tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM";
+
+    fn key(kid: &str) -> JwtKey {
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "EC", "crv": "P-256", "x": X, "y": Y
+        }))
+        .unwrap();
+        JwtKey {
+            kid: kid.into(),
+            key: jwk.public_key().unwrap().unwrap(),
+        }
+    }
+
+    fn handler(extra: &str) -> Handler {
+        let text = format!(
+            "domains = [\"localhost\", \"oidc.test\"]\ninsecure_addr = \":0\"\nserver_api {{\n address = \"unix:///s\"\n}}\n{extra}"
+        );
+        let c = Config::parse(&text).unwrap();
+        Handler::new(&c, DomainPolicy::allowlist(&c.domains).unwrap())
+    }
+
+    fn snapshot(keys: Vec<JwtKey>) -> Snapshot {
+        let store = KeyStore::new();
+        store.update(
+            Fetched {
+                fingerprint: vec![1],
+                keys,
+            },
+            UNIX_EPOCH + Duration::from_secs(1_136_214_245),
+        );
+        store.snapshot()
+    }
+
+    fn get(path: &str, host: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", host)
+    }
+
+    fn call(
+        h: &Handler,
+        req: hyper::http::request::Builder,
+        keys: &Snapshot,
+    ) -> (StatusCode, HeaderMap, String) {
+        let resp = h.handle(&req.body(()).unwrap(), false, keys);
+        let (parts, body) = resp.into_parts();
+        let bytes = match block_on(body.collect()) {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        };
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn discovery_document_as_spire() {
+        let h = handler("allow_insecure_scheme = true\n");
+        let keys = snapshot(vec![key("kid1")]);
+        let (status, headers, body) = call(
+            &h,
+            get("/.well-known/openid-configuration", "localhost:8080"),
+            &keys,
+        );
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            "{\n  \"issuer\": \"http://localhost:8080\",\n  \"jwks_uri\": \"http://localhost:8080/keys\",\n  \"authorization_endpoint\": \"\",\n  \"response_types_supported\": [\n    \"id_token\"\n  ],\n  \"subject_types_supported\": [\n    \"public\"\n  ],\n  \"id_token_signing_alg_values_supported\": [\n    \"RS256\",\n    \"ES256\",\n    \"ES384\"\n  ]\n}"
+        );
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        assert!(headers.get("cache-control").is_none());
+
+        // Behind a TLS-terminating proxy: its headers name the host and scheme.
+        let (_, _, body) = call(
+            &h,
+            get("/.well-known/openid-configuration", "127.0.0.1:9")
+                .header("x-forwarded-host", "oidc.test")
+                .header("x-forwarded-proto", "HTTPS"),
+            &keys,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["issuer"], "https://oidc.test");
+        assert_eq!(v["jwks_uri"], "https://oidc.test/keys");
+
+        // Without allow_insecure_scheme, always https.
+        let h2 = handler("");
+        let (_, _, body) = call(
+            &h2,
+            get("/.well-known/openid-configuration", "oidc.test"),
+            &keys,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["issuer"], "https://oidc.test");
+    }
+
+    #[test]
+    fn issuer_jwks_uri_and_prefix() {
+        let keys = snapshot(vec![key("kid1")]);
+        let doc = |h: &Handler, path: &str| {
+            let (s, _, body) = call(h, get(path, "oidc.test"), &keys);
+            assert_eq!(s, StatusCode::OK, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        };
+        let h = handler("jwt_issuer = \"https://issuer.test/td/\"\n");
+        let v = doc(&h, "/.well-known/openid-configuration");
+        assert_eq!(v["issuer"], "https://issuer.test/td/");
+        assert_eq!(v["jwks_uri"], "https://issuer.test/td/keys");
+
+        let h = handler(
+            "jwt_issuer = \"https://issuer.test\"\njwks_uri = \"https://cdn.test/k?a=1&b=2\"\n",
+        );
+        let (_, _, body) = call(
+            &h,
+            get("/.well-known/openid-configuration", "oidc.test"),
+            &keys,
+        );
+        // Go's encoder escapes '&'.
+        assert!(
+            body.contains("\"jwks_uri\": \"https://cdn.test/k?a=1\\u0026b=2\""),
+            "{body}"
+        );
+
+        let h = handler("server_path_prefix = \"/instance/1\"\n");
+        let v = doc(&h, "/instance/1/.well-known/openid-configuration");
+        assert_eq!(v["issuer"], "https://oidc.test/instance/1");
+        assert_eq!(v["jwks_uri"], "https://oidc.test/instance/1/keys");
+        let (s, _, _) = call(&h, get("/instance/1/keys", "oidc.test"), &keys);
+        assert_eq!(s, StatusCode::OK);
+        let (s, _, _) = call(
+            &h,
+            get("/.well-known/openid-configuration", "oidc.test"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn domain_policy_and_errors() {
+        let h = handler("");
+        let keys = snapshot(vec![key("kid1")]);
+        let (s, headers, body) = call(
+            &h,
+            get("/.well-known/openid-configuration", "evil.test:443"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(body, "domain \"evil.test\" is not allowed\n");
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        // X-Forwarded-Host is what is checked.
+        let (s, _, _) = call(
+            &h,
+            get("/.well-known/openid-configuration", "oidc.test")
+                .header("x-forwarded-host", "evil.test"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // /keys has no domain policy in SPIRE.
+        let (s, _, _) = call(&h, get("/keys", "evil.test"), &keys);
+        assert_eq!(s, StatusCode::OK);
+
+        let (s, _, body) = call(&h, get("/nope", "oidc.test"), &keys);
+        assert_eq!(
+            (s, body.as_str()),
+            (StatusCode::NOT_FOUND, "404 page not found\n")
+        );
+        for path in ["/keys", "/.well-known/openid-configuration"] {
+            let req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("host", "oidc.test");
+            let (s, _, body) = call(&h, req, &keys);
+            assert_eq!(
+                (s, body.as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            );
+        }
+        let (s, headers, _) = call(&h, get("/a/../keys", "oidc.test"), &keys);
+        assert_eq!(s, StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(headers["location"], "/keys");
+
+        // Before the first poll, and with no JWT authority.
+        let (s, _, body) = call(&h, get("/keys", "oidc.test"), &Snapshot::default());
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "document not available\n"
+            )
+        );
+        let (s, _, body) = call(&h, get("/keys", "oidc.test"), &snapshot(vec![]));
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::NOT_IMPLEMENTED,
+                "jwt not supported/enabled in this service\n"
+            )
+        );
+    }
+
+    #[test]
+    fn jwks_as_go_jose_with_spire_headers() {
+        let keys = snapshot(vec![key("kid1"), key("kid2")]);
+        let (s, headers, body) = call(&handler(""), get("/keys", "oidc.test"), &keys);
+        assert_eq!(s, StatusCode::OK);
+        let one = |kid: &str, use_: &str| {
+            format!(
+                "    {{\n{use_}      \"kty\": \"EC\",\n      \"kid\": \"{kid}\",\n      \"crv\": \"P-256\",\n      \"alg\": \"ES256\",\n      \"x\": \"{X}\",\n      \"y\": \"{Y}\"\n    }}"
+            )
+        };
+        assert_eq!(
+            body,
+            format!(
+                "{{\n  \"keys\": [\n{},\n{}\n  ]\n}}",
+                one("kid1", ""),
+                one("kid2", "")
+            )
+        );
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(
+            headers["cache-control"],
+            "no-cache, no-store, must-revalidate"
+        );
+        assert_eq!(headers["pragma"], "no-cache");
+        assert_eq!(headers["expires"], "0");
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        assert_eq!(headers["last-modified"], "Mon, 02 Jan 2006 15:04:05 GMT");
+        assert_eq!(headers["content-length"], body.len().to_string().as_str());
+
+        let (_, _, body) = call(
+            &handler("set_key_use = true\n"),
+            get("/keys", "oidc.test"),
+            &keys,
+        );
+        assert!(
+            body.starts_with(&format!(
+                "{{\n  \"keys\": [\n{}",
+                one("kid1", "      \"use\": \"sig\",\n")
+            )),
+            "{body}"
+        );
+
+        // Conditional GET, as http.ServeContent.
+        let (s, headers, body) = call(
+            &handler(""),
+            get("/keys", "oidc.test").header("if-modified-since", "Mon, 02 Jan 2006 15:04:05 GMT"),
+            &keys,
+        );
+        assert_eq!((s, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+        assert!(headers.get("content-type").is_none());
+        let (s, _, _) = call(
+            &handler(""),
+            get("/keys", "oidc.test").header("if-modified-since", "Mon, 02 Jan 2006 15:04:04 GMT"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[test]
+    fn rsa_and_unsupported_keys() {
+        use sigil_spiffe::jwk::PublicKeyParams;
+        let rsa = JwtKey {
+            kid: "r".into(),
+            key: PublicKeyParams::Rsa {
+                n: vec![0xc1; 256],
+                e: vec![1, 0, 1],
+            },
+        };
+        let ed = JwtKey {
+            kid: "o".into(),
+            key: PublicKeyParams::Ed25519 { x: vec![7; 32] },
+        };
+        let body = crate::keys::jwks_document(&[rsa, ed], false);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["keys"][0]["alg"], "RS256");
+        assert_eq!(v["keys"][0]["e"], "AQAB");
+        assert!(body.find("\"n\"").unwrap() < body.find("\"e\"").unwrap());
+        // go-jose writes the key; SPIRE finds no algorithm for it and leaves `alg` out.
+        assert_eq!(v["keys"][1]["kty"], "OKP");
+        assert!(v["keys"][1].get("alg").is_none());
+    }
 }

@@ -17,7 +17,10 @@ pub fn truncate_to_secs(t: SystemTime) -> SystemTime {
 }
 
 pub fn format(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
@@ -86,7 +89,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_136_214_245); // Mon, 02 Jan 2006 15:04:05
         assert_eq!(format(t), "Mon, 02 Jan 2006 15:04:05 GMT");
         assert_eq!(parse("Mon, 02 Jan 2006 15:04:05 GMT"), Some(t));
-        assert_eq!(format(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(
+            format(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
         assert_eq!(parse("Monday, 02-Jan-06 15:04:05 GMT"), None);
     }
 }

@@ -53,7 +53,11 @@ impl KeyStore {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// Records a successful poll; the keys (and `Last-Modified`) change only if the content

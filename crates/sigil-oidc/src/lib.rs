@@ -71,7 +71,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 /// `sigil-oidc [-config FILE] [-expandEnv]`: returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
     let flags = sigil_flags::FlagSet::new()
-        .value("config", "configuration file (default \"oidc-discovery-provider.conf\")")
+        .value(
+            "config",
+            "configuration file (default \"oidc-discovery-provider.conf\")",
+        )
         .bool("expandEnv", "expand environment variables in config file")
         .bool("version", "print version");
     let parsed = match flags.parse(&args) {
@@ -169,7 +172,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if let Some(hc) = config.health_checks.clone() {
         let listener = TcpListener::bind(("0.0.0.0", hc.bind_port))
             .await
-            .map_err(io(format!("health checks listener on port {}", hc.bind_port)))?;
+            .map_err(io(format!(
+                "health checks listener on port {}",
+                hc.bind_port
+            )))?;
         let checks = health::HealthChecks::new(&hc, config.source.poll_interval(), store.clone());
         tokio::spawn(health::serve(listener, checks));
     }
@@ -205,7 +211,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: &Config, handler: Arc<Handler>, store: Arc<KeyStore>) -> Result<(), RunError> {
+async fn serve(
+    config: &Config,
+    handler: Arc<Handler>,
+    store: Arc<KeyStore>,
+) -> Result<(), RunError> {
     let log_requests = config.log_requests;
     if log_requests {
         tracing::info!("Logging all requests");
@@ -229,15 +239,22 @@ async fn serve(config: &Config, handler: Arc<Handler>, store: Arc<KeyStore>) -> 
                         continue;
                     }
                 };
-                spawn_conn(conn, peer.to_string(), false, &handler, &store, log_requests);
+                spawn_conn(
+                    conn,
+                    peer.to_string(),
+                    false,
+                    &handler,
+                    &store,
+                    log_requests,
+                );
             }
         }
         Listen::Socket(path) => {
             // SPIRE removes a stale socket and opens the new one to everyone: the proxy in
             // front of it decides who reaches the provider.
             let _ = std::fs::remove_file(path);
-            let listener = UnixListener::bind(path)
-                .map_err(io(format!("listening on {}", path.display())))?;
+            let listener =
+                UnixListener::bind(path).map_err(io(format!("listening on {}", path.display())))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
                 .map_err(io(format!("chmod {}", path.display())))?;
@@ -264,9 +281,10 @@ async fn serve(config: &Config, handler: Arc<Handler>, store: Arc<KeyStore>) -> 
             let bind = config::resolve_bind(&s.addr)
                 .await
                 .map_err(io(format!("addr {}", s.addr)))?;
-            let listener = TcpListener::bind(bind)
-                .await
-                .map_err(io(format!("failed to create listener using certificate from disk on {}", s.addr)))?;
+            let listener = TcpListener::bind(bind).await.map_err(io(format!(
+                "failed to create listener using certificate from disk on {}",
+                s.addr
+            )))?;
             let local = listener.local_addr().map_err(io("local address"))?;
             tracing::info!(cert_file_path = %s.cert_file_path.display(), address = %local, "Serving HTTPS using certificate loaded from disk");
             loop {
@@ -284,7 +302,8 @@ async fn serve(config: &Config, handler: Arc<Handler>, store: Arc<KeyStore>) -> 
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            serve_conn(tls, peer.to_string(), true, handler, store, log_requests).await
+                            serve_conn(tls, peer.to_string(), true, handler, store, log_requests)
+                                .await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -134,9 +134,9 @@ impl Poller {
                 let td = trust_domain.clone();
                 let client = match &mut self.workload {
                     Some(c) => c,
-                    None => self
-                        .workload
-                        .insert(SpiffeWorkloadApiClient::new(uds_channel(socket_path).await?)),
+                    None => self.workload.insert(SpiffeWorkloadApiClient::new(
+                        uds_channel(socket_path).await?,
+                    )),
                 };
                 let mut req = tonic::Request::new(sigil_proto::workload::JwtBundlesRequest {});
                 // Every Workload API call carries the SPIFFE security header.
@@ -255,4 +255,75 @@ fn fetched_from_bundle(bundle: &Bundle, fingerprint: Vec<u8>) -> Fetched {
         })
         .collect();
     Fetched { fingerprint, keys }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","kid":"k1","crv":"P-256","x":"ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k","y":"tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM"}]}"#;
+
+    #[test]
+    fn workload_bundles_by_trust_domain() {
+        let mut m = std::collections::HashMap::new();
+        m.insert("spiffe://other.test".to_string(), b"{\"keys\":[]}".to_vec());
+        m.insert("spiffe://td.test".to_string(), JWKS.as_bytes().to_vec());
+        let f = from_workload_bundles(&m, "td.test").unwrap();
+        assert_eq!(f.keys.len(), 1);
+        assert_eq!(f.keys[0].kid, "k1");
+        assert!(matches!(
+            from_workload_bundles(&m, "missing.test"),
+            Err(SourceError::NoBundle(_))
+        ));
+    }
+
+    #[test]
+    fn bundle_file_jwt_keys_only() {
+        let doc = JWKS.replace("\"kty\"", "\"use\":\"jwt-svid\",\"kty\"");
+        let f = from_bundle_file(doc.as_bytes()).unwrap();
+        assert_eq!(f.keys.len(), 1);
+        // Keys without a SPIFFE `use` are not JWT authorities.
+        assert!(from_bundle_file(JWKS.as_bytes()).unwrap().keys.is_empty());
+        assert!(from_bundle_file(b"nope").is_err());
+    }
+
+    #[test]
+    fn server_bundle_skips_malformed_keys() {
+        let good = sigil_spiffe::jwk::Jwk {
+            kty: Some("EC".into()),
+            crv: Some("P-256".into()),
+            x: Some("ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k".into()),
+            y: Some("tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM".into()),
+            ..Default::default()
+        }
+        .spki_der()
+        .unwrap()
+        .unwrap();
+        let b = sigil_proto::types::Bundle {
+            trust_domain: "td.test".into(),
+            x509_authorities: vec![vec![1, 2, 3]],
+            jwt_authorities: vec![
+                sigil_proto::types::JwtKey {
+                    key_id: "good".into(),
+                    public_key: good,
+                    expires_at: 0,
+                },
+                sigil_proto::types::JwtKey {
+                    key_id: "bad".into(),
+                    public_key: vec![0],
+                    expires_at: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        let f = from_server_bundle(&b);
+        assert_eq!(
+            f.keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            ["good"]
+        );
+        // An X.509-only change is not a key change (SPIRE asks for the JWT authorities only).
+        let mut b2 = b.clone();
+        b2.x509_authorities.push(vec![4]);
+        assert_eq!(from_server_bundle(&b2).fingerprint, f.fingerprint);
+    }
 }

@@ -30,16 +30,12 @@ impl AbsUrl {
         }
         // Query and fragment are not part of the path (and never of an issuer's host).
         let without_fragment = raw.split('#').next().unwrap_or_default();
-        let without_query = without_fragment
-            .split('?')
-            .next()
-            .unwrap_or_default();
+        let without_query = without_fragment.split('?').next().unwrap_or_default();
         let (scheme, rest) = match without_query.split_once(':') {
             Some((s, rest))
                 if !s.is_empty()
                     && s.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && s
-                        .chars()
+                    && s.chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
             {
                 (s.to_ascii_lowercase(), rest)
@@ -129,7 +125,10 @@ mod tests {
         assert!(AbsUrl::parse("http://a b").is_err());
         assert!(AbsUrl::parse(":foo").is_err());
 
-        assert_eq!(join_path("/", "/.well-known/openid-configuration"), "/.well-known/openid-configuration");
+        assert_eq!(
+            join_path("/", "/.well-known/openid-configuration"),
+            "/.well-known/openid-configuration"
+        );
         assert_eq!(join_path("/foo/", "keys"), "/foo/keys");
         assert_eq!(join_path("/foo", "/keys"), "/foo/keys");
         assert_eq!(join_path("", "keys"), "keys");
