@@ -595,7 +595,13 @@ pub async fn resolve_bind(addr: &str) -> std::io::Result<SocketAddr> {
     let (host, port) = split_host_port(addr)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let host = if host.is_empty() { "0.0.0.0" } else { host };
-    tokio::net::lookup_host((host, port.parse::<u16>().unwrap_or(0)))
+    let port: u16 = port.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address {addr}: invalid port {port:?}"),
+        )
+    })?;
+    tokio::net::lookup_host((host, port))
         .await?
         .next()
         .ok_or_else(|| {

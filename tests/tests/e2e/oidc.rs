@@ -26,9 +26,7 @@ fn start_server(dir: &Path, issuer: &str) -> Server {
     Server::start_with_config(
         dir,
         TD,
-        &format!(
-            "ca_ttl = \"60s\"\ndefault_x509_svid_ttl = \"20s\"\njwt_issuer = \"{issuer}\"\n"
-        ),
+        &format!("ca_ttl = \"60s\"\ndefault_x509_svid_ttl = \"20s\"\njwt_issuer = \"{issuer}\"\n"),
     )
 }
 
@@ -104,9 +102,7 @@ fn jwks_kids(conn: Conn<'_>, host: &str) -> Option<Vec<String>> {
 
 /// The `kid`s of the server's JWT authorities (`bundle show -format spiffe`).
 fn server_kids(server: &Server) -> Vec<String> {
-    let out = server
-        .cli(&["bundle", "show", "-format", "spiffe"])
-        .ok();
+    let out = server.cli(&["bundle", "show", "-format", "spiffe"]).ok();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("SPIFFE bundle JSON");
     let mut kids: Vec<String> = v["keys"]
         .as_array()
@@ -168,18 +164,27 @@ async fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
         ),
     );
     let host = format!("127.0.0.1:{port}");
-    let first_kids = wait_until("sigil-oidc to serve the JWKS", Duration::from_secs(20), || {
-        oidc.assert_running();
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        jwks_kids(Conn::Tcp(port), &host)
-    });
+    let first_kids = wait_until(
+        "sigil-oidc to serve the JWKS",
+        Duration::from_secs(20),
+        || {
+            oidc.assert_running();
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            jwks_kids(Conn::Tcp(port), &host)
+        },
+    );
     assert_eq!(first_kids, server_kids(&server));
     assert_eq!(first_kids.len(), 1, "one JWT key before the rotation");
 
     // The discovery document, derived from the Host, as SPIRE writes it.
-    let (status, head, body) = http_get(Conn::Tcp(port), "/.well-known/openid-configuration", &host);
+    let (status, head, body) =
+        http_get(Conn::Tcp(port), "/.well-known/openid-configuration", &host);
     assert_eq!(status, 200, "{head}\n{body}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let doc: serde_json::Value = serde_json::from_str(&body).expect("discovery JSON");
     assert_eq!(
         doc,
@@ -204,9 +209,20 @@ async fn pyjwt_verifies_jwt_svids_through_discovery_across_a_key_rotation() {
     }
 
     // SPIRE's domain policy: another host gets a 400, over HTTP.
-    let (status, _, body) = http_get(Conn::Tcp(port), "/.well-known/openid-configuration", "evil.test");
-    assert_eq!((status, body.as_str()), (400, "domain \"evil.test\" is not allowed\n"));
-    let (status, _, _) = http_get(Conn::Tcp(port), "/.well-known/openid-configuration", "localhost:1");
+    let (status, _, body) = http_get(
+        Conn::Tcp(port),
+        "/.well-known/openid-configuration",
+        "evil.test",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "domain \"evil.test\" is not allowed\n")
+    );
+    let (status, _, _) = http_get(
+        Conn::Tcp(port),
+        "/.well-known/openid-configuration",
+        "localhost:1",
+    );
     assert_eq!(status, 400);
 
     // A workload's JWT-SVID, verified by PyJWT knowing only the issuer.
@@ -290,11 +306,15 @@ async fn workload_api_source_on_a_unix_socket_listener() {
             agent.socket.display(),
         ),
     );
-    let kids = wait_until("sigil-oidc to serve the JWKS", Duration::from_secs(20), || {
-        oidc.assert_running();
-        std::os::unix::net::UnixStream::connect(&listen).ok()?;
-        jwks_kids(Conn::Unix(&listen), "oidc.e2e.test")
-    });
+    let kids = wait_until(
+        "sigil-oidc to serve the JWKS",
+        Duration::from_secs(20),
+        || {
+            oidc.assert_running();
+            std::os::unix::net::UnixStream::connect(&listen).ok()?;
+            jwks_kids(Conn::Unix(&listen), "oidc.e2e.test")
+        },
+    );
     assert_eq!(kids, server_kids(&server));
 
     let (status, _, body) = http_get(Conn::Unix(&listen), "/keys", "oidc.e2e.test");
@@ -321,7 +341,10 @@ async fn workload_api_source_on_a_unix_socket_listener() {
         "/.well-known/openid-configuration",
         "127.0.0.1",
     );
-    assert_eq!((status, body.as_str()), (400, "domain \"127.0.0.1\" is not allowed\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "domain \"127.0.0.1\" is not allowed\n")
+    );
     oidc.assert_running();
 }
 
@@ -329,12 +352,18 @@ async fn workload_api_source_on_a_unix_socket_listener() {
 fn config_errors_exit_non_zero_with_spire_messages() {
     let dir = TestDir::new("oidc-config");
     for (config, want) in [
-        ("insecure_addr = \":0\"\nfile {\n path = \"/b\"\n}\n", "at least one domain must be configured"),
+        (
+            "insecure_addr = \":0\"\nfile {\n path = \"/b\"\n}\n",
+            "at least one domain must be configured",
+        ),
         (
             "domains = [\"d\"]\nacme {\n email = \"e@d\"\n tos_accepted = true\n}\nfile {\n path = \"/b\"\n}\n",
             "the acme section is not supported by Sigil",
         ),
-        ("domains = [\"d\"]\ninsecure_addr = \":0\"\n", "exactly one of the server_api, workload_api, or file sections must be configured"),
+        (
+            "domains = [\"d\"]\ninsecure_addr = \":0\"\n",
+            "exactly one of the server_api, workload_api, or file sections must be configured",
+        ),
     ] {
         let path = dir.path().join("bad.conf");
         std::fs::write(&path, config).expect("writing the config");
