@@ -130,7 +130,11 @@ pub fn main(args: Vec<String>) -> i32 {
 
 fn init_logging(config: &Config) -> Result<(), RunError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,sigil_oidc={}", config.log_level))
+        // sigil_federation: the serving certificate's reloads (FileCert).
+        let level = config.log_level;
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,sigil_oidc={level},sigil_federation={level}"
+        ))
     });
     let writer = match &config.log_path {
         Some(p) => {
