@@ -194,28 +194,146 @@ impl Handler {
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             HeaderValue::from_static("*"),
         );
-        // http.ServeContent: Last-Modified (seconds), If-Modified-Since, Content-Length.
+        // http.ServeContent: Last-Modified (seconds), its preconditions, a single range.
         let modified = snapshot.modified.map(crate::httpdate::truncate_to_secs);
         if let Some(m) = modified
             && let Ok(v) = HeaderValue::from_str(&crate::httpdate::format(m))
         {
             h.insert(header::LAST_MODIFIED, v);
         }
-        if let (Some(m), Some(since)) = (
-            modified,
-            header_str(req.headers(), "if-modified-since").and_then(crate::httpdate::parse),
-        ) && m <= since
+        let date = |name: &str| header_str(req.headers(), name).and_then(crate::httpdate::parse);
+        if let (Some(m), Some(since)) = (modified, date("if-unmodified-since"))
+            && m > since
+        {
+            *resp.status_mut() = StatusCode::PRECONDITION_FAILED;
+            return resp;
+        }
+        if let (Some(m), Some(since)) = (modified, date("if-modified-since"))
+            && m <= since
         {
             // Go drops the entity headers of a 304.
             h.remove(header::CONTENT_TYPE);
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             return resp;
         }
+        // If-Range: the range only applies to the version the client has (there is no ETag,
+        // so only a date can match).
+        let range = header_str(req.headers(), "range").filter(|_| {
+            match header_str(req.headers(), "if-range") {
+                None => true,
+                Some(v) => modified.is_some() && crate::httpdate::parse(v) == modified,
+            }
+        });
+        let size = body.len();
+        let (status, part) = match range.map(|r| parse_range(r, size)) {
+            None | Some(Ok(None)) => (StatusCode::OK, None),
+            Some(Ok(Some((start, len)))) => (StatusCode::PARTIAL_CONTENT, Some((start, len))),
+            Some(Err(e)) => {
+                let mut err = text_error(StatusCode::RANGE_NOT_SATISFIABLE, e.message());
+                let eh = err.headers_mut();
+                for (k, v) in resp.headers() {
+                    if !eh.contains_key(k) {
+                        eh.insert(k, v.clone());
+                    }
+                }
+                if matches!(e, RangeError::NoOverlap)
+                    && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+                {
+                    eh.insert(header::CONTENT_RANGE, v);
+                }
+                return err;
+            }
+        };
+        let h = resp.headers_mut();
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let body = match part {
+            Some((start, len)) => {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                body.as_bytes()[start..start + len].to_vec()
+            }
+            None => body.into_bytes(),
+        };
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        *resp.status_mut() = status;
         *resp.body_mut() = Body::from(body);
         resp
     }
+}
+
+/// Why a `Range` header cannot be served (Go's messages).
+#[derive(Debug, PartialEq, Eq)]
+enum RangeError {
+    Invalid,
+    NoOverlap,
+}
+
+impl RangeError {
+    fn message(&self) -> &'static str {
+        match self {
+            RangeError::Invalid => "invalid range",
+            RangeError::NoOverlap => "invalid range: failed to overlap",
+        }
+    }
+}
+
+/// Go's `parseRange` for a body of `size` bytes: the one range to serve (start, length), or
+/// `None` to serve everything (several ranges: Go answers those with a multipart body, Sigil
+/// with the whole document, which a client must accept too; ranges larger than the body).
+fn parse_range(header: &str, size: usize) -> Result<Option<(usize, usize)>, RangeError> {
+    let specs = header.strip_prefix("bytes=").ok_or(RangeError::Invalid)?;
+    let mut ranges = Vec::new();
+    let mut no_overlap = false;
+    for spec in specs.split(',') {
+        let spec = spec.trim_matches([' ', '\t']);
+        if spec.is_empty() {
+            continue;
+        }
+        let (start, end) = spec.split_once('-').ok_or(RangeError::Invalid)?;
+        let (start, end) = (
+            start.trim_matches([' ', '\t']),
+            end.trim_matches([' ', '\t']),
+        );
+        let num = |s: &str| -> Result<usize, RangeError> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(RangeError::Invalid);
+            }
+            // Larger than any body: saturate, as the comparisons below only need the order.
+            Ok(s.parse().unwrap_or(usize::MAX))
+        };
+        if start.is_empty() {
+            // A suffix: the last `end` bytes.
+            let n = num(end)?.min(size);
+            ranges.push((size - n, n));
+        } else {
+            let first = num(start)?;
+            if first >= size {
+                no_overlap = true;
+                continue;
+            }
+            let last = if end.is_empty() {
+                size - 1
+            } else {
+                let last = num(end)?;
+                if first > last {
+                    return Err(RangeError::Invalid);
+                }
+                last.min(size - 1)
+            };
+            ranges.push((first, last - first + 1));
+        }
+    }
+    if no_overlap && ranges.is_empty() {
+        return Err(RangeError::NoOverlap);
+    }
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    Ok(match ranges.as_slice() {
+        [one] if total <= size => Some(*one),
+        _ => None,
+    })
 }
 
 /// `r.Host` in Go: the absolute-form URI's authority, else the `Host` header.
@@ -583,6 +701,65 @@ mod tests {
             &keys,
         );
         assert_eq!(s, StatusCode::OK);
+    }
+
+    #[test]
+    fn ranges_as_serve_content() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some((0, 10))));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some((90, 10))));
+        assert_eq!(parse_range("bytes=-5", 100), Ok(Some((95, 5))));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok(Some((95, 5))));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(parse_range("bytes=200-", 100), Err(RangeError::NoOverlap));
+        assert_eq!(parse_range("bytes=5-1", 100), Err(RangeError::Invalid));
+        assert_eq!(parse_range("items=0-1", 100), Err(RangeError::Invalid));
+
+        let keys = snapshot(vec![key("kid1")]);
+        let h = handler("");
+        let (_, _, full) = call(&h, get("/keys", "oidc.test"), &keys);
+        let (s, headers, body) = call(
+            &h,
+            get("/keys", "oidc.test").header("range", "bytes=0-9"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, full[..10]);
+        assert_eq!(
+            headers["content-range"],
+            format!("bytes 0-9/{}", full.len()).as_str()
+        );
+        let (s, headers, body) = call(
+            &h,
+            get("/keys", "oidc.test").header("range", "bytes=9999-"),
+            &keys,
+        );
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid range: failed to overlap\n"
+            )
+        );
+        assert_eq!(
+            headers["content-range"],
+            format!("bytes */{}", full.len()).as_str()
+        );
+        // If-Range with another date: the whole document.
+        let (s, _, _) = call(
+            &h,
+            get("/keys", "oidc.test")
+                .header("range", "bytes=0-9")
+                .header("if-range", "Mon, 02 Jan 2006 15:04:04 GMT"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::OK);
+        let (s, _, _) = call(
+            &h,
+            get("/keys", "oidc.test")
+                .header("if-unmodified-since", "Mon, 02 Jan 2006 15:04:04 GMT"),
+            &keys,
+        );
+        assert_eq!(s, StatusCode::PRECONDITION_FAILED);
     }
 
     #[test]
