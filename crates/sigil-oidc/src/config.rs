@@ -402,6 +402,8 @@ enum SourceDraft {
     },
 }
 
+// === impl SourceDraft ===
+
 impl SourceDraft {
     fn finish(self) -> Result<Source, ConfigError> {
         Ok(match self {

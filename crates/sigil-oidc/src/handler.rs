@@ -271,6 +271,8 @@ enum RangeError {
     NoOverlap,
 }
 
+// === impl RangeError ===
+
 impl RangeError {
     fn message(&self) -> &'static str {
         match self {
