@@ -57,7 +57,7 @@ pub fn sigil_bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.is_file(),
-        "{} not found: build it first with `cargo build -p sigil-server -p sigil-agent` \
+        "{} not found: build it first with `cargo build -p sigil-server -p sigil-agent -p sigil-oidc` \
          (`cargo xtask test` does this)",
         p.display()
     );

@@ -147,13 +147,15 @@ pub fn build_binaries(extra: &[&str]) -> Result<()> {
             "sigil-agent",
             "-p",
             "sigil-controller",
+            "-p",
+            "sigil-oidc",
         ])
         .args(extra))
 }
 
 fn test(args: &[String]) -> Result<()> {
     setup::setup()?;
-    println!("==> building sigil-server, sigil-agent and sigil-controller");
+    println!("==> building sigil-server, sigil-agent, sigil-controller and sigil-oidc");
     build_binaries(&[])?;
     // The Envoy e2e tests load the filter from target/wasm/.
     wasm::build()?;

@@ -158,18 +158,19 @@ impl FileCert {
         Ok(true)
     }
 
-    /// Checks the files every `interval` for as long as the task runs.
+    /// Checks the files every `interval` for as long as the task runs (the bundle endpoint
+    /// and sigil-oidc's `serving_cert_file`).
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
         loop {
             tick.tick().await;
             match self.reload_if_changed() {
                 Ok(true) => {
-                    tracing::info!(cert = %self.cert_path.display(), "bundle endpoint: serving certificate reloaded")
+                    tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded")
                 }
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "bundle endpoint: keeping the previous serving certificate")
+                    tracing::warn!(%error, "keeping the previous serving certificate")
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! `spiffe` crate and py-spiffe) and with raw gRPC.
 //!
 //! The binaries must be built first: `cargo xtask test` does it (`cargo build -p sigil-server
-//! -p sigil-agent`).
+//! -p sigil-agent -p sigil-oidc`).
 
 mod authority;
 mod cli;
@@ -17,6 +17,7 @@ mod k8s_psat;
 mod kind;
 mod lifecycle;
 mod notifier;
+mod oidc;
 mod python;
 mod rust_client;
 mod uids;
