@@ -149,9 +149,20 @@ pub async fn run_until(
     }
     let _ = handle_cell.set(handle.clone());
 
-    let listener = workload::bind(&config.socket_path)?;
+    // Bound under a staging name while the attestation programs attach to that socket, then
+    // moved into place: a client that connected in between would have no kernel record and be
+    // refused.
+    let staging = workload::staging_path(&config.socket_path);
+    let listener = workload::bind(&staging)?;
+    let attestors = match attestors(&config, &staging).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+    };
+    workload::publish(&staging, &config.socket_path)?;
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
-    let attestors = attestors(&config).await?;
     let _ = tier_cell.set(attestors.attestation().tier());
     let sds = crate::sds::SdsApi::new(handle.clone(), attestors.clone(), config.sds.clone());
     let api = WorkloadApi::new(handle, attestors);
@@ -193,9 +204,9 @@ pub async fn run_until(
 }
 
 /// The configured workload attestors, on the attestation tier chosen for the (bound) socket.
-async fn attestors(config: &Config) -> Result<Attestors, AgentError> {
+async fn attestors(config: &Config, socket: &std::path::Path) -> Result<Attestors, AgentError> {
     let request = config.attestation_tier;
-    let attestation = Attestation::start(request, &config.socket_path)?;
+    let attestation = Attestation::start(request, socket)?;
     for (tier, reason) in attestation.skipped() {
         tracing::info!(tier = %tier, %reason, "workload attestation tier unavailable");
     }

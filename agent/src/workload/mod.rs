@@ -56,6 +56,37 @@ pub fn bind(path: &Path) -> Result<UnixListener, WorkloadError> {
     Ok(listener)
 }
 
+/// Where the socket is bound before it is published: same directory (so the rename keeps the
+/// inode the attestation programs watch), a name no client looks for.
+pub fn staging_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.starting"))
+}
+
+/// Moves the socket bound at `staging` to `path`, replacing a stale socket. Until then no client
+/// can reach it: a connection accepted before the kernel's attestation records are in place
+/// could not be attested.
+pub fn publish(staging: &Path, path: &Path) -> Result<(), WorkloadError> {
+    let err = |source| WorkloadError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            let _ = std::fs::remove_file(staging);
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            )));
+        }
+        _ => {}
+    }
+    std::fs::rename(staging, path).map_err(err)
+}
+
 /// Serves the Workload API and Envoy SDS (one gRPC server, both services, one socket) on
 /// `listener` until `shutdown` completes.
 pub async fn serve(

@@ -254,3 +254,37 @@ async fn renewed_agent_svid_retires_the_old_one() {
     );
     drop(agent);
 }
+
+/// A client that dials the Workload API the moment its socket appears is attested: the agent
+/// binds under a staging name, attaches its kernel attestation to that socket, and only then
+/// moves it into place (before, the first connections could arrive with no kernel record and
+/// be refused "the kernel recorded no caller for this connection").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_connection_after_agent_start_is_attested() {
+    let dir = sigil_e2e::harness::TestDir::new("first-connection");
+    let server = sigil_e2e::harness::Server::start(dir.path(), TD);
+    let node = server.id("/node");
+    let token = server.token(Some(&node));
+    // SAFETY: getuid has no preconditions.
+    let uid = format!("unix:uid:{}", unsafe { libc::getuid() });
+    server.create_entry(&node, &server.id("/first"), &[&uid], &[]);
+    let agent = Agent::spawn(dir.path(), "agent", &server, &token, &[]);
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    while !agent.socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no agent socket");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Every answer from the first connection on: no SVID yet is fine (the entry may not be
+    // synced), an attestation failure is not.
+    let mut got = false;
+    while std::time::Instant::now() < deadline && !got {
+        match workload::fetch_x509(&agent.socket).await {
+            Ok(svids) => got = !svids.is_empty(),
+            Err(s) => assert!(
+                !s.message().contains("workload attestation failed"),
+                "a caller was refused at agent start: {s:?}"
+            ),
+        }
+    }
+    assert!(got, "no SVID");
+}
