@@ -820,13 +820,51 @@ impl State {
         changed | (before != self.upstream_roots.len())
     }
 
-    /// The roots the bundle publishes.
+    /// The roots the bundle publishes: with an upstream, its roots (and any self-signed CA
+    /// from before it was configured, kept there); without, the self-signed CAs and any roots
+    /// of an upstream configured earlier, until they expire.
     fn roots(&self, upstream: bool) -> Vec<Vec<u8>> {
         if upstream {
             self.upstream_roots.clone()
         } else {
-            self.x509.all().map(|a| a.cert_der.clone()).collect()
+            let own = self.x509.all().filter(|a| a.upstream_id.is_empty());
+            own.map(|a| a.cert_der.clone())
+                .chain(self.upstream_roots.iter().cloned())
+                .collect()
         }
+    }
+
+    /// The keys were written with another upstream configuration than the one in force (an
+    /// `UpstreamAuthority` added to, or removed from, a running trust domain): a CA of the new
+    /// kind becomes active at once, and what the old one signed stays trusted until it expires
+    /// (its self-signed root joins the upstream roots, or the upstream roots stay published).
+    fn adopt_upstream_change(&mut self, cfg: &CaConfig, now: i64) -> Result<bool, CaError> {
+        let configured = cfg.upstream.is_some();
+        if configured == !self.x509.active.upstream_id.is_empty() {
+            return Ok(false);
+        }
+        let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
+        if configured {
+            let own: Vec<Vec<u8>> = self
+                .x509
+                .all()
+                .filter(|a| a.upstream_id.is_empty())
+                .map(|a| a.cert_der.clone())
+                .collect();
+            for root in own {
+                if !self.upstream_roots.contains(&root) {
+                    self.upstream_roots.push(root);
+                }
+            }
+        }
+        let fresh = X509Authority::create(cfg, upstream.as_ref(), now)?;
+        if let Some(up) = &upstream {
+            self.merge_upstream_roots(&up.roots, now);
+        }
+        self.x509.prepared = Some(Arc::new(fresh));
+        self.x509.activate();
+        self.sequence += 1;
+        Ok(true)
     }
 }
 
@@ -869,7 +907,14 @@ impl Ca {
                 })?;
                 let stored: StoredKeys = serde_json::from_slice(&text)
                     .map_err(|e| CaError::Corrupt(p.clone(), e.to_string()))?;
-                State::load(stored, &cfg, &p)?
+                let mut state = State::load(stored, &cfg, &p)?;
+                if state.adopt_upstream_change(&cfg, now)? {
+                    tracing::info!(
+                        upstream = cfg.upstream.is_some(),
+                        "UpstreamAuthority changed since the CA was made: a new X.509 CA is active"
+                    );
+                }
+                state
             }
             _ => {
                 let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
@@ -1817,5 +1862,46 @@ mod tests {
         .unwrap();
         let err = up.load().unwrap_err().to_string();
         assert!(err.contains("PKCS#8"), "{err}");
+    }
+
+    #[test]
+    fn adding_an_upstream_to_a_running_trust_domain_keeps_the_old_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let old_root = before.x509_roots();
+        drop(before);
+        let root_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = params.self_signed(&root_key).unwrap();
+        std::fs::write(dir.path().join("up.crt"), root.pem()).unwrap();
+        std::fs::write(dir.path().join("up.key"), root_key.serialize_pem()).unwrap();
+        let mut c = cfg(dir.path());
+        c.upstream = Some(DiskUpstream {
+            cert_file_path: dir.path().join("up.crt"),
+            key_file_path: dir.path().join("up.key"),
+            bundle_file_path: None,
+        });
+        let ca = Ca::load_or_create(c.clone()).unwrap();
+        let roots = ca.x509_roots();
+        assert!(roots.contains(&old_root[0]) && roots.contains(&root.der().to_vec()));
+        let active = ca.authority_states(AuthorityKind::X509).active.unwrap();
+        assert!(!active.upstream_authority_subject_key_id.is_empty());
+        // Signing chains to the upstream root now.
+        let (_k, csr) = csr();
+        let pk = Ca::csr_public_key(&csr).unwrap();
+        let id: SpiffeId = "spiffe://example.org/w".parse().unwrap();
+        let now = crate::now_unix();
+        let svid = ca
+            .sign_x509_svid(&pk, &id, &[], Duration::from_secs(60), now)
+            .unwrap();
+        sigil_spiffe::x509::verify_svid_chain(&svid.chain, &[root.der().to_vec()], now).unwrap();
+        drop(ca);
+        // And back: a self-signed CA again, the upstream root still published.
+        let ca = Ca::load_or_create(cfg(dir.path())).unwrap();
+        let roots = ca.x509_roots();
+        assert!(roots.contains(&root.der().to_vec()), "upstream root kept");
+        let active = ca.authority_states(AuthorityKind::X509).active.unwrap();
+        assert!(active.upstream_authority_subject_key_id.is_empty());
     }
 }
