@@ -840,7 +840,8 @@ impl State {
     /// (its self-signed root joins the upstream roots, or the upstream roots stay published).
     fn adopt_upstream_change(&mut self, cfg: &CaConfig, now: i64) -> Result<bool, CaError> {
         let configured = cfg.upstream.is_some();
-        if configured == !self.x509.active.upstream_id.is_empty() {
+        let upstream_signed = !self.x509.active.upstream_id.is_empty();
+        if configured == upstream_signed {
             return Ok(false);
         }
         let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
