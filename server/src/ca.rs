@@ -15,6 +15,7 @@
 //! Keys are held by a key manager: `disk` writes them to a 0600 JSON file (atomically: temp file,
 //! fsync, rename) so a restart keeps the same CA and bundle; `memory` keeps them in RAM only.
 
+pub mod spire;
 pub mod upstream;
 
 use base64::Engine as _;
@@ -26,12 +27,22 @@ use rcgen::{
 use sigil_spiffe::bundle::{Bundle, JwtAuthority};
 use sigil_spiffe::jwt::JwtSigner;
 use sigil_spiffe::{SpiffeId, TrustDomain};
+pub use spire::SpireUpstream;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
 pub use upstream::DiskUpstream;
+
+/// The `UpstreamAuthority` that signs the server's X.509 CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `"disk"`: a key and certificate in files.
+    Disk(DiskUpstream),
+    /// `"spire"`: the upstream server of a nested deployment.
+    Spire(SpireUpstream),
+}
 
 /// Where the CA and JWT signing keys live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +110,8 @@ pub enum CaError {
     Expired,
     #[error("UpstreamAuthority \"disk\": {0}")]
     Upstream(String),
+    #[error("UpstreamAuthority \"spire\": {0}")]
+    UpstreamSpire(String),
     /// An authority-management request that SPIRE's rules refuse; `code` is the gRPC status
     /// SPIRE answers with, `message` its text.
     #[error("{message}")]
@@ -305,6 +318,10 @@ struct State {
     tainted_jwt: BTreeSet<String>,
     /// Revoked upstream roots' subject key IDs: never re-added from the upstream's files.
     revoked_upstream: BTreeSet<String>,
+    /// With `UpstreamAuthority "spire"`: the upstream bundle's JWT keys (every server's).
+    upstream_jwt: Vec<JwtAuthority>,
+    /// JWT keys downstream servers published here (`PublishJWTAuthority`), until they expire.
+    published_jwt: Vec<JwtAuthority>,
     /// The bundle's `spiffe_sequence`: bumped on every change of the bundle, kept across
     /// restarts, so federated peers can refuse an older bundle.
     sequence: u64,
@@ -331,7 +348,7 @@ pub struct CaConfig {
     pub key_type: KeyType,
     pub key_manager: KeyManager,
     pub jwt_issuer: Option<String>,
-    pub upstream: Option<DiskUpstream>,
+    pub upstream: Option<Upstream>,
 }
 
 /// The CA handle.
@@ -372,6 +389,15 @@ pub struct SignedSvid {
     pub chain: Vec<Vec<u8>>,
     pub serial_hex: String,
     pub expires_at: i64,
+}
+
+/// A CA signed for a downstream server.
+#[derive(Debug, Clone)]
+pub struct DownstreamCa {
+    /// The new CA first, then the intermediates above it (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The trust domain's roots (DER).
+    pub roots: Vec<Vec<u8>>,
 }
 
 /// An authority as `localauthority ... show` reports it.
@@ -427,6 +453,34 @@ struct StoredSlots<T> {
     old: Vec<T>,
 }
 
+/// A public JWT key of another server (no private part).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredJwtAuthority {
+    kid: String,
+    public_key: String,
+    expires_at: i64,
+}
+
+impl StoredJwtAuthority {
+    fn from(a: &JwtAuthority) -> Self {
+        Self {
+            kid: a.key_id.clone(),
+            public_key: B64.encode(&a.public_key_der),
+            expires_at: a.expires_at,
+        }
+    }
+
+    fn load(&self, path: &str) -> Result<JwtAuthority, CaError> {
+        Ok(JwtAuthority {
+            key_id: self.kid.clone(),
+            public_key_der: B64
+                .decode(&self.public_key)
+                .map_err(|e| CaError::Corrupt(path.into(), format!("jwt authority: {e}")))?,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
 /// A generation as files written before X.509 and JWT authorities rotated separately held it.
 #[derive(serde::Deserialize)]
 struct LegacyGeneration {
@@ -451,6 +505,10 @@ struct StoredKeys {
     tainted_jwt: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     revoked_upstream: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream_jwt: Vec<StoredJwtAuthority>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    published_jwt: Vec<StoredJwtAuthority>,
     /// Absent in files written before federation: starts at 1.
     #[serde(default)]
     sequence: u64,
@@ -490,6 +548,91 @@ fn to_time(unix: i64) -> Result<OffsetDateTime, CaError> {
 /// (across rotations and servers under one upstream), which OpenSSL's path building needs.
 const DN_SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
 
+/// A CA certificate's fields: `ca_subject` plus a unique `serialNumber`, the trust domain's
+/// SPIFFE ID as URI SAN (as SPIRE does for its CAs), CA key usages.
+fn ca_params(
+    cfg: &CaConfig,
+    not_before: i64,
+    not_after: i64,
+) -> Result<CertificateParams, CaError> {
+    let serial = random_serial();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for c in &cfg.subject.country {
+        dn.push(DnType::CountryName, c.as_str());
+    }
+    for o in &cfg.subject.organization {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    if !cfg.subject.common_name.is_empty() {
+        dn.push(DnType::CommonName, cfg.subject.common_name.as_str());
+    }
+    dn.push(
+        DnType::CustomDnType(DN_SERIAL_NUMBER.to_vec()),
+        hex::encode(serial.to_bytes()),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.subject_alt_names = vec![SanType::URI(
+        cfg.trust_domain
+            .id()
+            .to_string()
+            .try_into()
+            .map_err(crypto)?,
+    )];
+    params.serial_number = Some(serial);
+    params.not_before = to_time(not_before)?;
+    params.not_after = to_time(not_after)?;
+    Ok(params)
+}
+
+fn ca_key(cfg: &CaConfig) -> Result<KeyPair, CaError> {
+    let alg = match cfg.key_type {
+        KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    KeyPair::generate_for(alg).map_err(crypto)
+}
+
+/// A new X.509 authority as the configuration says (self-signed, `disk`, `spire`), and the
+/// upstream's roots (empty when self-signed).
+fn new_x509(cfg: &CaConfig, now: i64) -> Result<(X509Authority, Vec<Vec<u8>>), CaError> {
+    match &cfg.upstream {
+        None => Ok((X509Authority::create(cfg, None, now)?, Vec::new())),
+        Some(Upstream::Disk(d)) => {
+            let up = d.load()?;
+            Ok((X509Authority::create(cfg, Some(&up), now)?, up.roots))
+        }
+        Some(Upstream::Spire(s)) => {
+            let key = ca_key(cfg)?;
+            let csr = CertificateParams::default()
+                .serialize_request(&key)
+                .map_err(crypto)?
+                .der()
+                .to_vec();
+            let minted = s.mint(csr, cfg.ca_ttl)?;
+            let mut chain = minted.ca_chain;
+            let cert = chain.remove(0);
+            // Roots do not travel in SVID chains.
+            chain.retain(|c| !minted.roots.contains(c));
+            let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+            let a = X509Authority::from_parts(pkcs8, cert, chain)
+                .map_err(|e| CaError::UpstreamSpire(format!("the CA it signed: {e}")))?;
+            if a.upstream_id.is_empty() {
+                return Err(CaError::UpstreamSpire(
+                    "the upstream server answered with a self-signed CA".into(),
+                ));
+            }
+            Ok((a, minted.roots))
+        }
+    }
+}
+
 // === impl X509Authority ===
 
 impl X509Authority {
@@ -499,11 +642,7 @@ impl X509Authority {
         upstream: Option<&upstream::UpstreamSigner>,
         now: i64,
     ) -> Result<Self, CaError> {
-        let alg = match cfg.key_type {
-            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        };
-        let key = KeyPair::generate_for(alg).map_err(crypto)?;
+        let key = ca_key(cfg)?;
         let not_before = now - 10; // small backdate for clock skew
         let mut not_after = now + cfg.ca_ttl.as_secs() as i64;
         if let Some(up) = upstream {
@@ -514,40 +653,7 @@ impl X509Authority {
                 ));
             }
         }
-        let serial = random_serial();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        for c in &cfg.subject.country {
-            dn.push(DnType::CountryName, c.as_str());
-        }
-        for o in &cfg.subject.organization {
-            dn.push(DnType::OrganizationName, o.as_str());
-        }
-        if !cfg.subject.common_name.is_empty() {
-            dn.push(DnType::CommonName, cfg.subject.common_name.as_str());
-        }
-        dn.push(
-            DnType::CustomDnType(DN_SERIAL_NUMBER.to_vec()),
-            hex::encode(serial.to_bytes()),
-        );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        // The trust domain's SPIFFE ID as URI SAN, as SPIRE does for its CAs.
-        params.subject_alt_names = vec![SanType::URI(
-            cfg.trust_domain
-                .id()
-                .to_string()
-                .try_into()
-                .map_err(crypto)?,
-        )];
-        params.serial_number = Some(serial);
-        params.not_before = to_time(not_before)?;
-        params.not_after = to_time(not_after)?;
+        let mut params = ca_params(cfg, not_before, not_after)?;
         let (cert_der, upstream_chain, upstream_id) = match upstream {
             None => (
                 params.self_signed(&key).map_err(crypto)?.der().to_vec(),
@@ -605,6 +711,17 @@ impl X509Authority {
             .iter()
             .map(|c| B64.decode(c).map_err(|e| corrupt("upstream chain", &e)))
             .collect::<Result<Vec<_>, _>>()?;
+        Self::from_parts(pkcs8, cert_der, upstream_chain)
+            .map_err(|e| CaError::Corrupt(path.to_string(), e))
+    }
+
+    /// An authority from its key (PKCS#8), certificate and upstream intermediates.
+    fn from_parts(
+        pkcs8: zeroize::Zeroizing<Vec<u8>>,
+        cert_der: Vec<u8>,
+        upstream_chain: Vec<Vec<u8>>,
+    ) -> Result<Self, String> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
         let key = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| corrupt("x509 key", &e))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
             .map_err(|e| corrupt("x509 cert", &e))?;
@@ -786,6 +903,16 @@ impl State {
             tainted_x509: stored.tainted_x509,
             tainted_jwt: stored.tainted_jwt,
             revoked_upstream: stored.revoked_upstream,
+            upstream_jwt: stored
+                .upstream_jwt
+                .iter()
+                .map(|a| a.load(path))
+                .collect::<Result<_, _>>()?,
+            published_jwt: stored
+                .published_jwt
+                .iter()
+                .map(|a| a.load(path))
+                .collect::<Result<_, _>>()?,
             sequence: stored.sequence.max(1),
         })
     }
@@ -798,6 +925,16 @@ impl State {
             tainted_x509: self.tainted_x509.clone(),
             tainted_jwt: self.tainted_jwt.clone(),
             revoked_upstream: self.revoked_upstream.clone(),
+            upstream_jwt: self
+                .upstream_jwt
+                .iter()
+                .map(StoredJwtAuthority::from)
+                .collect(),
+            published_jwt: self
+                .published_jwt
+                .iter()
+                .map(StoredJwtAuthority::from)
+                .collect(),
             sequence: self.sequence,
             ..Default::default()
         }
@@ -844,7 +981,6 @@ impl State {
         if configured == upstream_signed {
             return Ok(false);
         }
-        let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
         if configured {
             let own: Vec<Vec<u8>> = self
                 .x509
@@ -858,10 +994,8 @@ impl State {
                 }
             }
         }
-        let fresh = X509Authority::create(cfg, upstream.as_ref(), now)?;
-        if let Some(up) = &upstream {
-            self.merge_upstream_roots(&up.roots, now);
-        }
+        let (fresh, roots) = new_x509(cfg, now)?;
+        self.merge_upstream_roots(&roots, now);
         self.x509.prepared = Some(Arc::new(fresh));
         self.x509.activate();
         self.sequence += 1;
@@ -918,19 +1052,19 @@ impl Ca {
                 state
             }
             _ => {
-                let upstream = cfg.upstream.as_ref().map(DiskUpstream::load).transpose()?;
+                let (x509, roots) = new_x509(&cfg, now)?;
                 let mut state = State {
-                    x509: Slots::new(X509Authority::create(&cfg, upstream.as_ref(), now)?),
+                    x509: Slots::new(x509),
                     jwt: Slots::new(JwtKey::create(&cfg, now)?),
                     upstream_roots: Vec::new(),
                     tainted_x509: BTreeSet::new(),
                     tainted_jwt: BTreeSet::new(),
                     revoked_upstream: BTreeSet::new(),
+                    upstream_jwt: Vec::new(),
+                    published_jwt: Vec::new(),
                     sequence: 1,
                 };
-                if let Some(up) = &upstream {
-                    state.merge_upstream_roots(&up.roots, now);
-                }
+                state.merge_upstream_roots(&roots, now);
                 state
             }
         };
@@ -986,14 +1120,7 @@ impl Ca {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(self.state.try_write().is_ok());
-        let upstream = self
-            .cfg
-            .upstream
-            .as_ref()
-            .map(DiskUpstream::load)
-            .transpose()?;
-        let a = X509Authority::create(&self.cfg, upstream.as_ref(), now)?;
-        Ok((a, upstream.map(|u| u.roots).unwrap_or_default()))
+        new_x509(&self.cfg, now)
     }
 
     /// Prepares/activates/retires authorities as their lifetimes require. Returns true if the
@@ -1018,6 +1145,10 @@ impl Ca {
             let mut changed = s.merge_upstream_roots(&roots, now);
             changed |= s.x509.rotate(now, x509_next);
             changed |= s.jwt.rotate(now, jwt_next);
+            let before = s.published_jwt.len();
+            s.published_jwt
+                .retain(|k| k.expires_at == 0 || k.expires_at > now);
+            changed |= before != s.published_jwt.len();
             if changed {
                 s.sequence += 1;
             }
@@ -1049,6 +1180,12 @@ impl Ca {
                 public_key_der: k.signer.public_key_spki_der(),
                 expires_at: k.not_after,
             });
+        }
+        // Other servers' keys: the upstream's bundle, and what downstream servers published.
+        for k in s.upstream_jwt.iter().chain(&s.published_jwt) {
+            if !b.jwt_authorities.iter().any(|o| o.key_id == k.key_id) {
+                b.jwt_authorities.push(k.clone());
+            }
         }
         b.sequence_number = Some(s.sequence);
         b.tainted_x509_authorities = s.tainted_x509.clone();
@@ -1181,6 +1318,89 @@ impl Ca {
             KeyManager::Disk { keys_path } => Some(keys_path.clone()),
             KeyManager::Memory => None,
         }
+    }
+
+    // --- nested servers (`UpstreamAuthority "spire"`, both ends) ---
+
+    /// The `spire` upstream, if that is how this server's CA is signed.
+    pub fn spire_upstream(&self) -> Option<&SpireUpstream> {
+        match &self.cfg.upstream {
+            Some(Upstream::Spire(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Signs a CA for a downstream server's key (its CSR verified by the caller): a CA
+    /// certificate with this trust domain's ID, never valid beyond the signing CA. Returns the
+    /// chain and the roots.
+    pub fn sign_downstream_ca(
+        &self,
+        public_key: &impl PublicKeyData,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<DownstreamCa, CaError> {
+        let ca = self.read().x509.active.clone();
+        let ttl = if ttl.is_zero() { self.cfg.ca_ttl } else { ttl };
+        let not_after = (now + ttl.as_secs() as i64).min(ca.not_after);
+        if not_after <= now {
+            return Err(CaError::Expired);
+        }
+        let mut params = ca_params(&self.cfg, now - 10, not_after)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(public_key, &ca.issuer).map_err(crypto)?;
+        let mut chain = vec![cert.der().to_vec()];
+        if self.has_upstream() {
+            chain.push(ca.cert_der.clone());
+            chain.extend(ca.upstream_chain.iter().cloned());
+        }
+        Ok(DownstreamCa {
+            chain,
+            roots: self.x509_roots(),
+        })
+    }
+
+    /// A downstream server's JWT key joins the bundle. Returns whether the bundle changed.
+    pub fn publish_jwt_authority(&self, key: JwtAuthority) -> Result<bool, CaError> {
+        let mut s = self.write();
+        let own = s.jwt.all().any(|k| k.signer.kid() == key.key_id);
+        match s.published_jwt.iter_mut().find(|k| k.key_id == key.key_id) {
+            _ if own => return Ok(false),
+            Some(k) if *k == key => return Ok(false),
+            Some(k) => *k = key,
+            None => s.published_jwt.push(key),
+        }
+        self.commit(s)?;
+        Ok(true)
+    }
+
+    /// This server's own JWT keys (active, prepared, old): what a downstream publishes upstream.
+    pub fn own_jwt_authorities(&self) -> Vec<JwtAuthority> {
+        self.read()
+            .jwt
+            .all()
+            .map(|k| JwtAuthority {
+                key_id: k.signer.kid().to_string(),
+                public_key_der: k.signer.public_key_spki_der(),
+                expires_at: k.not_after,
+            })
+            .collect()
+    }
+
+    /// Takes the upstream's bundle as this server's (roots and the JWT keys of every server).
+    /// Returns whether the bundle changed.
+    pub fn follow_upstream(
+        &self,
+        roots: Vec<Vec<u8>>,
+        jwt: Vec<JwtAuthority>,
+    ) -> Result<bool, CaError> {
+        let mut s = self.write();
+        if roots.is_empty() || (s.upstream_roots == roots && s.upstream_jwt == jwt) {
+            return Ok(false);
+        }
+        s.upstream_roots = roots;
+        s.upstream_jwt = jwt;
+        self.commit(s)?;
+        Ok(true)
     }
 
     // --- authority management (`localauthority`, `upstreamauthority`) ---
@@ -1837,7 +2057,7 @@ mod tests {
             bundle_file_path: None,
         };
         let mut c = cfg(dir.path());
-        c.upstream = Some(up.clone());
+        c.upstream = Some(Upstream::Disk(up.clone()));
         let ca = Ca::load_or_create(c.clone()).unwrap();
         assert_eq!(ca.x509_roots(), vec![root.der().to_vec()]);
         let (_k, csr) = csr();
@@ -1878,11 +2098,11 @@ mod tests {
         std::fs::write(dir.path().join("up.crt"), root.pem()).unwrap();
         std::fs::write(dir.path().join("up.key"), root_key.serialize_pem()).unwrap();
         let mut c = cfg(dir.path());
-        c.upstream = Some(DiskUpstream {
+        c.upstream = Some(Upstream::Disk(DiskUpstream {
             cert_file_path: dir.path().join("up.crt"),
             key_file_path: dir.path().join("up.key"),
             bundle_file_path: None,
-        });
+        }));
         let ca = Ca::load_or_create(c.clone()).unwrap();
         let roots = ca.x509_roots();
         assert!(roots.contains(&old_root[0]) && roots.contains(&root.der().to_vec()));

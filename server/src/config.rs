@@ -57,7 +57,7 @@ pub struct ServerConfig {
     /// `server { federation { ... } }`.
     pub federation: FederationConfig,
     /// `UpstreamAuthority "disk"`: the CA is an intermediate of the operator's upstream CA.
-    pub upstream_authority: Option<crate::ca::DiskUpstream>,
+    pub upstream_authority: Option<crate::ca::Upstream>,
 }
 
 /// SPIRE's `federation` block: the bundle endpoint this server serves, and the trust domains
@@ -129,7 +129,7 @@ struct Raw {
     k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
     k8sbundle: Option<sigil_k8sbundle::Config>,
     federation: FederationConfig,
-    upstream_authority: Option<crate::ca::DiskUpstream>,
+    upstream_authority: Option<crate::ca::Upstream>,
 }
 
 #[derive(Debug)]
@@ -532,7 +532,7 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
             };
             let cert = plugin.data.string("cert_file_path")?;
             let key_path = plugin.data.string("key_file_path")?;
-            raw.upstream_authority = Some(crate::ca::DiskUpstream {
+            raw.upstream_authority = Some(crate::ca::Upstream::Disk(crate::ca::DiskUpstream {
                 cert_file_path: key("cert_file_path", cert)?,
                 key_file_path: key("key_file_path", key_path)?,
                 bundle_file_path: plugin
@@ -540,12 +540,58 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
                     .string("bundle_file_path")?
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from),
-            });
+            }));
         }
-        ("UpstreamAuthority", _) => return Err(plugin.unsupported(Some("disk"))),
+        // Named as SPIRE names it, so a SPIRE config works; `sigil` is an alias.
+        ("UpstreamAuthority", name @ ("spire" | "sigil")) => {
+            let what = format!("UpstreamAuthority \"{name}\"");
+            let address = plugin
+                .data
+                .string("server_address")?
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| invalid(&format!("{what} server_address"), "is required"))?;
+            let port = plugin
+                .data
+                .integer("server_port")?
+                .ok_or_else(|| invalid(&format!("{what} server_port"), "is required"))?;
+            let port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(&format!("{what} server_port"), "must be 1-65535"))?;
+            // SPIRE's key is `workload_api_socket`; seed 000 writes `workload_api_socket_path`.
+            let socket = match (
+                plugin.data.string("workload_api_socket")?,
+                plugin.data.string("workload_api_socket_path")?,
+            ) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(invalid(
+                        &format!("{what} workload_api_socket"),
+                        "and workload_api_socket_path name different sockets",
+                    ));
+                }
+                (Some(s), _) | (None, Some(s)) if !s.is_empty() => s,
+                _ => {
+                    return Err(invalid(
+                        &format!("{what} workload_api_socket"),
+                        "is required",
+                    ));
+                }
+            };
+            // SPIRE's default scheme prefix is accepted as written.
+            let socket = socket
+                .strip_prefix("unix://")
+                .unwrap_or(&socket)
+                .to_string();
+            raw.upstream_authority = Some(crate::ca::Upstream::Spire(crate::ca::SpireUpstream {
+                server_address: address,
+                server_port: port,
+                workload_api_socket: PathBuf::from(socket),
+            }));
+        }
+        ("UpstreamAuthority", _) => return Err(plugin.unsupported(Some("disk, spire"))),
         _ => {
             return Err(plugin.unsupported(Some(
-                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\", UpstreamAuthority \"disk\"",
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\", UpstreamAuthority \"disk\"/\"spire\"",
             )));
         }
     }
@@ -641,11 +687,11 @@ health_checks {
         // Seed 002's UpstreamAuthority "disk", without bundle_file_path.
         assert_eq!(
             c.upstream_authority,
-            Some(crate::ca::DiskUpstream {
+            Some(crate::ca::Upstream::Disk(crate::ca::DiskUpstream {
                 cert_file_path: "/run/spire/ca/ca.crt".into(),
                 key_file_path: "/run/spire/ca/ca.key".into(),
                 bundle_file_path: None,
-            })
+            }))
         );
     }
 
@@ -679,6 +725,55 @@ health_checks {
             err.contains("unsupported UpstreamAuthority plugin \"awssecret\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn upstream_authority_spire_as_seed_000_writes_it() {
+        // Seed 000's intermediate server, verbatim plugin block.
+        let conf = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/x"
+}
+plugins {
+UpstreamAuthority "spire" {
+plugin_data {
+server_address = "root-spire-server.spire-root.svc"
+server_port = 8081
+workload_api_socket_path = "/tmp/spire-agent/public/api.sock"
+}
+}
+}
+"#;
+        let c = ServerConfig::from_hcl(conf, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.upstream_authority,
+            Some(crate::ca::Upstream::Spire(crate::ca::SpireUpstream {
+                server_address: "root-spire-server.spire-root.svc".into(),
+                server_port: 8081,
+                workload_api_socket: "/tmp/spire-agent/public/api.sock".into(),
+            }))
+        );
+        // SPIRE's own key, the `sigil` alias, and the unix:// prefix.
+        let c = ServerConfig::from_hcl(
+            &conf.replace("\"spire\"", "\"sigil\"").replace(
+                "workload_api_socket_path = \"",
+                "workload_api_socket = \"unix://",
+            ),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.upstream_authority,
+            Some(crate::ca::Upstream::Spire(ref s)) if s.workload_api_socket == std::path::Path::new("/tmp/spire-agent/public/api.sock")
+        ));
+        let err = ServerConfig::from_hcl(
+            &conf.replace("server_port = 8081", "server_port = 0"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server_port"), "{err}");
     }
 
     #[test]

@@ -82,17 +82,22 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
     let ds = DataStore::open(&cfg.datastore_path)
         .await
         .with_context(|| format!("opening datastore {}", cfg.datastore_path.display()))?;
+    // Key generation, the keys file's fsync and, for `UpstreamAuthority "spire"`, waiting on
+    // the upstream: blocking work.
+    let ca_cfg = CaConfig {
+        trust_domain: cfg.trust_domain.clone(),
+        ca_ttl: cfg.ca_ttl,
+        subject: cfg.ca_subject.clone(),
+        key_type: cfg.ca_key_type,
+        key_manager: cfg.key_manager.clone(),
+        jwt_issuer: cfg.jwt_issuer.clone(),
+        upstream: cfg.upstream_authority.clone(),
+    };
     let ca = Arc::new(
-        Ca::load_or_create(CaConfig {
-            trust_domain: cfg.trust_domain.clone(),
-            ca_ttl: cfg.ca_ttl,
-            subject: cfg.ca_subject.clone(),
-            key_type: cfg.ca_key_type,
-            key_manager: cfg.key_manager.clone(),
-            jwt_issuer: cfg.jwt_issuer.clone(),
-            upstream: cfg.upstream_authority.clone(),
-        })
-        .context("loading the CA")?,
+        tokio::task::spawn_blocking(move || Ca::load_or_create(ca_cfg))
+            .await
+            .context("loading the CA: task failed")?
+            .context("loading the CA")?,
     );
     let identity = Arc::new(
         ServerIdentity::new(&ca, cfg.default_x509_svid_ttl)
@@ -156,6 +161,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
             // authorities (a rotation here, or `localauthority ... activate|taint` through the
             // admin API) re-issues it, so it is always signed by the active authority.
             let mut seen = ca.sequence();
+            let mut follow_error: Option<String> = None;
             loop {
                 tick.tick().await;
                 // Key generation, signing and the keys file's fsync: blocking work, off the
@@ -175,6 +181,37 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
                     seen = now_seen;
                     rotated
                 });
+                // A nested server follows its upstream's bundle (roots, every server's JWT keys)
+                // and publishes its own JWT keys there.
+                if let Some(up) = ca.spire_upstream() {
+                    let followed = match up.follow(&ca.own_jwt_authorities()).await {
+                        Ok((roots, jwt)) => {
+                            let ca2 = ca.clone();
+                            tokio::task::spawn_blocking(move || ca2.follow_upstream(roots, jwt))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r.map_err(|e| e.to_string()))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match followed {
+                        Ok(changed) => {
+                            if follow_error.take().is_some() {
+                                tracing::info!("following the upstream server's bundle again");
+                            }
+                            if changed {
+                                tracing::info!("upstream bundle changed; bundle updated");
+                                ds.bundle_changed();
+                            }
+                        }
+                        Err(e) => {
+                            if follow_error.as_deref() != Some(e.as_str()) {
+                                tracing::warn!(error = %e, "following the upstream server's bundle");
+                            }
+                            follow_error = Some(e);
+                        }
+                    }
+                }
                 match rotated {
                     Ok(Ok(true)) => {
                         tracing::info!("CA rotated; bundle updated");

@@ -61,3 +61,47 @@ pub async fn jwt_call(
         .await
         .err()
 }
+
+/// An agent API client presenting `chain` (leaf first, DER) and `key` (PKCS#8 DER), the server
+/// verified as `spiffe://<td>/spire/server` against `roots`.
+pub async fn client(
+    addr: SocketAddr,
+    roots: &[Vec<u8>],
+    chain: &[Vec<u8>],
+    key: &[u8],
+) -> anyhow::Result<NodeClient<tonic::transport::Channel>> {
+    let td = sigil_spiffe::x509::spiffe_id_of_cert(
+        chain
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("empty chain"))?,
+    )?
+    .trust_domain()
+    .clone();
+    let server_id = sigil_spiffe::SpiffeId::from_path(&td, "/spire/server")?;
+    let verifier = sigil_tls::SvidVerifier::new(
+        sigil_tls::Roots::fixed(roots.to_vec()),
+        sigil_tls::Authorizer::Id(server_id),
+    );
+    let mut cfg = rustls::ClientConfig::builder_with_provider(sigil_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(
+            chain.iter().cloned().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let channel = tonic::transport::Endpoint::try_from("http://127.0.0.1")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("sigil-server").map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await?;
+    Ok(NodeClient::new(channel))
+}

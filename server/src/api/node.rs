@@ -557,4 +557,87 @@ impl Node for NodeApi {
         .await?;
         Ok(Response::new(pb::SignJwtSvidResponse { token, expires_at }))
     }
+
+    async fn new_downstream_x509ca(
+        &self,
+        req: Request<pb::NewDownstreamX509caRequest>,
+    ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        let caller = self.authenticate_downstream(&req)?;
+        let req = req.into_inner();
+        let ttl = Duration::from_secs(u64::try_from(req.preferred_ttl).unwrap_or(0));
+        let ca = self.shared.ca.clone();
+        let signed = blocking("signing a downstream CA", move || {
+            let pk = crate::ca::Ca::csr_public_key(&req.csr)
+                .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
+            ca.sign_downstream_ca(&pk, ttl, crate::now_unix())
+                .map_err(|e| super::internal("signing a downstream CA", &e))
+        })
+        .await?;
+        tracing::info!(downstream = %caller, "signed a downstream X.509 CA");
+        Ok(Response::new(pb::NewDownstreamX509caResponse {
+            ca_cert_chain: signed.chain,
+            x509_authorities: signed.roots,
+        }))
+    }
+
+    async fn publish_jwt_authority(
+        &self,
+        req: Request<pb::PublishJwtAuthorityRequest>,
+    ) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+        let caller = self.authenticate_downstream(&req)?;
+        let key = req
+            .into_inner()
+            .jwt_authority
+            .ok_or_else(|| Status::invalid_argument("missing JWT authority"))?;
+        let key = sigil_spiffe::bundle::JwtAuthority {
+            key_id: key.key_id,
+            public_key_der: key.public_key,
+            expires_at: key.expires_at,
+        };
+        // The same checks as a bundle's JWT authority: a key ID and a usable public key.
+        let mut check = sigil_spiffe::bundle::Bundle::new(self.shared.ca.trust_domain().clone());
+        check
+            .add_jwt_authority(key.clone())
+            .map_err(|e| Status::invalid_argument(format!("invalid JWT authority: {e}")))?;
+        let ca = self.shared.ca.clone();
+        let kid = key.key_id.clone();
+        let changed = blocking("publishing a JWT authority", move || {
+            ca.publish_jwt_authority(key)
+                .map_err(|e| super::internal("publishing a JWT authority", &e))
+        })
+        .await?;
+        if changed {
+            tracing::info!(downstream = %caller, %kid, "downstream JWT authority published");
+            self.shared.ds.bundle_changed();
+        }
+        let b = self.shared.ca.bundle();
+        Ok(Response::new(pb::PublishJwtAuthorityResponse {
+            jwt_authorities: bundle_to_proto(&b).jwt_authorities,
+        }))
+    }
+}
+
+impl NodeApi {
+    /// The caller of a downstream-server call: its X509-SVID (verified by TLS) must name an
+    /// entry marked `downstream` (SPIRE's rule and message).
+    fn authenticate_downstream<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let id = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.spiffe_id.clone())
+            .ok_or_else(|| Status::unauthenticated("an X509-SVID is required for this call"))?;
+        let downstream = self
+            .shared
+            .ds
+            .list_entries()
+            .iter()
+            .any(|e| e.downstream && e.spiffe_id == id);
+        if !downstream {
+            tracing::warn!(caller = %id, "downstream CA refused: no downstream entry");
+            return Err(Status::permission_denied(
+                "caller is not a downstream workload",
+            ));
+        }
+        Ok(id)
+    }
 }

@@ -278,7 +278,7 @@ fn two_trust_domains_federate_both_ways() {
 
 /// One mTLS handshake on loopback between `server` and `client` (each allowing the other's
 /// ID); the peer IDs each side saw.
-async fn mtls_pair(
+pub(crate) async fn mtls_pair(
     server: &sigil_e2e::workload::Svid,
     client: &sigil_e2e::workload::Svid,
 ) -> anyhow::Result<(String, String)> {

@@ -16,6 +16,7 @@ mod k8s;
 mod k8s_psat;
 mod kind;
 mod lifecycle;
+mod nested;
 mod notifier;
 mod oidc;
 mod python;
