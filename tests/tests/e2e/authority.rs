@@ -92,7 +92,8 @@ async fn jwt_kid(agent: &Agent, audience: &str) -> String {
 async fn x509_prepare_activate_taint_revoke_reach_an_open_stream() {
     let env = Env::start("authority-x509");
     let s = &env.server;
-    env.register("/web", &[&Env::my_uid()], &[]);
+    let id = env.register("/web", &[&Env::my_uid()], &[]);
+    sigil_e2e::harness::wait_for_svid(&env.agent.socket, &id).await;
     let mut c = workload::client(&env.agent.socket).await.expect("client");
     let mut stream = c
         .fetch_x509svid(request(pb::X509svidRequest {}))
@@ -255,7 +256,8 @@ async fn x509_prepare_activate_taint_revoke_reach_an_open_stream() {
 async fn jwt_taint_drops_cached_tokens_and_revoke_removes_the_key() {
     let env = Env::start("authority-jwt");
     let s = &env.server;
-    env.register("/jwt", &[&Env::my_uid()], &[]);
+    let id = env.register("/jwt", &[&Env::my_uid()], &[]);
+    sigil_e2e::harness::wait_for_svid(&env.agent.socket, &id).await;
     let old_kid = jwt_kid(&env.agent, "aud").await;
     assert_eq!(state(s, "jwt")["active"]["authority_id"], old_kid.as_str());
     // Cached: the same kid again.
@@ -434,6 +436,7 @@ async fn upstream_disk_signs_the_ca_and_its_root_rotates_by_taint_and_revoke() {
     let token = server.token(Some(&node));
     let agent = Agent::start(dir.path(), "agent", &server, &token);
     server.create_entry(&node, &server.id("/up"), &[&Env::my_uid()], &[]);
+    sigil_e2e::harness::wait_for_svid(&agent.socket, &server.id("/up")).await;
 
     let root1 = pem_certs(&std::fs::read_to_string(up.join("root1.crt")).unwrap());
     let root1_id = ski(&root1[0]);
@@ -592,9 +595,7 @@ async fn upstream_disk_with_a_bundle_file_puts_intermediates_in_the_chain() {
     let token = server.token(Some(&node));
     let agent = Agent::start(dir.path(), "agent", &server, &token);
     server.create_entry(&node, &server.id("/chain"), &[&Env::my_uid()], &[]);
-    let svid = workload::fetch_one(&agent.socket, None)
-        .await
-        .expect("SVID");
+    let svid = sigil_e2e::harness::wait_for_svid(&agent.socket, &server.id("/chain")).await;
     let inter = pem_certs(&std::fs::read_to_string(up.join("inter.crt")).unwrap());
     let root = pem_certs(&std::fs::read_to_string(up.join("root.crt")).unwrap());
     // [leaf, server CA, upstream intermediate]; the bundle holds the root only.
