@@ -274,6 +274,52 @@ fn two_trust_domains_federate_both_ways() {
     assert_eq!(client_saw, "spiffe://b.test/server");
     // Without B's bundle, A's workload cannot authenticate B's.
     assert!(handshake(client_svid.bundle.clone()).is_err());
+
+    // A revoke on B reaches its federated peer: after A's next refresh, the revoked root is
+    // out of A's copy of B's bundle, and out of what A's workload holds for B.
+    let json = |s: &Server, args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["-output", "json"]);
+        s.cli(&a).ok().json()
+    };
+    let old = json(&b, &["localauthority", "x509", "show"])["active"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new =
+        json(&b, &["localauthority", "x509", "prepare"])["prepared_authority"]["authority_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    b.cli(&["localauthority", "x509", "activate", "-authorityID", &new])
+        .ok();
+    b.cli(&["localauthority", "x509", "taint", "-authorityID", &old])
+        .ok();
+    b.cli(&["localauthority", "x509", "revoke", "-authorityID", &old])
+        .ok();
+    let pem_b = b.cli(&["bundle", "show"]).ok().stdout;
+    assert_eq!(crate::pem_certs(&pem_b).len(), 1);
+    a.cli(&["federation", "refresh", "-id", "spiffe://b.test"])
+        .ok();
+    wait_until("B's revoke at A", Duration::from_secs(15), || {
+        let listed = a
+            .cli(&["bundle", "list", "-id", "spiffe://b.test"])
+            .ok()
+            .stdout;
+        (listed.trim() == pem_b.trim()).then_some(())
+    });
+    let b_ski = |der: &[u8]| sigil_spiffe::x509::key_ids(der).unwrap().0.unwrap();
+    wait_until(
+        "B's revoke at A's workload",
+        Duration::from_secs(15),
+        || {
+            let (_, fed) = rt
+                .block_on(sigil_e2e::workload::fetch_x509_context(&agent.socket))
+                .ok()?;
+            let roots = fed.get("spiffe://b.test")?;
+            (roots.len() == 1 && b_ski(&roots[0]) == new).then_some(())
+        },
+    );
 }
 
 /// One mTLS handshake on loopback between `server` and `client` (each allowing the other's
