@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub federation: FederationConfig,
     /// `UpstreamAuthority "disk"`: the CA is an intermediate of the operator's upstream CA.
     pub upstream_authority: Option<crate::ca::Upstream>,
+    /// `telemetry { Prometheus { host port } }`.
+    pub telemetry: sigil_telemetry::Config,
 }
 
 /// SPIRE's `federation` block: the bundle endpoint this server serves, and the trust domains
@@ -130,6 +132,7 @@ struct Raw {
     k8sbundle: Option<sigil_k8sbundle::Config>,
     federation: FederationConfig,
     upstream_authority: Option<crate::ca::Upstream>,
+    telemetry: sigil_telemetry::Config,
 }
 
 #[derive(Debug)]
@@ -282,6 +285,7 @@ impl ServerConfig {
             k8sbundle: raw.k8sbundle,
             federation: raw.federation,
             upstream_authority: raw.upstream_authority,
+            telemetry: raw.telemetry,
         })
     }
 }
@@ -304,8 +308,10 @@ fn parse_hcl(text: &str) -> Result<Raw, ConfigError> {
     if let Some(block) = HealthChecksBlock::take(&mut root)? {
         raw.health = parse_health(block)?;
     }
-    // `telemetry` and the rest: refused rather than silently dropped (Sigil exposes no
-    // telemetry sinks yet).
+    if let Some(block) = root.block("telemetry", "telemetry block")? {
+        raw.telemetry = sigil_telemetry::Config::from_block(block)?;
+    }
+    // Anything else: refused rather than silently dropped.
     root.finish()?;
     Ok(raw)
 }

@@ -105,11 +105,25 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
     );
     let (federation, bundle_endpoint) =
         crate::federation::start(&cfg.federation, ca.clone(), identity.clone(), ds.clone()).await?;
+    let metrics = sigil_telemetry::Registry::new();
+    crate::metrics::register(&metrics, ca.clone(), ds.clone(), federation.clone());
+    let metrics_addr = match &cfg.telemetry.prometheus {
+        Some(p) => {
+            let l = sigil_telemetry::bind(p)
+                .await
+                .with_context(|| format!("binding telemetry Prometheus {}:{}", p.host, p.port))?;
+            let addr = l.local_addr()?;
+            tokio::spawn(sigil_telemetry::serve(l, metrics.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
     let shared = Shared {
         cfg: cfg.clone(),
         ca: ca.clone(),
         ds: ds.clone(),
         federation,
+        metrics,
     };
     let node_api = NodeApi::new(shared.clone()).context("configuring NodeAttestor \"k8s_psat\"")?;
     if let Some(psat) = &node_api.psat {
@@ -244,6 +258,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         admin_socket = %cfg.socket_path.display(),
         health = ?listening.health,
         bundle_endpoint = ?listening.bundle_endpoint,
+        metrics = ?metrics_addr,
         "server listening"
     );
 

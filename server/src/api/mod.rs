@@ -17,6 +17,8 @@ pub struct Shared {
     pub ds: DataStore,
     /// The federation relationships in effect and their refresh (`federation ...`).
     pub federation: crate::federation::Federation,
+    /// Counters the APIs update (`telemetry`; see docs/metrics.md).
+    pub metrics: Arc<sigil_telemetry::Registry>,
 }
 
 /// A per-item status in batch responses.
@@ -101,6 +103,7 @@ mod tests {
                 ca: ca.clone(),
                 ds: ds.clone(),
                 federation: crate::federation::Federation::empty(ds.clone(), ca),
+                metrics: sigil_telemetry::Registry::new(),
             },
             psat: None,
         };

@@ -189,11 +189,17 @@ impl NodeApi {
             id.clone(),
             self.shared.cfg.agent_ttl,
         );
-        blocking("signing the agent SVID", move || {
+        let signed = blocking("signing the agent SVID", move || {
             ca.sign_x509_svid(&pk, &id, &[], ttl, crate::now_unix())
                 .map_err(|e| super::internal("signing the agent SVID", &e))
         })
-        .await
+        .await?;
+        self.shared.metrics.inc(
+            crate::metrics::SVIDS_SIGNED,
+            crate::metrics::SVIDS_SIGNED_HELP,
+            &[("type", "agent")],
+        );
+        Ok(signed)
     }
 }
 
@@ -521,6 +527,26 @@ impl Node for NodeApi {
         })
         .await
         .map_err(|e| super::internal("running the signing task", &e))?;
+        let ok = results
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0))
+            .count();
+        let m = &self.shared.metrics;
+        use crate::metrics::*;
+        m.add(
+            SVIDS_SIGNED,
+            SVIDS_SIGNED_HELP,
+            &[("type", "x509")],
+            ok as f64,
+        );
+        if results.len() > ok {
+            m.add(
+                SIGN_FAILURES,
+                SIGN_FAILURES_HELP,
+                &[("type", "x509")],
+                (results.len() - ok) as f64,
+            );
+        }
         Ok(Response::new(pb::SignX509SvidsResponse { results }))
     }
 
@@ -555,6 +581,11 @@ impl Node for NodeApi {
                 .map_err(|e| super::internal("signing a JWT-SVID", &e))
         })
         .await?;
+        self.shared.metrics.inc(
+            crate::metrics::SVIDS_SIGNED,
+            crate::metrics::SVIDS_SIGNED_HELP,
+            &[("type", "jwt")],
+        );
         Ok(Response::new(pb::SignJwtSvidResponse { token, expires_at }))
     }
 
@@ -574,6 +605,11 @@ impl Node for NodeApi {
         })
         .await?;
         tracing::info!(downstream = %caller, "signed a downstream X.509 CA");
+        self.shared.metrics.inc(
+            crate::metrics::SVIDS_SIGNED,
+            crate::metrics::SVIDS_SIGNED_HELP,
+            &[("type", "downstream_ca")],
+        );
         Ok(Response::new(pb::NewDownstreamX509caResponse {
             ca_cert_chain: signed.chain,
             x509_authorities: signed.roots,

@@ -70,9 +70,26 @@ fn bootstrap_bundle(from: &Server, to: &Server, dir: &TestDir, td: &str) {
 #[test]
 fn two_trust_domains_federate_both_ways() {
     let dir = TestDir::new("federation");
-    let (pa, pb) = (free_port(), free_port());
-    let a =
-        Server::start_with_config_file(&dir.path().join("a"), "a.test", &config(pa, "b.test", pb));
+    let (pa, pb, metrics_port) = (free_port(), free_port(), free_port());
+    // A serves metrics as seed 002 configures them (`bind_address`/`bind_port`).
+    let a = Server::start_with_config_file(
+        &dir.path().join("a"),
+        "a.test",
+        &format!(
+            "{}telemetry {{\n  Prometheus {{\n    bind_address = \"127.0.0.1\"\n    bind_port = \"{metrics_port}\"\n  }}\n}}\n",
+            config(pa, "b.test", pb)
+        ),
+    );
+    let metric = |name: &str| -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{trust_domain=\"b.test\"}} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
     let b =
         Server::start_with_config_file(&dir.path().join("b"), "b.test", &config(pb, "a.test", pa));
 
@@ -148,6 +165,9 @@ fn two_trust_domains_federate_both_ways() {
         text.stdout.contains("Last refresh              : never"),
         "{text}"
     );
+    // ... and in a metric an operator can alert on.
+    assert_eq!(metric("sigil_server_federation_relationship_up"), Some(0.0));
+    assert!(metric("sigil_server_federation_last_error_timestamp_seconds").unwrap_or(0.0) > 0.0);
     assert!(
         text.stdout.contains("Last error                : "),
         "{text}"
@@ -170,6 +190,11 @@ fn two_trust_domains_federate_both_ways() {
         assert!(s["bundle_sequence"].as_u64().unwrap_or(0) >= 1, "{s}");
         assert!(s["next_attempt"].as_i64().unwrap_or(0) > s["last_success"].as_i64().unwrap_or(0));
     }
+    assert_eq!(metric("sigil_server_federation_relationship_up"), Some(1.0));
+    assert_eq!(
+        metric("sigil_server_federation_last_error_timestamp_seconds"),
+        Some(0.0)
+    );
     let list = a.cli(&["federation", "list"]).ok();
     assert!(
         list.stdout
