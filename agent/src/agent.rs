@@ -47,6 +47,8 @@ pub enum AgentError {
     Kubernetes(#[source] sigil_k8s::ClientError),
     #[error("health check listener: {0}")]
     Health(#[source] std::io::Error),
+    #[error("telemetry Prometheus listener: {0}")]
+    Metrics(#[source] std::io::Error),
     #[error("a background task failed: {0}")]
     Task(String),
     #[error(
@@ -78,6 +80,59 @@ pub async fn run_until(
     // The attestation tier, once chosen (after bootstrap): health reports it from here.
     let tier_cell: Arc<OnceLock<Tier>> = Arc::new(OnceLock::new());
 
+    let metrics = sigil_telemetry::Registry::new();
+    if let Some(p) = &config.telemetry.prometheus {
+        let listener = sigil_telemetry::bind(p).await.map_err(AgentError::Health)?;
+        tracing::info!(address = %p.host, port = p.port, "metrics listening");
+        tokio::spawn(sigil_telemetry::serve(listener, metrics.clone()));
+    }
+    {
+        let (cell, tier) = (handle_cell.clone(), tier_cell.clone());
+        metrics.collect_with(Box::new(move |r| {
+            if let Some(t) = tier.get() {
+                r.clear("sigil_agent_attestation_tier");
+                r.set(
+                    "sigil_agent_attestation_tier",
+                    "The workload attestation tier in use (1 for the tier label).",
+                    &[("tier", t.name())],
+                    1.0,
+                );
+            }
+            let Some(h) = cell.get() else { return };
+            let snap = h.snapshot.borrow().clone();
+            r.set(
+                "sigil_agent_synced",
+                "1 once the agent has received its full entry set from the server.",
+                &[],
+                if snap.synced { 1.0 } else { 0.0 },
+            );
+            r.set(
+                "sigil_agent_entries",
+                "Registration entries this agent holds.",
+                &[],
+                snap.identities.len() as f64,
+            );
+            let svids: Vec<i64> = snap
+                .identities
+                .iter()
+                .filter_map(|i| i.svid.as_ref().map(|s| s.not_after))
+                .collect();
+            r.set(
+                "sigil_agent_svids_cached",
+                "Workload X509-SVIDs cached.",
+                &[],
+                svids.len() as f64,
+            );
+            if let Some(first) = svids.iter().min() {
+                r.set(
+                    "sigil_agent_svid_earliest_expiry_timestamp_seconds",
+                    "When the first cached X509-SVID expires (Unix seconds): alert if it nears while the server is away.",
+                    &[],
+                    *first as f64,
+                );
+            }
+        }));
+    }
     if let Some(hc) = &config.health {
         let listener = health::bind(hc).await.map_err(AgentError::Health)?;
         tracing::info!(
@@ -144,6 +199,7 @@ pub async fn run_until(
         bundle,
         config.jwt_svid_cache_max_size,
     );
+    manager = manager.with_metrics(metrics.clone());
     if let Some(attestor) = reattest {
         manager = manager.reattest_with(attestor);
     }
@@ -165,11 +221,12 @@ pub async fn run_until(
     tracing::info!(path = %config.socket_path.display(), "workload API listening on {}", config.socket_path.display());
     let _ = tier_cell.set(attestors.attestation().tier());
     let sds = crate::sds::SdsApi::new(handle.clone(), attestors.clone(), config.sds.clone());
-    let api = WorkloadApi::new(handle, attestors);
+    let api = WorkloadApi::new(handle, attestors).with_metrics(metrics.clone());
     let mut server = tokio::spawn(workload::serve(
         listener,
         api,
         sds,
+        metrics,
         stopped(stop_rx.clone()),
     ));
 

@@ -64,6 +64,8 @@ pub struct Config {
     pub sds: crate::sds::SdsConfig,
     /// `jwt_svid_cache_max_size`: JWT-SVIDs cached at most (least recently used evicted).
     pub jwt_svid_cache_max_size: usize,
+    /// `telemetry { Prometheus { host port } }`.
+    pub telemetry: sigil_telemetry::Config,
 }
 
 /// The values the file and the flags can set, before defaults and validation.
@@ -84,6 +86,7 @@ struct Raw {
     unix_attestor: Option<RawUnixAttestor>,
     k8s_attestor: Option<K8sAttestorConfig>,
     health: Option<HealthChecksBlock>,
+    telemetry: sigil_telemetry::Config,
     sds: Option<Block>,
     attestation_tier: Option<String>,
     jwt_svid_cache_max_size: Option<String>,
@@ -217,6 +220,9 @@ impl Raw {
             }
         }
         raw.health = HealthChecksBlock::take(&mut root)?;
+        if let Some(block) = root.block("telemetry", "telemetry block")? {
+            raw.telemetry = sigil_telemetry::Config::from_block(block)?;
+        }
         root.finish()?;
         Ok(raw)
     }
@@ -484,6 +490,7 @@ impl Raw {
             health,
             sds,
             jwt_svid_cache_max_size,
+            telemetry: self.telemetry,
         })
     }
 }
@@ -651,9 +658,11 @@ health_checks {
         assert_eq!(err.to_string(), r#"unsupported key "foo" in agent block"#);
 
         let err = Config::from_hcl("telemetry {\n x = 1\n}\n").unwrap_err();
+        assert_eq!(err.to_string(), r#"unsupported key "x" in telemetry block"#);
+        let err = Config::from_hcl("metrics {\n x = 1\n}\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"unsupported key "telemetry" in config file"#
+            r#"unsupported key "metrics" in config file"#
         );
 
         let err = Config::from_hcl(

@@ -138,7 +138,13 @@ pub async fn fanout(n: usize) -> Result<(f64, f64)> {
     let sds = SdsApi::new(handle.clone(), attestors.clone(), SdsConfig::default());
     let api = WorkloadApi::new(handle, attestors);
     let listener = workload::bind(&socket)?;
-    tokio::spawn(workload::serve(listener, api, sds, std::future::pending()));
+    tokio::spawn(workload::serve(
+        listener,
+        api,
+        sds,
+        Default::default(),
+        std::future::pending(),
+    ));
 
     // Open n streams (one connection each) and wait for each one's first response.
     let mut streams = Vec::with_capacity(n);

@@ -73,6 +73,8 @@ pub struct Manager {
     /// stopped accepting their SVID (evicted, or re-attested elsewhere).
     reattest: Option<NodeAttestor>,
     state: State,
+    /// SVIDs issued and rotated, sync state (`telemetry`).
+    metrics: Arc<sigil_telemetry::Registry>,
 }
 
 /// Mutable cache state; published as [`Snapshot`]s.
@@ -148,6 +150,7 @@ impl Manager {
                 dirty: false,
                 unsaved_roots: None,
             },
+            metrics: Arc::default(),
         };
         let handle = ManagerHandle {
             snapshot: snapshot_rx,
@@ -161,6 +164,12 @@ impl Manager {
     /// server stops accepting its SVID.
     pub fn reattest_with(mut self, attestor: NodeAttestor) -> Self {
         self.reattest = Some(attestor);
+        self
+    }
+
+    /// Counts into `metrics` (the agent's registry) instead of a private one.
+    pub fn with_metrics(mut self, metrics: Arc<sigil_telemetry::Registry>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -545,6 +554,11 @@ impl Manager {
                 );
                 st.svids.insert(id.clone(), Arc::new(svid));
                 st.retry.remove(&id);
+                self.metrics.inc(
+                    "sigil_agent_svids_issued_total",
+                    "Workload X509-SVIDs received from the server, by reason (new entry or rotation).",
+                    &[("reason", if rotated { "rotation" } else { "new" })],
+                );
                 st.dirty = true;
             }
             Err(error) => {
@@ -552,6 +566,11 @@ impl Manager {
                 let delay =
                     (SIGN_RETRY_MIN * 2u32.saturating_pow(failures.min(6))).min(SIGN_RETRY_MAX);
                 tracing::warn!(entry = %id, spiffe_id = %entry.spiffe_id, %error, retry_in_s = delay.as_secs(), "could not obtain an SVID");
+                self.metrics.inc(
+                    "sigil_agent_svid_sign_failures_total",
+                    "Workload X509-SVIDs the server could not sign (retried with backoff).",
+                    &[],
+                );
                 st.retry.insert(
                     id.clone(),
                     (failures + 1, now_unix_ms() + delay.as_millis() as i64),

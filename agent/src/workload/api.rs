@@ -76,6 +76,7 @@ pub struct WorkloadApi {
     handle: ManagerHandle,
     attestors: Attestors,
     identity_wait: Duration,
+    metrics: Arc<sigil_telemetry::Registry>,
 }
 
 // === impl WorkloadApi ===
@@ -86,7 +87,14 @@ impl WorkloadApi {
             handle,
             attestors,
             identity_wait: IDENTITY_WAIT,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records attestation latency in `metrics` (the agent's registry).
+    pub fn with_metrics(mut self, metrics: Arc<sigil_telemetry::Registry>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The attestors every call goes through (and the tier they run on).
@@ -114,11 +122,19 @@ impl WorkloadApi {
             .extensions()
             .get::<PeerInfo>()
             .ok_or_else(|| Status::unavailable("could not identify the caller"))?;
-        let attested = self
-            .attestors
-            .attest_session(peer)
-            .await
-            .map_err(attest_status)?;
+        let started = std::time::Instant::now();
+        let attested = self.attestors.attest_session(peer).await;
+        let tier = self.attestors.attestation().tier().name();
+        self.metrics.observe(
+            "sigil_agent_workload_attestation_duration_seconds",
+            "Time to attest a Workload API caller (kernel facts and workload attestors), by tier and outcome.",
+            &[
+                ("tier", tier),
+                ("result", if attested.is_ok() { "ok" } else { "error" }),
+            ],
+            started.elapsed().as_secs_f64(),
+        );
+        let attested = attested.map_err(attest_status)?;
         tracing::debug!(
             pid = peer.pid,
             uid = peer.uid,

@@ -93,12 +93,18 @@ pub async fn serve(
     listener: UnixListener,
     api: WorkloadApi,
     sds: crate::sds::SdsApi,
+    metrics: std::sync::Arc<sigil_telemetry::Registry>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkloadError> {
     use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
     let tier = api.attestors().attestation().tier();
     let incoming = ReceiverStream::new(peer::accept_loop(listener));
     tonic::transport::Server::builder()
+        .layer(sigil_telemetry::grpc::GrpcMetricsLayer::new(
+            metrics,
+            "sigil_agent_grpc_calls_total",
+            "sigil_agent_grpc_call_duration_seconds",
+        ))
         .layer(tower::util::MapResponseLayer::new(
             move |resp: tonic::codegen::http::Response<tonic::body::Body>| {
                 tag_attestation_tier(tier, resp)

@@ -143,7 +143,13 @@ impl Harness {
         let api =
             WorkloadApi::new(handle, attestors).with_identity_wait(Duration::from_millis(300));
         let listener = workload::bind(&socket).unwrap();
-        tokio::spawn(workload::serve(listener, api, sds, std::future::pending()));
+        tokio::spawn(workload::serve(
+            listener,
+            api,
+            sds,
+            Default::default(),
+            std::future::pending(),
+        ));
         Self {
             snapshots,
             socket,

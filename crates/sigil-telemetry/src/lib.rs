@@ -7,6 +7,8 @@
 //! relationship's last success) are set by a *collector* run at each scrape, so they are never
 //! stale.
 
+pub mod grpc;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};

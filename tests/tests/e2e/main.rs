@@ -21,6 +21,7 @@ mod notifier;
 mod oidc;
 mod python;
 mod rust_client;
+mod telemetry;
 mod uids;
 mod wasm_filter;
 

@@ -1,0 +1,115 @@
+//! `telemetry { Prometheus {} }` on a real server and agent, scraped over HTTP as Prometheus
+//! would: the counters an operator alerts on move with what the processes do.
+
+use crate::{Env, TD, now};
+use sigil_e2e::envoy::free_port;
+use sigil_e2e::harness::{Agent, Server, TestDir, wait_for_svid};
+use sigil_e2e::workload;
+use std::process::Command;
+
+/// The value of the sample `name{labels}` (labels as Prometheus prints them, sorted), if any.
+fn sample(port: u16, series: &str) -> Option<f64> {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{series} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn telemetry(port: u16) -> String {
+    format!(
+        "telemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {port}\n  }}\n}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_metrics_follow_what_happens() {
+    let dir = TestDir::new("telemetry");
+    let (server_port, agent_port) = (free_port(), free_port());
+    let server = Server::start_with_config_file(
+        dir.path(),
+        TD,
+        &format!("server {{\n}}\n{}", telemetry(server_port)),
+    );
+    let node = server.id("/node");
+    let token = server.token(Some(&node));
+    std::fs::write(dir.path().join("agent.conf"), telemetry(agent_port)).unwrap();
+    let conf = dir.path().join("agent.conf");
+    let mut agent = Agent::spawn(
+        dir.path(),
+        "agent",
+        &server,
+        &token,
+        &["-config", conf.to_str().unwrap()],
+    );
+    agent.wait_ready();
+
+    // A caller with no entry: refused, and counted as such.
+    let refused = workload::fetch_x509(&agent.socket)
+        .await
+        .expect_err("no entry yet");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let id = server.id("/metered");
+    server.create_entry(&node, &id, &[&Env::my_uid()], &[]);
+    wait_for_svid(&agent.socket, &id).await;
+
+    let fetch = "method=\"SpiffeWorkloadAPI/FetchX509SVID\"";
+    assert!(
+        sample(
+            agent_port,
+            &format!("sigil_agent_grpc_calls_total{{code=\"PermissionDenied\",{fetch}}}")
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            agent_port,
+            &format!("sigil_agent_grpc_calls_total{{code=\"OK\",{fetch}}}")
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The workload's SVID, and the one of the join token's alias entry.
+    assert_eq!(sample(agent_port, "sigil_agent_svids_cached"), Some(2.0));
+    assert_eq!(sample(agent_port, "sigil_agent_synced"), Some(1.0));
+    assert_eq!(
+        sample(agent_port, "sigil_agent_svids_issued_total{reason=\"new\"}"),
+        Some(2.0)
+    );
+    let expiry = sample(
+        agent_port,
+        "sigil_agent_svid_earliest_expiry_timestamp_seconds",
+    )
+    .expect("SVID expiry");
+    assert!(expiry > now() as f64);
+
+    assert_eq!(
+        sample(
+            server_port,
+            "sigil_server_svids_signed_total{type=\"agent\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            server_port,
+            "sigil_server_svids_signed_total{type=\"x509\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(
+        sample(server_port, "sigil_server_registration_entries"),
+        Some(2.0)
+    );
+    let ca_expiry = sample(
+        server_port,
+        "sigil_server_ca_expiry_timestamp_seconds{kind=\"x509\"}",
+    )
+    .expect("CA expiry");
+    assert!(ca_expiry > now() as f64);
+}
