@@ -882,7 +882,7 @@ fn every_object_validates_against_kubernetes_1_33_to_1_37() {
 }
 
 /// Every switch away from its default, in one render.
-const EVERY_OPTION: [&str; 32] = [
+const EVERY_OPTION: [&str; 36] = [
     "--set",
     "spire-agent.workloadAttestors.k8s.enableNamespaceLabels=true",
     "--set",
@@ -915,6 +915,10 @@ const EVERY_OPTION: [&str; 32] = [
     "global.imagePullSecrets[0].name=regcred",
     "--set",
     "spiffe-oidc-discovery-provider.enabled=true",
+    "--set",
+    "spire-server.telemetry.prometheus.enabled=true",
+    "--set",
+    "spire-agent.telemetry.prometheus.enabled=true",
 ];
 
 #[test]
@@ -952,7 +956,21 @@ fn values_switches() {
         ["topology.kubernetes.io/zone"]
     );
     assert_eq!(c.controller.entry_id_prefix, "");
+    // Prometheus on SPIRE's port, in both configs and on both pods.
+    let prom = Some(sigil_telemetry::Prometheus {
+        host: "0.0.0.0".into(),
+        port: 9988,
+    });
+    assert_eq!(c.server.telemetry.prometheus, prom);
+    assert_eq!(c.agent.telemetry.prometheus, prom);
     let ds = r.get("DaemonSet", "spire-agent");
+    assert_eq!(
+        port(
+            container(&ds["spec"]["template"]["spec"], "spire-agent"),
+            "prom"
+        ),
+        9988
+    );
     let spec = &ds["spec"]["template"]["spec"];
     let agent = container(spec, "spire-agent");
     assert_eq!(strings(&agent["args"])[4..], ["-attestationTier", "fentry"]);
@@ -975,6 +993,13 @@ fn values_switches() {
         "Unconfined"
     );
     let sts = r.get("StatefulSet", "spire-server");
+    assert_eq!(
+        port(
+            container(&sts["spec"]["template"]["spec"], "spire-server"),
+            "prom"
+        ),
+        9988
+    );
     assert!(sts["spec"]["volumeClaimTemplates"].is_null());
     assert!(volume(&sts["spec"]["template"]["spec"], "spire-data")["emptyDir"].is_object());
     assert_eq!(
