@@ -9,6 +9,7 @@ pub mod datastore;
 pub mod entry;
 pub mod federation;
 pub mod health;
+pub mod logger;
 pub mod metrics;
 pub mod run;
 pub mod sync;

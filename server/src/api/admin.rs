@@ -373,6 +373,37 @@ impl Admin for AdminApi {
             .map(Response::new)
     }
 
+    async fn get_logger(
+        &self,
+        req: Request<pb::GetLoggerRequest>,
+    ) -> Result<Response<pb::Logger>, Status> {
+        authorize(&req)?;
+        let (current, launch) = crate::logger::get()
+            .ok_or_else(|| Status::unavailable("logging is not configured by this process"))?;
+        Ok(Response::new(logger_proto(current, launch)))
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::Logger>, Status> {
+        authorize(&req)?;
+        let wanted = req.into_inner().new_level;
+        let level = crate::logger::Level::parse(&wanted)
+            .ok_or_else(|| Status::invalid_argument(format!("invalid log level {wanted:?}")))?;
+        let (current, launch) = crate::logger::set(level).map_err(Status::failed_precondition)?;
+        Ok(Response::new(logger_proto(current, launch)))
+    }
+
+    async fn reset_log_level(
+        &self,
+        req: Request<pb::ResetLogLevelRequest>,
+    ) -> Result<Response<pb::Logger>, Status> {
+        authorize(&req)?;
+        let (current, launch) = crate::logger::reset().map_err(Status::failed_precondition)?;
+        Ok(Response::new(logger_proto(current, launch)))
+    }
+
     async fn list_federated_bundles(
         &self,
         req: Request<pb::ListFederatedBundlesRequest>,
@@ -682,6 +713,13 @@ impl AdminApi {
         Ok(Response::new(pb::BatchFederationRelationshipResponse {
             results,
         }))
+    }
+}
+
+fn logger_proto(current: crate::logger::Level, launch: crate::logger::Level) -> pb::Logger {
+    pb::Logger {
+        current_level: current.api_name().into(),
+        launch_level: launch.api_name().into(),
     }
 }
 

@@ -20,6 +20,7 @@ mod bundle;
 mod entry;
 mod federation;
 mod healthcheck;
+mod logger;
 mod run;
 mod token;
 
@@ -36,6 +37,7 @@ Commands:
   federation create|update|delete|list|show|refresh
   localauthority x509|jwt show|prepare|activate|taint|revoke
   upstreamauthority taint|revoke
+  logger get|set|reset
   healthcheck         Determines server health status
 
 Run `sigil-server <command> -h` for the flags of a command.";
@@ -76,7 +78,8 @@ async fn dispatch(args: Vec<String>) -> Result<i32> {
             return sub(&name, &args[3..]).await;
         }
         [
-            group @ ("entry" | "token" | "bundle" | "agent" | "federation" | "upstreamauthority"),
+            group @ ("entry" | "token" | "bundle" | "agent" | "federation" | "upstreamauthority"
+            | "logger"),
             verb,
             ..,
         ] if !verb.starts_with('-') => {
@@ -113,7 +116,8 @@ fn flags_for(cmd: &str) -> Option<FlagSet> {
             .or_else(|| bundle::flags(cmd))
             .or_else(|| agent::flags(cmd))
             .or_else(|| federation::flags(cmd))
-            .or_else(|| authority::flags(cmd)),
+            .or_else(|| authority::flags(cmd))
+            .or_else(|| logger::flags(cmd)),
     }
 }
 
@@ -167,6 +171,7 @@ async fn sub(cmd: &str, args: &[String]) -> Result<i32> {
         "federation create" => federation::federation_create(&socket, &p, out).await,
         "federation update" => federation::federation_update(&socket, &p, out).await,
         "federation delete" => federation::federation_delete(&socket, &p, out).await,
+        c if c.starts_with("logger ") => logger::run(&socket, c, &p, out).await,
         c if c.starts_with("localauthority ") || c.starts_with("upstreamauthority ") => {
             authority::run(&socket, c, &p, out).await
         }

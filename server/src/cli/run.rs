@@ -48,18 +48,38 @@ pub(super) async fn run_cmd(p: &Parsed) -> Result<i32> {
     Ok(0)
 }
 
-/// Installs the tracing subscriber (stderr).
+/// The filter for `level` (a tracing directive), with the chatty dependencies kept quiet.
+fn filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn"))
+}
+
+/// Installs the tracing subscriber (stderr), with its level switchable at run time
+/// (`logger set`) unless `RUST_LOG` decides it.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},h2=warn,hyper=warn,tower=warn,sqlx=warn"
-        ))
-    });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Text => b.try_init(),
-    };
+    let env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let from_env = env.is_some();
+    let initial = env.unwrap_or_else(|| filter(level));
+    let launch = crate::logger::Level::parse(level).unwrap_or(crate::logger::Level::Info);
+    macro_rules! install {
+        ($b:expr) => {{
+            let b = $b
+                .with_env_filter(initial)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            let apply: crate::logger::Apply = Box::new(move |directive: &str| {
+                if from_env {
+                    return Err("the log level is set by RUST_LOG".into());
+                }
+                handle.reload(filter(directive)).map_err(|e| e.to_string())
+            });
+            if b.try_init().is_ok() {
+                crate::logger::install(launch, apply);
+            }
+        }};
+    }
+    match format {
+        LogFormat::Json => install!(tracing_subscriber::fmt().json()),
+        LogFormat::Text => install!(tracing_subscriber::fmt()),
+    }
 }

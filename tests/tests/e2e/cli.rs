@@ -597,3 +597,37 @@ fn agent_cli_rejects_malformed_input() {
         &[],
     );
 }
+
+/// `logger get|set|reset` change the running server's level, as spire-server's do.
+#[test]
+fn logger_changes_the_level_at_run_time() {
+    let dir = TestDir::new("logger");
+    let s = sigil_e2e::harness::Server::start(dir.path(), TD);
+    let out = s.cli(&["logger", "get"]).ok();
+    assert_eq!(out.stdout, "Logger Level : debug\nLaunch Level : debug\n\n");
+    // A TCP connection closed before TLS: logged at debug level.
+    let poke = || {
+        drop(std::net::TcpStream::connect(("127.0.0.1", s.port())).expect("agent API port"));
+        std::thread::sleep(Duration::from_millis(500));
+        s.log().matches("TLS handshake failed").count()
+    };
+    let before = poke();
+    assert!(before >= 1, "{}", s.log());
+    let out = s.cli(&["logger", "set", "-level", "WARN"]).ok();
+    assert_eq!(
+        out.stdout,
+        "Logger Level : warning\nLaunch Level : debug\n\n"
+    );
+    assert_eq!(poke(), before, "a debug line got through at warning level");
+    let out = s.cli(&["logger", "reset", "-output", "json"]).ok();
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"current_level": "DEBUG", "launch_level": "DEBUG"})
+    );
+    assert!(poke() > before, "debug lines are back after the reset");
+    assert_rejected(
+        s.cli(&["logger", "set", "-level", "never"]),
+        &["the value \"never\" is not a valid setting"],
+    );
+    assert_rejected(s.cli(&["logger", "set"]), &["a value (-level) must be set"]);
+}

@@ -291,6 +291,27 @@ pub struct ChangeAuthorityRequest {
     #[prost(string, tag = "3")]
     pub authority_id: ::prost::alloc::string::String,
 }
+/// Levels as SPIRE's API names them: PANIC, FATAL, ERROR, WARN, INFO, DEBUG, TRACE.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Logger {
+    #[prost(string, tag = "1")]
+    pub current_level: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub launch_level: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetLoggerRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetLogLevelRequest {
+    #[prost(string, tag = "1")]
+    pub new_level: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetLogLevelRequest {}
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -996,6 +1017,70 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("sigil.admin.v1.Admin", "ChangeAuthority"));
             self.inner.unary(req, path, codec).await
         }
+        /// The log level at run time (`logger get|set|reset`, SPIRE's Logger API).
+        pub async fn get_logger(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetLoggerRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/GetLogger",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "GetLogger"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn set_log_level(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetLogLevelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/SetLogLevel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "SetLogLevel"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn reset_log_level(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResetLogLevelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sigil.admin.v1.Admin/ResetLogLevel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sigil.admin.v1.Admin", "ResetLogLevel"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1157,6 +1242,19 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ChangeAuthorityRequest>,
         ) -> std::result::Result<tonic::Response<super::AuthorityState>, tonic::Status>;
+        /// The log level at run time (`logger get|set|reset`, SPIRE's Logger API).
+        async fn get_logger(
+            &self,
+            request: tonic::Request<super::GetLoggerRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status>;
+        async fn set_log_level(
+            &self,
+            request: tonic::Request<super::SetLogLevelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status>;
+        async fn reset_log_level(
+            &self,
+            request: tonic::Request<super::ResetLogLevelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Logger>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -2220,6 +2318,137 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ChangeAuthoritySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/GetLogger" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetLoggerSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::GetLoggerRequest>
+                    for GetLoggerSvc<T> {
+                        type Response = super::Logger;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetLoggerRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_logger(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetLoggerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/SetLogLevel" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetLogLevelSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::SetLogLevelRequest>
+                    for SetLogLevelSvc<T> {
+                        type Response = super::Logger;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetLogLevelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_log_level(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetLogLevelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sigil.admin.v1.Admin/ResetLogLevel" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResetLogLevelSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ResetLogLevelRequest>
+                    for ResetLogLevelSvc<T> {
+                        type Response = super::Logger;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResetLogLevelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reset_log_level(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResetLogLevelSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
