@@ -10,6 +10,7 @@ mod cli;
 mod controller;
 mod ebpf;
 mod envoy_sds;
+mod faults;
 mod federation;
 mod images;
 mod k8s;
