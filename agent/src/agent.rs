@@ -99,6 +99,19 @@ pub async fn run_until(
                 );
             }
             let Some(h) = cell.get() else { return };
+            let conn = *h.connection.borrow();
+            r.set(
+                "sigil_agent_server_connected",
+                "1 while the entry sync with the server is up; 0 while the agent serves what it cached.",
+                &[],
+                if conn.connected { 1.0 } else { 0.0 },
+            );
+            r.set(
+                "sigil_agent_server_connection_changed_timestamp_seconds",
+                "When the link to the server last went up or down (Unix seconds).",
+                &[],
+                conn.since as f64,
+            );
             let snap = h.snapshot.borrow().clone();
             r.set(
                 "sigil_agent_synced",
@@ -401,16 +414,36 @@ async fn bootstrap(
 }
 
 /// Ready = an unexpired agent SVID and a trust bundle.
-fn readiness(handle: Option<&ManagerHandle>) -> Result<(), String> {
+/// Ready while the agent can serve identities. While the server is away it keeps serving what
+/// it holds, and says so: `server_connected: false`, since when, and when the first cached
+/// SVID expires.
+fn readiness(
+    handle: Option<&ManagerHandle>,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let handle = handle.ok_or("agent has not attested yet")?;
     let creds = handle.creds.borrow().clone();
     if creds.svid.is_expired(svid::now_unix()) {
         return Err("agent SVID has expired".into());
     }
-    if handle.snapshot.borrow().bundle.is_none() || creds.roots.is_empty() {
+    let snap = handle.snapshot.borrow().clone();
+    if snap.bundle.is_none() || creds.roots.is_empty() {
         return Err("no trust bundle".into());
     }
-    Ok(())
+    let conn = *handle.connection.borrow();
+    let mut details = serde_json::Map::new();
+    details.insert("server_connected".into(), conn.connected.into());
+    if !conn.connected && conn.since != 0 {
+        details.insert("server_disconnected_since".into(), conn.since.into());
+        if let Some(first) = snap
+            .identities
+            .iter()
+            .filter_map(|i| i.svid.as_ref().map(|s| s.not_after))
+            .min()
+        {
+            details.insert("serving_cached_svids_until".into(), first.into());
+        }
+    }
+    Ok(details)
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

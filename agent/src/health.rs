@@ -23,8 +23,10 @@ pub struct HealthConfig {
     pub ready_path: String,
 }
 
-/// Readiness: `Ok` when the agent can serve identities, else the reason it cannot.
-pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Readiness: `Ok` (with details for the body, such as the server connection) when the agent
+/// can serve identities, else the reason it cannot.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> Result<serde_json::Map<String, serde_json::Value>, String> + Send + Sync>;
 
 /// The workload attestation tier in use, once chosen (the attestation's state, which starts
 /// after the health listener).
@@ -91,10 +93,11 @@ fn respond(
         (StatusCode::OK, serde_json::json!({ "live": true }))
     } else if path == cfg.ready_path {
         match ready() {
-            Ok(()) => (
-                StatusCode::OK,
-                serde_json::json!({ "ready": true, "attestation_tier": tier }),
-            ),
+            Ok(mut details) => {
+                details.insert("ready".into(), true.into());
+                details.insert("attestation_tier".into(), tier.into());
+                (StatusCode::OK, serde_json::Value::Object(details))
+            }
             Err(reason) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 serde_json::json!({ "ready": false, "reason": reason }),
@@ -128,7 +131,7 @@ mod tests {
             ready_path: "/ready".into(),
         };
         let not_ready: ReadyCheck = Arc::new(|| Err("no agent SVID yet".into()));
-        let ready: ReadyCheck = Arc::new(|| Ok(()));
+        let ready: ReadyCheck = Arc::new(|| Ok(Default::default()));
         assert_eq!(
             respond(&cfg, &not_ready, None, "/live").status(),
             StatusCode::OK

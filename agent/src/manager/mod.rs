@@ -58,6 +58,16 @@ pub struct ManagerHandle {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub creds: watch::Receiver<Arc<Credentials>>,
     pub jwt: JwtSigner,
+    /// Whether the entry sync with the server is up, and since when (health, metrics).
+    pub connection: watch::Receiver<Connection>,
+}
+
+/// The state of the agent's link to its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub connected: bool,
+    /// Unix seconds of the last change (0: never connected yet).
+    pub since: i64,
 }
 
 /// The state machine; see the module docs.
@@ -75,6 +85,7 @@ pub struct Manager {
     state: State,
     /// SVIDs issued and rotated, sync state (`telemetry`).
     metrics: Arc<sigil_telemetry::Registry>,
+    connection: watch::Sender<Connection>,
 }
 
 /// Mutable cache state; published as [`Snapshot`]s.
@@ -127,6 +138,10 @@ impl Manager {
         let mut snap = Snapshot::empty(trust_domain.clone());
         snap.bundle = bundle.clone().map(Arc::new);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snap));
+        let (connection_tx, connection_rx) = watch::channel(Connection {
+            connected: false,
+            since: 0,
+        });
         let (client_tx, client_rx) = watch::channel(None);
         let jwt = JwtSigner::new(client_rx, jwt_cache_size);
         let server_id = endpoint.server_id().clone();
@@ -151,10 +166,12 @@ impl Manager {
                 unsaved_roots: None,
             },
             metrics: Arc::default(),
+            connection: connection_tx,
         };
         let handle = ManagerHandle {
             snapshot: snapshot_rx,
             creds: creds_rx,
+            connection: connection_rx,
             jwt,
         };
         (manager, handle)
@@ -165,6 +182,20 @@ impl Manager {
     pub fn reattest_with(mut self, attestor: NodeAttestor) -> Self {
         self.reattest = Some(attestor);
         self
+    }
+
+    /// Records a change of the link to the server (health and metrics read it).
+    fn set_connected(&self, connected: bool) {
+        self.connection.send_if_modified(|c| {
+            if c.connected == connected && c.since != 0 {
+                return false;
+            }
+            *c = Connection {
+                connected,
+                since: svid::now_unix(),
+            };
+            true
+        });
     }
 
     /// Counts into `metrics` (the agent's registry) instead of a private one.
@@ -222,6 +253,7 @@ impl Manager {
                     }
                 }
                 Err(error) => {
+                    self.set_connected(false);
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         %error,
@@ -249,6 +281,7 @@ impl Manager {
             .await?
             .into_inner();
         tracing::debug!(server = %self.endpoint.address(), "entry sync stream open");
+        self.set_connected(true);
         let mut pending: Option<Pending> = None;
         // The number of the last message applied on this stream: deltas build on what came
         // before, so a delta that does not follow it (or comes before the full set) means the

@@ -137,6 +137,11 @@ impl Harness {
             snapshot: snapshot_rx,
             creds: creds_rx,
             jwt: JwtSigner::new(client_rx, 0),
+            connection: watch::channel(sigil_agent::manager::Connection {
+                connected: true,
+                since: 0,
+            })
+            .1,
         };
         let attestors = Attestors::new(vec![Arc::new(UnixAttestor::new(Default::default()))]);
         let sds = SdsApi::new(handle.clone(), attestors.clone(), sds);

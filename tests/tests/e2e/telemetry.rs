@@ -113,3 +113,80 @@ async fn server_and_agent_metrics_follow_what_happens() {
     .expect("CA expiry");
     assert!(ca_expiry > now() as f64);
 }
+
+/// With the server gone the agent keeps serving what it holds and says so, in `/ready` and in
+/// a metric; when the server returns, it reconnects and says that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_outage_shows_in_ready_and_metrics() {
+    let dir = TestDir::new("telemetry-outage");
+    let mut server = Server::start(dir.path(), TD);
+    let node = server.id("/node");
+    let token = server.token(Some(&node));
+    let (agent_port, health_port) = (free_port(), free_port());
+    let conf = dir.path().join("agent.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{}health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{health_port}\"\n}}\n",
+            telemetry(agent_port)
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::spawn(
+        dir.path(),
+        "agent",
+        &server,
+        &token,
+        &["-config", conf.to_str().unwrap()],
+    );
+    agent.wait_ready();
+    let id = server.id("/outage");
+    server.create_entry(&node, &id, &[&Env::my_uid()], &[]);
+    wait_for_svid(&agent.socket, &id).await;
+    let ready = || -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{health_port}/ready")])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    assert_eq!(ready()["server_connected"], true, "{}", ready());
+    assert_eq!(
+        sample(agent_port, "sigil_agent_server_connected"),
+        Some(1.0)
+    );
+
+    server.stop();
+    let r = sigil_e2e::harness::wait_until(
+        "the agent to notice the outage",
+        std::time::Duration::from_secs(20),
+        || {
+            let r = ready();
+            (r["server_connected"] == false).then_some(r)
+        },
+    );
+    assert_eq!(r["ready"], true, "still serving: {r}");
+    assert!(
+        r["serving_cached_svids_until"].as_i64().unwrap_or(0) > now(),
+        "{r}"
+    );
+    assert_eq!(
+        sample(agent_port, "sigil_agent_server_connected"),
+        Some(0.0)
+    );
+    // And it does serve.
+    workload::fetch_one(&agent.socket, Some(&id))
+        .await
+        .expect("cached SVID while the server is down");
+
+    server.restart();
+    sigil_e2e::harness::wait_until(
+        "the agent to reconnect",
+        std::time::Duration::from_secs(30),
+        || (ready()["server_connected"] == true).then_some(()),
+    );
+    assert_eq!(
+        sample(agent_port, "sigil_agent_server_connected"),
+        Some(1.0)
+    );
+}
