@@ -499,7 +499,7 @@ async fn agent_rss(bin_dir: &Path, pods: usize) -> Result<(u64, u64)> {
     Ok((out[0], out[1]))
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -23,6 +23,9 @@
 //! 8. Authority management: `localauthority x509 taint` until all 1000 cached SVIDs of an agent
 //!    are re-signed, on an open stream (`--only-authority`).
 //!
+//! 9. Load (`--only-load`): 1000 open streams plus 5000 unary calls/s against one agent, the
+//!    agent's RSS with 10,000 entries, a server with 100,000 entries (RSS, start-up).
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
 mod attestation;
@@ -32,6 +35,7 @@ mod controller;
 mod federation;
 mod k8s;
 mod latency;
+mod load;
 mod sds;
 mod sync;
 
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
         ("--only-controller", controller_rows as RowsFn),
         ("--only-federation", federation_rows as RowsFn),
         ("--only-authority", authority_rows as RowsFn),
+        ("--only-load", load_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +151,7 @@ fn main() -> Result<()> {
     controller_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     federation_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     authority_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+    load_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
@@ -251,6 +257,17 @@ fn authority_rows(
     json: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     rt.block_on(authority::rows(bin_dir, quick, rows, json))
+}
+
+/// The load rows (`--only-load` runs just these).
+fn load_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(load::rows(bin_dir, quick, rows, json))
 }
 
 /// The FetchX509SVID latency rows (`--only-fetch` runs just these).
@@ -694,6 +711,10 @@ impl Stack {
             _agent,
             _server,
         })
+    }
+
+    pub(crate) fn agent_pid(&self) -> u32 {
+        self._agent.0.id()
     }
 }
 
