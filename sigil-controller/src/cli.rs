@@ -142,7 +142,11 @@ fn init_logging(level: &str, encoding: &str) -> Result<(), String> {
         .with_writer(std::io::stderr);
     let res = match encoding {
         "" | "console" => builder.try_init(),
-        "json" => builder.json().try_init(),
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .try_init(),
         other => {
             return Err(format!(
                 "unable to parse log level: unrecognized log encoding: {other}"

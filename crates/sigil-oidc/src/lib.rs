@@ -154,7 +154,11 @@ fn init_logging(config: &Config) -> Result<(), RunError> {
         .with_writer(writer);
     match config.log_format {
         sigil_config::LogFormat::Text => builder.try_init(),
-        sigil_config::LogFormat::Json => builder.json().try_init(),
+        sigil_config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .try_init(),
     }
     .map_err(|e| RunError::Logging(e.to_string()))
 }

@@ -79,7 +79,14 @@ pub fn init_logging(level: &str, format: LogFormat) {
         }};
     }
     match format {
-        LogFormat::Json => install!(tracing_subscriber::fmt().json()),
+        // One line per event, the event's fields at the top level: the same shape as the
+        // agent's, the controller's and sigil-oidc's.
+        LogFormat::Json => install!(
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_target(false)
+        ),
         LogFormat::Text => install!(tracing_subscriber::fmt()),
     }
 }

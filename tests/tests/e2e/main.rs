@@ -17,6 +17,7 @@ mod k8s;
 mod k8s_psat;
 mod kind;
 mod lifecycle;
+mod logging;
 mod nested;
 mod notifier;
 mod oidc;
