@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub upstream_authority: Option<crate::ca::Upstream>,
     /// `telemetry { Prometheus { host port } }`.
     pub telemetry: sigil_telemetry::Config,
+    /// `BundlePublisher "k8s_configmap"`.
+    pub bundle_publisher: Option<sigil_k8sbundle::publisher::PublisherConfig>,
 }
 
 /// SPIRE's `federation` block: the bundle endpoint this server serves, and the trust domains
@@ -133,6 +135,7 @@ struct Raw {
     federation: FederationConfig,
     upstream_authority: Option<crate::ca::Upstream>,
     telemetry: sigil_telemetry::Config,
+    bundle_publisher: Option<sigil_k8sbundle::publisher::PublisherConfig>,
 }
 
 #[derive(Debug)]
@@ -286,6 +289,7 @@ impl ServerConfig {
             federation: raw.federation,
             upstream_authority: raw.upstream_authority,
             telemetry: raw.telemetry,
+            bundle_publisher: raw.bundle_publisher,
         })
     }
 }
@@ -528,6 +532,12 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
             return Ok(());
         }
         ("Notifier", _) => return Err(plugin.unsupported(Some("k8sbundle"))),
+        ("BundlePublisher", "k8s_configmap") => {
+            raw.bundle_publisher =
+                Some(sigil_k8sbundle::publisher::PublisherConfig::from_plugin_data(plugin.data)?);
+            return Ok(());
+        }
+        ("BundlePublisher", _) => return Err(plugin.unsupported(Some("k8s_configmap"))),
         ("UpstreamAuthority", "disk") => {
             let key = |name: &str, v: Option<String>| {
                 v.filter(|p| !p.is_empty())
@@ -597,7 +607,7 @@ fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
         ("UpstreamAuthority", _) => return Err(plugin.unsupported(Some("disk, spire"))),
         _ => {
             return Err(plugin.unsupported(Some(
-                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\", UpstreamAuthority \"disk\"/\"spire\"",
+                "DataStore \"sql\", KeyManager \"disk\"/\"memory\", NodeAttestor \"join_token\"/\"k8s_psat\", Notifier \"k8sbundle\", BundlePublisher \"k8s_configmap\", UpstreamAuthority \"disk\"/\"spire\"",
             )));
         }
     }

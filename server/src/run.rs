@@ -247,6 +247,16 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         }));
     }
 
+    // BundlePublisher "k8s_configmap": the bundle, in each target's format, in ConfigMaps.
+    if let Some(publisher) = cfg.bundle_publisher.clone() {
+        let ca = ca.clone();
+        tokio::spawn(sigil_k8sbundle::publisher::run(
+            publisher,
+            ROTATION_CHECK,
+            move || ca.bundle(),
+        ));
+    }
+
     let listening = Listening {
         agent_api: agent_addr,
         health: health_addr,

@@ -6,6 +6,8 @@
 //! ConfigMaps cannot be limited by name in RBAC, patching one can. A failed update is retried
 //! until it succeeds.
 
+pub mod publisher;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
