@@ -168,6 +168,28 @@ pub struct DataStore {
     write: Arc<Mutex<()>>,
     changes: Arc<watch::Sender<u64>>,
     hub: Arc<SyncHub>,
+    /// Where operation latencies go (`telemetry`), once the server has a registry.
+    metrics: Arc<std::sync::OnceLock<Arc<sigil_telemetry::Registry>>>,
+}
+
+/// Records a datastore operation's duration when dropped.
+struct OpTimer<'a> {
+    metrics: Option<&'a sigil_telemetry::Registry>,
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.metrics {
+            m.observe(
+                "sigil_server_datastore_operation_duration_seconds",
+                "Datastore operations (including waiting for the write lock), by operation.",
+                &[("op", self.op)],
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
 }
 
 fn json_list<T: ToString>(items: &[T]) -> String {
@@ -280,7 +302,21 @@ impl DataStore {
             write: Arc::new(Mutex::new(())),
             changes: Arc::new(tx),
             hub: Arc::new(SyncHub::default()),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Sends operation latencies to `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<sigil_telemetry::Registry>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn timer(&self, op: &'static str) -> OpTimer<'_> {
+        OpTimer {
+            metrics: self.metrics.get().map(|m| &**m),
+            op,
+            started: std::time::Instant::now(),
+        }
     }
 
     /// A receiver that changes after every committed write (entries, bundles, agents) or an
@@ -346,6 +382,7 @@ impl DataStore {
 
     /// Checks the database answers (for `/ready`).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let _timer = self.timer("ping");
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -355,6 +392,7 @@ impl DataStore {
     /// Creates entries in one transaction per entry (so one bad entry does not fail a batch);
     /// returns per-entry results in order.
     pub async fn create_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
+        let _timer = self.timer("create_entries");
         let _w = self.write.lock().await;
         let mut out = Vec::with_capacity(entries.len());
         let mut tx = match self.pool.begin().await {
@@ -429,6 +467,7 @@ impl DataStore {
 
     /// Replaces entries by id (revision + 1); per-entry results.
     pub async fn update_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
+        let _timer = self.timer("update_entries");
         let _w = self.write.lock().await;
         let mut out = Vec::with_capacity(entries.len());
         let mut updated = Vec::new();
@@ -487,6 +526,7 @@ impl DataStore {
 
     /// Deletes entries by id; per-id results with the deleted entry.
     pub async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, StoreError>> {
+        let _timer = self.timer("delete_entries");
         let _w = self.write.lock().await;
         let mut out = Vec::with_capacity(ids.len());
         let mut any = false;
@@ -549,6 +589,7 @@ impl DataStore {
     // --- join tokens ---
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), StoreError> {
+        let _timer = self.timer("create_join_token");
         let _w = self.write.lock().await;
         sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, ?)")
             .bind(token)
@@ -561,6 +602,7 @@ impl DataStore {
     /// Consumes a join token: true if it existed and had not expired. The DELETE is the single
     /// atomic step, so two agents racing with one token cannot both win.
     pub async fn consume_join_token(&self, token: &str, now: i64) -> Result<bool, StoreError> {
+        let _timer = self.timer("consume_join_token");
         let _w = self.write.lock().await;
         let row = sqlx::query("DELETE FROM join_tokens WHERE token = ? RETURNING expires_at")
             .bind(token)
@@ -575,6 +617,7 @@ impl DataStore {
     // --- agents ---
 
     pub async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+        let _timer = self.timer("upsert_agent");
         let _w = self.write.lock().await;
         sqlx::query(
             "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, created_at, last_seen) \
@@ -600,6 +643,7 @@ impl DataStore {
     /// keeps its creation time. A banned agent stays banned and unchanged. The agent's sync
     /// streams get whatever its new selectors change (node aliases gained or lost).
     pub async fn record_attestation(&self, a: &AgentRecord) -> Result<Attestation, StoreError> {
+        let _timer = self.timer("record_attestation");
         // Sorted and de-duplicated, as SPIRE stores node selectors.
         let mut selectors = a.selectors.clone();
         selectors.sort();
@@ -663,6 +707,7 @@ impl DataStore {
         id: &SpiffeId,
         new_serial: &str,
     ) -> Result<bool, StoreError> {
+        let _timer = self.timer("activate_agent_serial");
         let _w = self.write.lock().await;
         let r = sqlx::query(
             "UPDATE agents SET serial = new_serial, new_serial = '' \
@@ -676,6 +721,7 @@ impl DataStore {
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        let _timer = self.timer("get_agent");
         let row = sqlx::query("SELECT * FROM agents WHERE spiffe_id = ?")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
@@ -684,6 +730,7 @@ impl DataStore {
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let _timer = self.timer("list_agents");
         let rows = sqlx::query("SELECT * FROM agents ORDER BY spiffe_id")
             .fetch_all(&self.pool)
             .await?;
@@ -693,6 +740,7 @@ impl DataStore {
     /// Removes an agent and its node selectors: it must attest again (with a new join token,
     /// or its attestor's fresh evidence).
     pub async fn evict_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        let _timer = self.timer("evict_agent");
         let _w = self.write.lock().await;
         let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = ?")
             .bind(id.as_str())
@@ -706,6 +754,7 @@ impl DataStore {
 
     /// Bans an agent: its SVID is refused from now on.
     pub async fn ban_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        let _timer = self.timer("ban_agent");
         let _w = self.write.lock().await;
         let r = sqlx::query("UPDATE agents SET banned = 1 WHERE spiffe_id = ?")
             .bind(id.as_str())
@@ -717,6 +766,7 @@ impl DataStore {
     }
 
     pub async fn touch_agent(&self, id: &SpiffeId, now: i64) -> Result<(), StoreError> {
+        let _timer = self.timer("touch_agent");
         sqlx::query("UPDATE agents SET last_seen = ? WHERE spiffe_id = ?")
             .bind(now)
             .bind(id.as_str())
@@ -731,6 +781,7 @@ impl DataStore {
     pub async fn list_federation_relationships(
         &self,
     ) -> Result<Vec<(sigil_federation::Relationship, String)>, StoreError> {
+        let _timer = self.timer("list_federation_relationships");
         let rows = sqlx::query(
             "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by \
              FROM federation_relationships ORDER BY trust_domain",
@@ -772,6 +823,7 @@ impl DataStore {
         managed_by: &str,
         create: bool,
     ) -> Result<(), StoreError> {
+        let _timer = self.timer("put_federation_relationship");
         let _w = self.write.lock().await;
         let endpoint = match &rel.profile {
             sigil_federation::Profile::HttpsSpiffe { endpoint_spiffe_id } => {
@@ -820,6 +872,7 @@ impl DataStore {
         &self,
         td: &TrustDomain,
     ) -> Result<bool, StoreError> {
+        let _timer = self.timer("delete_federation_relationship");
         let _w = self.write.lock().await;
         let r = sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = ?")
             .bind(td.as_str())
@@ -831,6 +884,7 @@ impl DataStore {
     // --- federated bundles ---
 
     pub async fn set_federated_bundle(&self, b: &Bundle) -> Result<(), StoreError> {
+        let _timer = self.timer("set_federated_bundle");
         let _w = self.write.lock().await;
         sqlx::query(
             "INSERT INTO federated_bundles (trust_domain, bundle, updated_at) VALUES (?,?,?) \
@@ -846,6 +900,7 @@ impl DataStore {
     }
 
     pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<bool, StoreError> {
+        let _timer = self.timer("delete_federated_bundle");
         let _w = self.write.lock().await;
         let r = sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = ?")
             .bind(td.as_str())
@@ -856,6 +911,7 @@ impl DataStore {
     }
 
     pub async fn list_federated_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
+        let _timer = self.timer("list_federated_bundles");
         let rows =
             sqlx::query("SELECT trust_domain, bundle FROM federated_bundles ORDER BY trust_domain")
                 .fetch_all(&self.pool)

@@ -107,6 +107,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         crate::federation::start(&cfg.federation, ca.clone(), identity.clone(), ds.clone()).await?;
     let metrics = sigil_telemetry::Registry::new();
     crate::metrics::register(&metrics, ca.clone(), ds.clone(), federation.clone());
+    ds.set_metrics(metrics.clone());
     let metrics_addr = match &cfg.telemetry.prometheus {
         Some(p) => {
             let l = sigil_telemetry::bind(p)

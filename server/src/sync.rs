@@ -32,6 +32,8 @@ pub struct Pending {
     pub bundle: bool,
     /// The agent was evicted or banned: end the stream with this message.
     pub closed: Option<String>,
+    /// When the oldest change in here was committed (the sync lag is measured from it).
+    pub since: Option<std::time::Instant>,
 }
 
 /// What an agent holds, as the datastore's index computes it: the entries it may obtain SVIDs
@@ -182,6 +184,9 @@ impl SyncHub {
         let mut st = self.lock();
         for sub in st.subs.values_mut() {
             sub.pending.bundle = true;
+            sub.pending
+                .since
+                .get_or_insert_with(std::time::Instant::now);
             sub.notify.notify_one();
         }
     }
@@ -233,6 +238,9 @@ fn recompute(st: &mut HubState, ids: HashSet<u64>, authorized: impl Fn(&SpiffeId
         sub.known = current;
         let old_reach = std::mem::replace(&mut sub.reach, reach.clone());
         if changed {
+            sub.pending
+                .since
+                .get_or_insert_with(std::time::Instant::now);
             sub.notify.notify_one();
         }
         for identity in old_reach.difference(&reach) {

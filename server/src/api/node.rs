@@ -455,6 +455,14 @@ impl Node for NodeApi {
                 if !send_chunks(&tx, number, true, upserts, deletes, bundles).await {
                     return;
                 }
+                if let Some(since) = pending.since {
+                    shared.metrics.observe(
+                        "sigil_server_entry_sync_lag_seconds",
+                        "From a committed change (entry, alias or bundle) to its delta handed to the agent's sync stream.",
+                        &[],
+                        since.elapsed().as_secs_f64(),
+                    );
+                }
             }
         });
         Ok(Response::new(Box::pin(

@@ -106,6 +106,16 @@ async fn server_and_agent_metrics_follow_what_happens() {
         sample(server_port, "sigil_server_registration_entries"),
         Some(2.0)
     );
+    // The entry was written (a datastore operation) and reached the agent as a delta.
+    assert!(
+        sample(
+            server_port,
+            "sigil_server_datastore_operation_duration_seconds_count{op=\"create_entries\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(sample(server_port, "sigil_server_entry_sync_lag_seconds_count").unwrap_or(0.0) >= 1.0);
     let ca_expiry = sample(
         server_port,
         "sigil_server_ca_expiry_timestamp_seconds{kind=\"x509\"}",
