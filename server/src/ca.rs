@@ -322,6 +322,10 @@ struct State {
     upstream_jwt: Vec<JwtAuthority>,
     /// JWT keys downstream servers published here (`PublishJWTAuthority`), until they expire.
     published_jwt: Vec<JwtAuthority>,
+    /// With `UpstreamAuthority "spire"`: what the upstream has tainted (followed, not stored:
+    /// the next follow brings it back after a restart).
+    upstream_tainted_x509: BTreeSet<String>,
+    upstream_tainted_jwt: BTreeSet<String>,
     /// The bundle's `spiffe_sequence`: bumped on every change of the bundle, kept across
     /// restarts, so federated peers can refuse an older bundle.
     sequence: u64,
@@ -913,6 +917,8 @@ impl State {
                 .iter()
                 .map(|a| a.load(path))
                 .collect::<Result<_, _>>()?,
+            upstream_tainted_x509: BTreeSet::new(),
+            upstream_tainted_jwt: BTreeSet::new(),
             sequence: stored.sequence.max(1),
         })
     }
@@ -1062,6 +1068,8 @@ impl Ca {
                     revoked_upstream: BTreeSet::new(),
                     upstream_jwt: Vec::new(),
                     published_jwt: Vec::new(),
+                    upstream_tainted_x509: BTreeSet::new(),
+                    upstream_tainted_jwt: BTreeSet::new(),
                     sequence: 1,
                 };
                 state.merge_upstream_roots(&roots, now);
@@ -1188,8 +1196,16 @@ impl Ca {
             }
         }
         b.sequence_number = Some(s.sequence);
-        b.tainted_x509_authorities = s.tainted_x509.clone();
-        b.tainted_jwt_authorities = s.tainted_jwt.clone();
+        b.tainted_x509_authorities = s
+            .tainted_x509
+            .union(&s.upstream_tainted_x509)
+            .cloned()
+            .collect();
+        b.tainted_jwt_authorities = s
+            .tainted_jwt
+            .union(&s.upstream_tainted_jwt)
+            .cloned()
+            .collect();
         b
     }
 
@@ -1386,21 +1402,35 @@ impl Ca {
             .collect()
     }
 
-    /// Takes the upstream's bundle as this server's (roots and the JWT keys of every server).
-    /// Returns whether the bundle changed.
-    pub fn follow_upstream(
-        &self,
-        roots: Vec<Vec<u8>>,
-        jwt: Vec<JwtAuthority>,
-    ) -> Result<bool, CaError> {
+    /// Takes the upstream's bundle as this server's (roots, the JWT keys of every server, and
+    /// what the upstream tainted). Returns whether the bundle changed, and whether the active
+    /// X.509 CA was signed by a tainted upstream authority (then a new one must be minted:
+    /// re-signing SVIDs with this one would chain them to the tainted key again).
+    pub fn follow_upstream(&self, f: spire::Followed) -> Result<(bool, bool), CaError> {
         let mut s = self.write();
-        if roots.is_empty() || (s.upstream_roots == roots && s.upstream_jwt == jwt) {
-            return Ok(false);
+        let stale = !s.x509.active.upstream_id.is_empty()
+            && f.tainted_x509.contains(&s.x509.active.upstream_id);
+        if f.roots.is_empty()
+            || (s.upstream_roots == f.roots
+                && s.upstream_jwt == f.jwt
+                && s.upstream_tainted_x509 == f.tainted_x509
+                && s.upstream_tainted_jwt == f.tainted_jwt)
+        {
+            return Ok((false, stale));
         }
-        s.upstream_roots = roots;
-        s.upstream_jwt = jwt;
+        s.upstream_roots = f.roots;
+        s.upstream_jwt = f.jwt;
+        s.upstream_tainted_x509 = f.tainted_x509;
+        s.upstream_tainted_jwt = f.tainted_jwt;
         self.commit(s)?;
-        Ok(true)
+        Ok((true, stale))
+    }
+
+    /// Replaces the active X.509 CA at once (prepare, then activate): for a downstream server
+    /// whose CA the upstream tainted. Returns the new authority.
+    pub fn replace_x509_now(&self, now: i64) -> Result<AuthorityInfo, CaError> {
+        let prepared = self.prepare(AuthorityKind::X509, now)?;
+        self.activate(AuthorityKind::X509, &prepared.authority_id)
     }
 
     // --- authority management (`localauthority`, `upstreamauthority`) ---

@@ -200,12 +200,26 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
                 // and publishes its own JWT keys there.
                 if let Some(up) = ca.spire_upstream() {
                     let followed = match up.follow(&ca.own_jwt_authorities()).await {
-                        Ok((roots, jwt)) => {
+                        Ok(f) => {
                             let ca2 = ca.clone();
-                            tokio::task::spawn_blocking(move || ca2.follow_upstream(roots, jwt))
-                                .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r.map_err(|e| e.to_string()))
+                            tokio::task::spawn_blocking(move || {
+                                let (changed, stale) = ca2.follow_upstream(f)?;
+                                // The authority that signed our CA is tainted upstream: a new
+                                // CA from the upstream's active authority, so our agents can
+                                // re-sign what the tainted one reached.
+                                if stale {
+                                    let new = ca2.replace_x509_now(crate::now_unix())?;
+                                    tracing::warn!(
+                                        authority_id = %new.authority_id,
+                                        upstream_authority_subject_key_id = %new.upstream_authority_subject_key_id,
+                                        "the upstream authority that signed this server's CA is tainted; a new CA is active"
+                                    );
+                                }
+                                Ok::<bool, crate::ca::CaError>(changed || stale)
+                            })
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
                         }
                         Err(e) => Err(e.to_string()),
                     };

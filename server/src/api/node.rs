@@ -624,6 +624,13 @@ impl Node for NodeApi {
         }))
     }
 
+    async fn get_downstream_bundle(
+        &self,
+        req: Request<pb::GetDownstreamBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        self.downstream_bundle(&req).await.map(Response::new)
+    }
+
     async fn publish_jwt_authority(
         &self,
         req: Request<pb::PublishJwtAuthorityRequest>,
@@ -662,6 +669,11 @@ impl Node for NodeApi {
 }
 
 impl NodeApi {
+    async fn downstream_bundle<T>(&self, req: &Request<T>) -> Result<types::Bundle, Status> {
+        self.authenticate_downstream(req)?;
+        Ok(bundle_to_proto(&self.shared.ca.bundle()))
+    }
+
     /// The caller of a downstream-server call: its X509-SVID (verified by TLS) must name an
     /// entry marked `downstream` (SPIRE's rule and message).
     fn authenticate_downstream<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {

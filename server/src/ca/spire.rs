@@ -225,24 +225,34 @@ impl SpireUpstream {
         })
     }
 
-    /// Follows the upstream: its roots and JWT keys as the local agent holds them; our own JWT
-    /// keys that are not there yet are published first. Returns `(roots, jwt authorities)`.
-    pub(crate) async fn follow(
-        &self,
-        own_jwt: &[JwtAuthority],
-    ) -> Result<(Vec<Vec<u8>>, Vec<JwtAuthority>), CaError> {
+    /// Follows the upstream server's bundle (roots, every server's JWT keys, and what is
+    /// tainted there), read from the upstream itself; our own JWT keys that are not in it yet
+    /// are published first.
+    pub(crate) async fn follow(&self, own_jwt: &[JwtAuthority]) -> Result<Followed, CaError> {
         let f = self.fetch_once().await?;
-        let td = sigil_spiffe::x509::spiffe_id_of_cert(&f.chain[0])
-            .map_err(|e| upstream_err("the server's SVID", e))?
-            .trust_domain()
-            .clone();
-        let mut jwt = self.jwt_bundle(&td).await?;
+        let mut c = self.upstream_client(&f).await?;
+        let b = tokio::time::timeout(
+            CALL_TIMEOUT,
+            c.get_downstream_bundle(pb::GetDownstreamBundleRequest {}),
+        )
+        .await
+        .map_err(|_| upstream_err("GetDownstreamBundle", "timed out"))?
+        .map_err(|s| upstream_err("GetDownstreamBundle", s.message()))?
+        .into_inner();
+        let mut jwt: Vec<JwtAuthority> = b
+            .jwt_authorities
+            .iter()
+            .map(|k| JwtAuthority {
+                key_id: k.key_id.clone(),
+                public_key_der: k.public_key.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect();
         let missing: Vec<&JwtAuthority> = own_jwt
             .iter()
             .filter(|k| !jwt.iter().any(|u| u.key_id == k.key_id))
             .collect();
         if !missing.is_empty() {
-            let mut c = self.upstream_client(&f).await?;
             for k in missing {
                 let resp = c
                     .publish_jwt_authority(pb::PublishJwtAuthorityRequest {
@@ -267,26 +277,25 @@ impl SpireUpstream {
                     .collect();
             }
         }
-        Ok((f.roots, jwt))
-    }
-
-    async fn jwt_bundle(&self, td: &TrustDomain) -> Result<Vec<JwtAuthority>, CaError> {
-        let mut c = self.workload_client().await?;
-        let mut stream = c
-            .fetch_jwt_bundles(request(wpb::JwtBundlesRequest {}))
-            .await
-            .map_err(|s| upstream_err("FetchJWTBundles", s.message()))?
-            .into_inner();
-        let msg = tokio::time::timeout(CALL_TIMEOUT, stream.message())
-            .await
-            .map_err(|_| upstream_err("FetchJWTBundles", "no answer"))?
-            .map_err(|s| upstream_err("FetchJWTBundles", s.message()))?
-            .ok_or_else(|| upstream_err("FetchJWTBundles", "the stream ended"))?;
-        let Some(doc) = msg.bundles.get(&td.id().to_string()) else {
-            return Ok(Vec::new());
+        let roots = if b.x509_authorities.is_empty() {
+            f.roots
+        } else {
+            b.x509_authorities
         };
-        let b = sigil_spiffe::bundle::Bundle::from_jwks_json(td.clone(), doc)
-            .map_err(|e| upstream_err("the upstream JWT bundle", e))?;
-        Ok(b.jwt_authorities)
+        Ok(Followed {
+            roots,
+            jwt,
+            tainted_x509: b.tainted_x509_authorities.into_iter().collect(),
+            tainted_jwt: b.tainted_jwt_authorities.into_iter().collect(),
+        })
     }
+}
+
+/// The upstream server's bundle as a downstream server follows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    pub roots: Vec<Vec<u8>>,
+    pub jwt: Vec<JwtAuthority>,
+    pub tainted_x509: std::collections::BTreeSet<String>,
+    pub tainted_jwt: std::collections::BTreeSet<String>,
 }

@@ -262,20 +262,40 @@ async fn two_intermediates_under_a_root_through_rotations_of_each_level() {
         .expect("mTLS: A rotated, B not yet");
     mtls_pair(&sb, &sa).await.expect("mTLS the other way");
 
-    // B rotates too.
-    let b_new = rotate_intermediate(&b);
+    // The root taints its old authority: B, whose CA it signed, mints a new CA from the root's
+    // active authority by itself, and B's agent re-issues every SVID chained to the tainted key.
+    let root_old = root
+        .cli(&["localauthority", "x509", "show", "-output", "json"])
+        .ok()
+        .json()["old"]["authority_id"]
+        .as_str()
+        .expect("the root's old authority")
+        .to_string();
+    assert_eq!(aki(&sb.chain[1]), root_old);
+    root.cli(&["localauthority", "x509", "taint", "-authorityID", &root_old])
+        .ok();
     let deadline = std::time::Instant::now() + FOLLOW;
     let sb = loop {
         let s = svid(&agent_b, &id_b).await;
-        if aki(&s.chain[0]) == b_new {
+        if aki(&s.chain[1]) == root_new {
             break s;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "B's workload was not re-issued"
+            "B's workload still chains to the tainted root authority"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(aki(&sb.chain[1]), root_new);
-    mtls_pair(&sa, &sb).await.expect("mTLS after both rotated");
+    let b_state = b
+        .cli(&["localauthority", "x509", "show", "-output", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        b_state["active"]["upstream_authority_subject_key_id"],
+        root_new.as_str(),
+        "{b_state}"
+    );
+    mtls_pair(&sa, &sb)
+        .await
+        .expect("mTLS after the root's taint");
 }
