@@ -548,6 +548,9 @@ fn to_time(unix: i64) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(crypto)
 }
 
+/// Published JWT authorities (from downstream servers) the bundle holds at most.
+pub const MAX_PUBLISHED_JWT: usize = 256;
+
 /// The X.509 distinguished name's `serialNumber` attribute: makes every CA's subject unique
 /// (across rotations and servers under one upstream), which OpenSSL's path building needs.
 const DN_SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
@@ -1376,13 +1379,24 @@ impl Ca {
     }
 
     /// A downstream server's JWT key joins the bundle. Returns whether the bundle changed.
+    /// At most [`MAX_PUBLISHED_JWT`] keys are held (a misbehaving downstream must not grow
+    /// every agent's bundle without bound); expired ones leave at rotation checks.
     pub fn publish_jwt_authority(&self, key: JwtAuthority) -> Result<bool, CaError> {
         let mut s = self.write();
         let own = s.jwt.all().any(|k| k.signer.kid() == key.key_id);
+        let full = s.published_jwt.len() >= MAX_PUBLISHED_JWT;
         match s.published_jwt.iter_mut().find(|k| k.key_id == key.key_id) {
             _ if own => return Ok(false),
             Some(k) if *k == key => return Ok(false),
             Some(k) => *k = key,
+            None if full => {
+                return Err(refused(
+                    RefusalCode::FailedPrecondition,
+                    format!(
+                        "the bundle already holds {MAX_PUBLISHED_JWT} published JWT authorities"
+                    ),
+                ));
+            }
             None => s.published_jwt.push(key),
         }
         self.commit(s)?;

@@ -104,6 +104,7 @@ pub async fn serve(
             metrics,
             "sigil_agent_grpc_calls_total",
             "sigil_agent_grpc_call_duration_seconds",
+            &["SpiffeWorkloadAPI", "SecretDiscoveryService"],
         ))
         .layer(tower::util::MapResponseLayer::new(
             move |resp: tonic::codegen::http::Response<tonic::body::Body>| {

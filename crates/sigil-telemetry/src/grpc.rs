@@ -20,15 +20,26 @@ pub struct GrpcMetricsLayer {
     registry: Arc<Registry>,
     calls: &'static str,
     duration: &'static str,
+    /// The services whose methods get their own label (`SpiffeWorkloadAPI`, ...): anything
+    /// else, and methods the server does not have, count as `other`, so a caller cannot grow
+    /// the registry by inventing paths.
+    services: &'static [&'static str],
 }
 
 impl GrpcMetricsLayer {
-    /// `calls`: a counter name (`..._calls_total`); `duration`: a histogram name.
-    pub fn new(registry: Arc<Registry>, calls: &'static str, duration: &'static str) -> Self {
+    /// `calls`: a counter name (`..._calls_total`); `duration`: a histogram name; `services`:
+    /// the services served (without their package).
+    pub fn new(
+        registry: Arc<Registry>,
+        calls: &'static str,
+        duration: &'static str,
+        services: &'static [&'static str],
+    ) -> Self {
         Self {
             registry,
             calls,
             duration,
+            services,
         }
     }
 }
@@ -101,7 +112,15 @@ where
     }
 
     fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
-        let method = method_of(req.uri().path());
+        let mut method = method_of(req.uri().path());
+        if !self
+            .layer
+            .services
+            .iter()
+            .any(|s| method.split('/').next() == Some(*s))
+        {
+            method = "other".to_string();
+        }
         let layer = self.layer.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
@@ -115,6 +134,12 @@ where
                     .map(code_name)
                     .unwrap_or("OK"),
                 Err(_) => "Unavailable",
+            };
+            // A method the service does not have: not a label of its own.
+            let method = if code == "Unimplemented" {
+                "other".to_string()
+            } else {
+                method
             };
             let l = [("method", method.as_str()), ("code", code)];
             layer
@@ -134,6 +159,44 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paths a caller makes up do not become labels.
+    #[tokio::test]
+    async fn unknown_services_and_methods_count_as_other() {
+        use tower::{Layer, Service, ServiceExt};
+        let registry = Registry::new();
+        let layer = GrpcMetricsLayer::new(registry.clone(), "c_total", "d_seconds", &["Known"]);
+        let inner = tower::service_fn(|req: hyper::Request<()>| async move {
+            let mut resp = hyper::Response::new(());
+            if req.uri().path().ends_with("/Missing") {
+                resp.headers_mut()
+                    .insert("grpc-status", hyper::header::HeaderValue::from_static("12"));
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let mut svc = layer.layer(inner);
+        for path in [
+            "/pkg.Known/Call",
+            "/pkg.Known/Missing",
+            "/Invented/x1",
+            "/Invented/x2",
+        ] {
+            let req = hyper::Request::builder().uri(path).body(()).unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        assert_eq!(
+            registry.value("c_total", &[("code", "OK"), ("method", "Known/Call")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            registry.value("c_total", &[("code", "Unimplemented"), ("method", "other")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            registry.value("c_total", &[("code", "OK"), ("method", "other")]),
+            Some(2.0)
+        );
+    }
 
     #[test]
     fn methods_lose_their_package() {

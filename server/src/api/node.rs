@@ -653,8 +653,10 @@ impl Node for NodeApi {
         let ca = self.shared.ca.clone();
         let kid = key.key_id.clone();
         let changed = blocking("publishing a JWT authority", move || {
-            ca.publish_jwt_authority(key)
-                .map_err(|e| super::internal("publishing a JWT authority", &e))
+            ca.publish_jwt_authority(key).map_err(|e| match e {
+                crate::ca::CaError::Refused { message, .. } => Status::resource_exhausted(message),
+                other => super::internal("publishing a JWT authority", &other),
+            })
         })
         .await?;
         if changed {
