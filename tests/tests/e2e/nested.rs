@@ -13,7 +13,7 @@ use sigil_proto::workload as pb;
 use std::path::Path;
 use std::time::Duration;
 
-const FOLLOW: Duration = Duration::from_secs(30);
+const FOLLOW: Duration = Duration::from_secs(60);
 
 fn intermediate(dir: &Path, root: &Server, root_agent: &Agent) -> Server {
     // Seed 000's spelling of the socket key.
@@ -42,7 +42,7 @@ async fn svid(agent: &Agent, id: &str) -> Svid {
     let socket = agent.socket.clone();
     let id = id.to_string();
     let mut last = None;
-    for _ in 0..100 {
+    for _ in 0..300 {
         match workload::fetch_one(&socket, Some(&id)).await {
             Ok(s) => return s,
             Err(e) => last = Some(e),
