@@ -1143,7 +1143,12 @@ impl Ca {
             let s = self.read();
             (s.x509.prepare_due(now), s.jwt.prepare_due(now))
         };
-        let x509_next = x509_due.then(|| self.create_x509(now)).transpose()?;
+        // An upstream that cannot sign right now must not hold back the JWT key's rotation (or
+        // the retirement of expired authorities): its error is returned after the rest is done.
+        let (x509_next, x509_error) = match x509_due.then(|| self.create_x509(now)).transpose() {
+            Ok(next) => (next, None),
+            Err(e) => (None, Some(e)),
+        };
         let jwt_next = jwt_due
             .then(|| JwtKey::create(&self.cfg, now))
             .transpose()?;
@@ -1168,7 +1173,10 @@ impl Ca {
         if changed {
             self.persist()?;
         }
-        Ok(changed)
+        match x509_error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -2168,5 +2176,33 @@ mod tests {
         assert!(roots.contains(&root.der().to_vec()), "upstream root kept");
         let active = ca.authority_states(AuthorityKind::X509).active.unwrap();
         assert!(active.upstream_authority_subject_key_id.is_empty());
+    }
+
+    /// An upstream that cannot sign when the X.509 CA is due does not hold back the JWT key.
+    #[test]
+    fn a_failing_upstream_does_not_block_jwt_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = params.self_signed(&root_key).unwrap();
+        std::fs::write(dir.path().join("up.crt"), root.pem()).unwrap();
+        std::fs::write(dir.path().join("up.key"), root_key.serialize_pem()).unwrap();
+        let mut c = cfg(dir.path());
+        c.upstream = Some(Upstream::Disk(DiskUpstream {
+            cert_file_path: dir.path().join("up.crt"),
+            key_file_path: dir.path().join("up.key"),
+            bundle_file_path: None,
+        }));
+        let ca = Ca::load_or_create(c).unwrap();
+        std::fs::remove_file(dir.path().join("up.key")).unwrap();
+        let err = ca.rotate_if_due(crate::now_unix() + 13 * 3600).unwrap_err();
+        assert!(err.to_string().contains("up.key"), "{err}");
+        let jwt = ca.authority_states(AuthorityKind::Jwt);
+        assert!(
+            jwt.prepared.is_some(),
+            "the JWT successor was prepared anyway"
+        );
+        assert!(ca.authority_states(AuthorityKind::X509).prepared.is_none());
     }
 }

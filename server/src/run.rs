@@ -181,6 +181,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
                 tick.tick().await;
                 // Key generation, signing and the keys file's fsync: blocking work, off the
                 // async workers that serve agents.
+                let bundle_seen = ca.sequence();
                 let (ca2, identity) = (ca.clone(), identity.clone());
                 let rotated = tokio::task::spawn_blocking(move || {
                     let rotated = ca2.rotate_if_due(crate::now_unix());
@@ -247,7 +248,14 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
                         ds.bundle_changed();
                     }
                     Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "CA rotation failed"),
+                    Ok(Err(e)) => {
+                        // Part of the rotation may have happened (the JWT key's, while the
+                        // upstream could not sign): agents must still hear of it.
+                        tracing::error!(error = %e, "CA rotation failed");
+                        if ca.sequence() != bundle_seen {
+                            ds.bundle_changed();
+                        }
+                    }
                     Err(e) => tracing::error!(error = %e, "CA rotation task failed"),
                 }
             }
