@@ -343,6 +343,20 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// The other servers' authorities, as the datastore last told.
+#[derive(Debug, Default)]
+struct Peers {
+    bundles: Vec<Bundle>,
+    sequence: u64,
+}
+
+/// A certificate's notAfter (unix seconds), if it parses.
+fn cert_not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
 /// Parameters of the CA.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
@@ -359,6 +373,9 @@ pub struct CaConfig {
 pub struct Ca {
     cfg: CaConfig,
     state: RwLock<State>,
+    /// The other servers sharing this trust domain's datastore: their published authorities
+    /// and the shared bundle sequence (see [`Ca::set_peers`]).
+    peers: RwLock<Peers>,
     /// What tests check about where CPU work runs (see `Probes`).
     #[cfg(test)]
     pub(crate) probes: Probes,
@@ -1082,6 +1099,7 @@ impl Ca {
         let ca = Self {
             cfg,
             state: RwLock::new(state),
+            peers: RwLock::default(),
             #[cfg(test)]
             probes: Probes::default(),
         };
@@ -1188,8 +1206,53 @@ impl Ca {
         self.cfg.upstream.is_some()
     }
 
-    /// The trust domain's own bundle: the roots and every JWT key, with what is tainted.
+    /// The trust domain's bundle: this server's authorities ([`Ca::own_bundle`]) and those of
+    /// every other server sharing the datastore, under the shared sequence.
     pub fn bundle(&self) -> Bundle {
+        let mut b = self.own_bundle();
+        let peers = self.peers_read();
+        let now = crate::now_unix();
+        for p in &peers.bundles {
+            for der in &p.x509_authorities {
+                if cert_not_after(der).is_none_or(|t| t > now) && !b.x509_authorities.contains(der)
+                {
+                    b.x509_authorities.push(der.clone());
+                }
+            }
+            for k in &p.jwt_authorities {
+                if (k.expires_at == 0 || k.expires_at > now)
+                    && !b.jwt_authorities.iter().any(|o| o.key_id == k.key_id)
+                {
+                    b.jwt_authorities.push(k.clone());
+                }
+            }
+            b.tainted_x509_authorities
+                .extend(p.tainted_x509_authorities.iter().cloned());
+            b.tainted_jwt_authorities
+                .extend(p.tainted_jwt_authorities.iter().cloned());
+        }
+        b.sequence_number = Some(b.sequence_number.unwrap_or(0).max(peers.sequence));
+        b
+    }
+
+    /// Takes the other servers' published authorities and the shared sequence. Returns whether
+    /// the bundle changed.
+    pub fn set_peers(&self, bundles: Vec<Bundle>, sequence: u64) -> bool {
+        let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let changed = p.bundles != bundles || p.sequence != sequence;
+        p.bundles = bundles;
+        p.sequence = sequence;
+        changed
+    }
+
+    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        // Peers are replaced whole: a panic elsewhere cannot leave them half-written.
+        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This server's own authorities (what it publishes for the other servers): the roots and
+    /// every JWT key it holds, with what is tainted, under its own sequence.
+    pub fn own_bundle(&self) -> Bundle {
         let s = self.read();
         let mut b = Bundle::new(self.cfg.trust_domain.clone());
         b.x509_authorities = s.roots(self.has_upstream());
@@ -1225,9 +1288,18 @@ impl Ca {
         self.read().sequence
     }
 
-    /// Root certificates that verify SVIDs (DER).
+    /// Root certificates that verify SVIDs (DER): this server's and the other servers'.
     pub fn x509_roots(&self) -> Vec<Vec<u8>> {
-        self.read().roots(self.has_upstream())
+        let mut roots = self.read().roots(self.has_upstream());
+        let now = crate::now_unix();
+        for p in &self.peers_read().bundles {
+            for der in &p.x509_authorities {
+                if cert_not_after(der).is_none_or(|t| t > now) && !roots.contains(der) {
+                    roots.push(der.clone());
+                }
+            }
+        }
+        roots
     }
 
     #[cfg(test)]

@@ -46,7 +46,8 @@ pub struct ServerConfig {
     pub jwt_issuer: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
-    pub datastore_path: PathBuf,
+    /// `DataStore "sql"`: SQLite (default `<data_dir>/datastore.sqlite3`) or PostgreSQL.
+    pub datastore: crate::datastore::Config,
     pub key_manager: KeyManager,
     pub health_checks: Option<HealthChecks>,
     /// `NodeAttestor "k8s_psat"`, if configured. Join tokens are always accepted (as in SPIRE,
@@ -127,7 +128,7 @@ struct Raw {
     jwt_issuer: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
-    datastore_path: Option<String>,
+    datastore: Option<sigil_config::Block>,
     key_manager: Option<RawKm>,
     health: Option<HealthChecks>,
     k8s_psat: Option<sigil_k8s_psat::ServerConfig>,
@@ -253,10 +254,10 @@ impl ServerConfig {
             .map_err(|e| invalid("log_level", e))?
             .as_filter()
             .to_string();
-        let datastore_path = raw
-            .datastore_path
-            .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir.join("datastore.sqlite3"));
+        let datastore = match raw.datastore {
+            Some(data) => crate::datastore::Config::from_plugin_data(data, &data_dir)?,
+            None => crate::datastore::Config::sqlite(data_dir.join("datastore.sqlite3")),
+        };
         let key_manager = match raw.key_manager {
             None | Some(RawKm::Disk(None)) => KeyManager::Disk {
                 keys_path: data_dir.join("keys.json"),
@@ -281,7 +282,7 @@ impl ServerConfig {
             jwt_issuer: raw.jwt_issuer.filter(|s| !s.is_empty()),
             log_level,
             log_format,
-            datastore_path,
+            datastore,
             key_manager,
             health_checks: raw.health,
             k8s_psat: raw.k8s_psat,
@@ -496,17 +497,9 @@ fn acme_refused() -> ConfigError {
 fn parse_plugin(mut plugin: Plugin, raw: &mut Raw) -> Result<(), ConfigError> {
     match (plugin.kind.as_str(), plugin.name.as_str()) {
         ("DataStore", "sql") => {
-            if let Some(t) = plugin.data.string("database_type")?
-                && t != "sqlite3"
-            {
-                return Err(invalid(
-                    "DataStore \"sql\" database_type",
-                    format!("{t:?} is not supported (Sigil supports sqlite3)"),
-                ));
-            }
-            if let Some(path) = plugin.data.string("connection_string")? {
-                raw.datastore_path = Some(path);
-            }
+            // Read once the data directory is known (the default SQLite file is in it).
+            raw.datastore = Some(plugin.data);
+            return Ok(());
         }
         ("DataStore", _) => return Err(plugin.unsupported(Some("sql"))),
         ("KeyManager", "disk") => {
@@ -812,7 +805,9 @@ workload_api_socket_path = "/tmp/spire-agent/public/api.sock"
             ..Default::default()
         };
         let c = ServerConfig::from_raw(Raw::default(), &o).unwrap();
-        assert_eq!(c.datastore_path, PathBuf::from("/tmp/x/datastore.sqlite3"));
+        assert!(
+            matches!(&c.datastore, crate::datastore::Config::Sqlite { path, .. } if path == &PathBuf::from("/tmp/x/datastore.sqlite3"))
+        );
         assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(c.ca_ttl, Duration::from_secs(86400));
     }
@@ -944,8 +939,8 @@ workload_api_socket_path = "/tmp/spire-agent/public/api.sock"
                 "unsupported KeyManager plugin \"aws_kms\"",
             ),
             (
-                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n DataStore \"sql\" {\n plugin_data {\n database_type = \"postgres\"\n }\n }\n}",
-                "\"postgres\" is not supported",
+                "server {\n trust_domain = \"a\"\n data_dir = \"/x\"\n}\nplugins {\n DataStore \"sql\" {\n plugin_data {\n database_type = \"mysql\"\n }\n }\n}",
+                "\"mysql\" is not supported",
             ),
             (
                 "server {\n trust_domain = \"Bad TD\"\n data_dir = \"/x\"\n}",

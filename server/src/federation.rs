@@ -204,6 +204,24 @@ impl Federation {
         Ok(())
     }
 
+    /// Brings the refreshed relationships in line with the stored ones (after another server
+    /// changed them); configured ones stay as they are.
+    pub async fn reload_stored(&self) -> Result<(), FederationError> {
+        let stored = self.ds.list_federation_relationships().await?;
+        for (rel, _) in self.refresher.list() {
+            let td = &rel.trust_domain;
+            if !self.is_configured(td) && !stored.iter().any(|(r, _)| &r.trust_domain == td) {
+                self.refresher.remove(td);
+            }
+        }
+        for (rel, _) in stored {
+            if !self.is_configured(&rel.trust_domain) {
+                self.refresher.set(rel);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a stored relationship (its bundle stays, as in SPIRE).
     pub async fn delete(&self, td: &TrustDomain) -> Result<(), FederationError> {
         if !self.ds.delete_federation_relationship(td).await? {
@@ -278,13 +296,20 @@ pub async fn start(
         }
         refresher.set(rel);
     }
-    Ok((
-        Federation {
-            refresher,
-            configured: Arc::new(cfg.federates_with.clone()),
-            ds,
-            own,
-        },
-        endpoint_addr,
-    ))
+    let federation = Federation {
+        refresher,
+        configured: Arc::new(cfg.federates_with.clone()),
+        ds,
+        own,
+    };
+    // Relationships another server sharing the datastore created, changed or deleted.
+    let (f, mut changed) = (federation.clone(), federation.ds.subscribe_relationships());
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            if let Err(e) = f.reload_stored().await {
+                tracing::warn!(error = %e, "reloading federation relationships");
+            }
+        }
+    });
+    Ok((federation, endpoint_addr))
 }

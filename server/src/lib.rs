@@ -11,6 +11,7 @@ pub mod federation;
 pub mod health;
 pub mod logger;
 pub mod metrics;
+pub mod peers;
 pub mod run;
 pub mod sync;
 pub mod tls;

@@ -79,9 +79,9 @@ pub struct Listening {
 pub async fn run(cfg: ServerConfig) -> Result<()> {
     let cfg = Arc::new(cfg);
     private_dir(&cfg.data_dir)?;
-    let ds = DataStore::open(&cfg.datastore_path)
+    let ds = DataStore::connect(&cfg.datastore)
         .await
-        .with_context(|| format!("opening datastore {}", cfg.datastore_path.display()))?;
+        .with_context(|| format!("opening datastore {}", cfg.datastore.describe()))?;
     // Key generation, the keys file's fsync and, for `UpstreamAuthority "spire"`, waiting on
     // the upstream: blocking work.
     let ca_cfg = CaConfig {
@@ -99,6 +99,19 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
             .context("loading the CA: task failed")?
             .context("loading the CA")?,
     );
+    // This server's authorities join the shared bundle before it signs anything, and it
+    // trusts the other servers' (agents may come from any of them).
+    let server_id = crate::peers::server_id(&cfg.data_dir)
+        .with_context(|| format!("reading {}", cfg.data_dir.join("server_id").display()))?;
+    crate::peers::sync(&ds, &ca, &server_id, true)
+        .await
+        .context("publishing this server's authorities to the datastore")?;
+    tokio::spawn(crate::peers::run(
+        ds.clone(),
+        ca.clone(),
+        server_id,
+        ca.sequence(),
+    ));
     let identity = Arc::new(
         ServerIdentity::new(&ca, cfg.default_x509_svid_ttl)
             .map_err(|e| anyhow::anyhow!("issuing the server SVID: {e}"))?,

@@ -34,6 +34,12 @@ pub fn setup() -> Result<()> {
         &[crate::images::APT_PACKAGES, crate::kind::APT_PACKAGES].concat(),
         "image and script tools (buildah, umoci, shellcheck)",
     )?;
+    // The datastore tests run every query on both engines; the PostgreSQL ones start a real
+    // server (initdb/pg_ctl in a temp dir, as an unprivileged user): Debian's packages.
+    crate::debian::ensure_packages(
+        &["postgresql", "postgresql-contrib"],
+        "PostgreSQL (datastore tests)",
+    )?;
     if !is_root() {
         println!(
             "    note: not running as root: the e2e tests and the demo that run workloads as other \

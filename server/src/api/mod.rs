@@ -32,13 +32,30 @@ pub(crate) fn entry_status(code: tonic::Code, message: String) -> sigil_proto::t
 /// An internal failure (datastore, I/O, signing): the caller gets a generic message carrying an
 /// error id, the server log gets the detail under the same id. Database and file-system error
 /// text describes the server's internals (paths, SQL, schema) and is nobody else's business.
-pub(crate) fn internal(context: &str, err: &dyn std::fmt::Display) -> tonic::Status {
+///
+/// A datastore that is out of reach (PostgreSQL restarting, connection lost) is not an internal
+/// error but `Unavailable`: the request was not applied and may be retried.
+pub(crate) fn internal<E: std::fmt::Display + 'static>(context: &str, err: &E) -> tonic::Status {
     let (code, message) = internal_status(context, err);
     tonic::Status::new(code, message)
 }
 
 /// [`internal`] as a (code, message) pair, for per-item statuses in batch responses.
-pub(crate) fn internal_status(context: &str, err: &dyn std::fmt::Display) -> (tonic::Code, String) {
+pub(crate) fn internal_status<E: std::fmt::Display + 'static>(
+    context: &str,
+    err: &E,
+) -> (tonic::Code, String) {
+    let any: &dyn std::any::Any = err;
+    if any
+        .downcast_ref::<crate::datastore::StoreError>()
+        .is_some_and(|e| e.is_unavailable())
+    {
+        tracing::warn!(error = %err, "{context}: datastore unavailable");
+        return (
+            tonic::Code::Unavailable,
+            format!("datastore unavailable while {context}; retry later"),
+        );
+    }
     let id = error_id();
     tracing::error!(error_id = %id, error = %err, "{context}");
     (
