@@ -239,18 +239,42 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let (api, ds) = node_api(dir.path()).await;
-        ds.close().await;
-
-        let mut req = tonic::Request::new(sigil_proto::agent::RenewAgentRequest { csr: vec![] });
-        req.extensions_mut().insert(PeerIdentity {
-            spiffe_id: Some("spiffe://example.org/spire/agent/x".parse().unwrap()),
-            serial_hex: Some("1".into()),
-            remote_addr: None,
-        });
-        let status = api.renew_agent(req).await.unwrap_err();
+        let req = || {
+            let mut req =
+                tonic::Request::new(sigil_proto::agent::RenewAgentRequest { csr: vec![] });
+            req.extensions_mut().insert(PeerIdentity {
+                spiffe_id: Some("spiffe://example.org/spire/agent/x".parse().unwrap()),
+                serial_hex: Some("1".into()),
+                remote_addr: None,
+            });
+            req
+        };
+        // A row the server cannot read: an internal error.
+        let raw = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("ds.sqlite3").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, expires_at, created_at, \
+             last_seen, selectors) VALUES ('spiffe://example.org/spire/agent/x', 'join_token', \
+             '1', 0, 0, 0, 'not json')",
+        )
+        .execute(&raw)
+        .await
+        .unwrap();
+        let status = api.renew_agent(req()).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Internal);
+        let internal = status.message().to_string();
+        // The database out of reach: Unavailable (retry), again without internals.
+        ds.close().await;
+        let status = api.renew_agent(req()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(!status.message().contains("pool"), "internals leaked: {status:?}");
+        let status = tonic::Status::internal(internal);
         let msg = status.message();
-        assert!(!msg.contains("pool"), "internals leaked: {msg}");
+        assert!(!msg.contains("selectors"), "internals leaked: {msg}");
         let id = msg
             .split("error id ")
             .nth(1)
@@ -262,6 +286,6 @@ mod tests {
             .lines()
             .find(|l| l.contains(id))
             .unwrap_or_else(|| panic!("error id {id} not logged: {log}"));
-        assert!(line.contains("pool"), "detail not logged: {line}");
+        assert!(line.contains("agent selectors"), "detail not logged: {line}");
     }
 }
