@@ -271,7 +271,10 @@ mod tests {
         ds.close().await;
         let status = api.renew_agent(req()).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-        assert!(!status.message().contains("pool"), "internals leaked: {status:?}");
+        assert!(
+            !status.message().contains("pool"),
+            "internals leaked: {status:?}"
+        );
         let status = tonic::Status::internal(internal);
         let msg = status.message();
         assert!(!msg.contains("selectors"), "internals leaked: {msg}");
@@ -286,6 +289,9 @@ mod tests {
             .lines()
             .find(|l| l.contains(id))
             .unwrap_or_else(|| panic!("error id {id} not logged: {log}"));
-        assert!(line.contains("agent selectors"), "detail not logged: {line}");
+        assert!(
+            line.contains("agent selectors"),
+            "detail not logged: {line}"
+        );
     }
 }

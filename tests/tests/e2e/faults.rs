@@ -35,7 +35,23 @@ fn entry(i: usize) -> types::Entry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_concurrent_writes_loses_nothing_acknowledged() {
     let dir = TestDir::new("faults-sigkill");
-    let mut server = Server::start(dir.path(), TD);
+    let server = Server::start(dir.path(), TD);
+    storm_kill_restart(server).await;
+}
+
+/// The same on PostgreSQL: what the server acknowledged was committed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_writes_on_postgres_loses_nothing_acknowledged() {
+    let dir = TestDir::new("faults-sigkill-pg");
+    let pg = sigil_pgtest::PgServer::start();
+    pg.create_database("spire");
+    let server = Server::start_with_config_file(dir.path(), TD, &crate::ha::postgres_config(&pg));
+    storm_kill_restart(server).await;
+}
+
+/// Writes [`WRITES`] entries concurrently, SIGKILLs the server while they are in flight,
+/// restarts it and checks every acknowledged write is there, whole.
+async fn storm_kill_restart(mut server: Server) {
     let socket = server.socket.to_string_lossy().to_string();
     let admin = sigil_server::cli::connect(&socket)
         .await

@@ -12,6 +12,7 @@ mod ebpf;
 mod envoy_sds;
 mod faults;
 mod federation;
+mod ha;
 mod images;
 mod k8s;
 mod k8s_psat;
