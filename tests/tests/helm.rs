@@ -492,11 +492,12 @@ fn check_server_pod(r: &Rendered, c: &Configs) {
     let claim = &sts["spec"]["volumeClaimTemplates"][0];
     assert_eq!(claim["metadata"]["name"], "spire-data");
     assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
-    assert!(
-        c.server
-            .datastore_path
-            .starts_with(mount_paths(server, "spire-data")[0].as_str())
-    );
+    match &c.server.datastore {
+        sigil_server::datastore::Config::Sqlite { path, .. } => {
+            assert!(path.starts_with(mount_paths(server, "spire-data")[0].as_str()))
+        }
+        other => panic!("the default datastore is not SQLite: {other:?}"),
+    }
 }
 
 fn port(container: &Value, name: &str) -> u64 {
@@ -1135,16 +1136,143 @@ fn values_switches() {
     );
 }
 
+/// High availability as SPIRE's chart sets it up: several replicas on PostgreSQL, the
+/// password from a Secret through `${DBPW}` and `-expandEnv`, each replica with its own volume
+/// (its own CA key), TLS to the database with a mounted CA.
+#[test]
+fn postgres_and_several_replicas() {
+    let r = render(
+        NAMESPACE,
+        &[
+            "--set",
+            "spire-server.replicaCount=3",
+            "--set",
+            "spire-server.dataStore.sql.databaseType=postgres",
+            "--set",
+            "spire-server.dataStore.sql.host=postgres-ha.data.svc.cluster.local",
+            "--set",
+            "spire-server.dataStore.sql.password=hunter2",
+            "--set",
+            "spire-server.dataStore.sql.options[0].sslmode=verify-full",
+            "--set",
+            "spire-server.dataStore.sql.rootCAPath=/run/db/ca.pem",
+            "--set",
+            "spire-server.dataStore.sql.maxOpenConns=20",
+            "--set",
+            "spire-server.dataStore.sql.connMaxLifetime=1h",
+            "--set-json",
+            r#"spire-server.extraVolumes=[{"name":"db-ca","secret":{"secretName":"db-ca"}}]"#,
+            "--set-json",
+            r#"spire-server.extraVolumeMounts=[{"name":"db-ca","mountPath":"/run/db","readOnly":true}]"#,
+        ],
+    );
+    let sts = r.get("StatefulSet", "spire-server");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "spire-data"
+    );
+    let spec = &sts["spec"]["template"]["spec"];
+    let server = container(spec, "spire-server");
+    assert!(
+        server["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("-expandEnv")),
+        "{server:#}"
+    );
+    let env = server["env"].as_array().expect("env");
+    let dbpw = env.iter().find(|e| e["name"] == "DBPW").expect("DBPW");
+    let secret_name = dbpw["valueFrom"]["secretKeyRef"]["name"].as_str().unwrap();
+    let secret = r.get("Secret", secret_name);
+    assert_eq!(secret["data"]["DBPW"], "aHVudGVyMg==");
+    assert_eq!(mount_paths(server, "db-ca"), ["/run/db"]);
+    // The config file, expanded as the server does it, parses to these settings.
+    let text = r.file("spire-server", "server.conf");
+    assert!(
+        !text.contains("hunter2"),
+        "the password is in the ConfigMap"
+    );
+    let expanded =
+        sigil_config::expand_env_with(&text, |n| (n == "DBPW").then(|| "hunter2".into()));
+    let cfg = sigil_server::config::ServerConfig::from_hcl(
+        &expanded,
+        &sigil_server::config::Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("sigil-server refuses the HA server.conf: {e}\n{text}"));
+    let sigil_server::datastore::Config::Postgres { options, pool, .. } = &cfg.datastore else {
+        panic!("not postgres: {:?}", cfg.datastore)
+    };
+    assert_eq!(options.get_host(), "postgres-ha.data.svc.cluster.local");
+    assert_eq!(options.get_port(), 5432);
+    assert_eq!(options.get_database(), Some("spire"));
+    assert_eq!(options.get_username(), "spire");
+    assert!(matches!(
+        options.get_ssl_mode(),
+        sqlx::postgres::PgSslMode::VerifyFull
+    ));
+    assert_eq!(pool.max_open_conns, Some(20));
+    assert_eq!(
+        pool.conn_max_lifetime,
+        Some(std::time::Duration::from_secs(3600))
+    );
+
+    // An existing Secret instead of a password.
+    let r = render(
+        NAMESPACE,
+        &[
+            "--set",
+            "spire-server.replicaCount=2",
+            "--set",
+            "spire-server.dataStore.sql.databaseType=postgres",
+            "--set",
+            "spire-server.dataStore.sql.host=db",
+            "--set",
+            "spire-server.dataStore.sql.externalSecret.enabled=true",
+            "--set",
+            "spire-server.dataStore.sql.externalSecret.name=db-creds",
+            "--set",
+            "spire-server.dataStore.sql.externalSecret.key=pw",
+        ],
+    );
+    assert!(
+        r.all("Secret")
+            .iter()
+            .all(|s| s["metadata"]["name"] != "spire-server-datastore")
+    );
+    let sts = r.get("StatefulSet", "spire-server");
+    let server = container(&sts["spec"]["template"]["spec"], "spire-server");
+    let dbpw = server["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DBPW")
+        .unwrap();
+    assert_eq!(
+        dbpw["valueFrom"]["secretKeyRef"],
+        json!({"name": "db-creds", "key": "pw"})
+    );
+}
+
 #[test]
 fn values_sigil_cannot_honour_are_refused() {
     for (flags, message) in [
+        (vec!["spire-server.replicaCount=2"], "must be PostgreSQL"),
         (
-            vec!["spire-server.replicaCount=2"],
-            "spire-server.replicaCount 2",
+            vec!["spire-server.dataStore.sql.databaseType=mysql"],
+            "value must be one of 'sqlite3', 'postgres'",
         ),
         (
             vec!["spire-server.dataStore.sql.databaseType=postgres"],
-            "databaseType \"postgres\"",
+            "dataStore.sql.host: required",
+        ),
+        (
+            vec![
+                "spire-server.dataStore.sql.databaseType=postgres",
+                "spire-server.dataStore.sql.host=db",
+                "spire-server.dataStore.sql.externalSecret.enabled=true",
+            ],
+            "externalSecret: name and key",
         ),
         (
             vec!["spire-agent.trustBundleURL=https://x"],

@@ -127,11 +127,18 @@ bootstrap from it (SPIRE's chart: `spire-bundle`). */}}
 {{- if eq (include "sigil.trustDomain" .) "example.org" -}}{{- fail "global.spire.strictMode: set global.spire.trustDomain (it is still example.org)" -}}{{- end -}}
 {{- if eq (include "sigil.clusterName" .) "example-cluster" -}}{{- fail "global.spire.strictMode: set global.spire.clusterName (it is still example-cluster)" -}}{{- end -}}
 {{- end -}}
-{{- if ne $server.dataStore.sql.databaseType "sqlite3" -}}
-{{- fail (printf "spire-server.dataStore.sql.databaseType %q: Sigil supports sqlite3 for now (PostgreSQL arrives with the high-availability datastore)" $server.dataStore.sql.databaseType) -}}
+{{- $sql := $server.dataStore.sql -}}
+{{- if not (has $sql.databaseType (list "sqlite3" "postgres")) -}}
+{{- fail (printf "spire-server.dataStore.sql.databaseType %q: Sigil supports sqlite3 and postgres" $sql.databaseType) -}}
 {{- end -}}
-{{- if gt (int $server.replicaCount) 1 -}}
-{{- fail (printf "spire-server.replicaCount %d: several servers need a shared datastore (PostgreSQL), which Sigil does not have yet; with sqlite3 the server runs as one replica" (int $server.replicaCount)) -}}
+{{- if and (eq $sql.databaseType "postgres") (not $sql.host) -}}
+{{- fail "spire-server.dataStore.sql.host: required with databaseType postgres" -}}
+{{- end -}}
+{{- if and (gt (int $server.replicaCount) 1) (ne $sql.databaseType "postgres") -}}
+{{- fail (printf "spire-server.replicaCount %d: several servers share one datastore, which must be PostgreSQL (spire-server.dataStore.sql.databaseType: postgres); with sqlite3 the server runs as one replica" (int $server.replicaCount)) -}}
+{{- end -}}
+{{- if and $sql.externalSecret.enabled (or (not $sql.externalSecret.name) (not $sql.externalSecret.key)) -}}
+{{- fail "spire-server.dataStore.sql.externalSecret: name and key are required when enabled" -}}
 {{- end -}}
 {{- if $agent.trustBundleURL -}}
 {{- fail "spire-agent.trustBundleURL: sigil-agent has no trust_bundle_url; use spire-agent.bundleConfigMap or spire-agent.trustBundleHostPath" -}}
@@ -148,4 +155,35 @@ bootstrap from it (SPIRE's chart: `spire-bundle`). */}}
 {{- if and (has $agent.attestation.tier (list "lsm" "fentry" "tp_btf")) (not $agent.attestation.ebpf) -}}
 {{- fail (printf "spire-agent.attestation.tier %s is an eBPF tier: it needs spire-agent.attestation.ebpf" $agent.attestation.tier) -}}
 {{- end -}}
+{{- end -}}
+
+{{- /* Whether the PostgreSQL connection string carries a password (from the DBPW env var). */}}
+{{- define "sigil.server.dbPassword" -}}
+{{- $sql := (index .Values "spire-server").dataStore.sql -}}
+{{- if and (eq $sql.databaseType "postgres") (or $sql.password $sql.externalSecret.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{- /* DataStore "sql" plugin_data, as SPIRE's chart builds it: a libpq keyword/value string
+       for postgres with the password as ${DBPW} (the server runs with -expandEnv and DBPW from a
+       Secret), the file for sqlite3. */}}
+{{- define "sigil.server.datastore" -}}
+{{- $sql := (index .Values "spire-server").dataStore.sql -}}
+{{- $data := dict "database_type" $sql.databaseType -}}
+{{- if eq $sql.databaseType "postgres" -}}
+{{- $conn := printf "dbname=%s user=%s" $sql.databaseName $sql.username -}}
+{{- if include "sigil.server.dbPassword" . }}{{ $conn = printf "%s password=${DBPW}" $conn }}{{ end -}}
+{{- $conn = printf "%s host=%s port=%d" $conn $sql.host (int $sql.port | default 5432) -}}
+{{- range $sql.options }}{{ range $k, $v := . }}{{ $conn = printf "%s %s=%v" $conn $k $v }}{{ end }}{{ end -}}
+{{- with $sql.rootCAPath }}{{ $conn = printf "%s sslrootcert=%s" $conn . }}{{ end -}}
+{{- with $sql.clientCertPath }}{{ $conn = printf "%s sslcert=%s" $conn . }}{{ end -}}
+{{- with $sql.clientKeyPath }}{{ $conn = printf "%s sslkey=%s" $conn . }}{{ end -}}
+{{- $_ := set $data "connection_string" $conn -}}
+{{- $_ := set $data "max_open_conns" (int $sql.maxOpenConns) -}}
+{{- $_ := set $data "max_idle_conns" (int $sql.maxIdleConns) -}}
+{{- if and $sql.connMaxLifetime (ne (toString $sql.connMaxLifetime) "0") }}{{ $_ := set $data "conn_max_lifetime" (toString $sql.connMaxLifetime) }}{{ end -}}
+{{- $_ := set $data "disable_migration" $sql.disableMigration -}}
+{{- else -}}
+{{- $_ := set $data "connection_string" $sql.file -}}
+{{- end -}}
+{{- toJson $data -}}
 {{- end -}}
