@@ -26,6 +26,9 @@
 //! 9. Load (`--only-load`): 1000 open streams plus 5000 unary calls/s against one agent, the
 //!    agent's RSS with 10,000 entries, a server with 100,000 entries (RSS, start-up).
 //!
+//! 10. High availability (`--only-ha`): two servers on one PostgreSQL, an entry created on one
+//!     until an agent synced to the other serves the SVID; 100 agents reconnecting at once.
+//!
 //! Results are printed as a table and written to `target/bench/results.md` and `.json`.
 
 mod attestation;
@@ -33,6 +36,7 @@ mod authority;
 mod authz;
 mod controller;
 mod federation;
+mod ha;
 mod k8s;
 mod latency;
 mod load;
@@ -85,6 +89,7 @@ fn main() -> Result<()> {
         ("--only-federation", federation_rows as RowsFn),
         ("--only-authority", authority_rows as RowsFn),
         ("--only-load", load_rows as RowsFn),
+        ("--only-ha", ha_rows as RowsFn),
     ] {
         if args.iter().any(|a| a == flag) {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +157,7 @@ fn main() -> Result<()> {
     federation_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     authority_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
     load_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
+    ha_rows(&rt, &bin_dir, quick, &mut rows, &mut json)?;
 
     eprintln!("== workload attestation tiers: per-connection cost, FetchX509SVID latency");
     let (costs, unavailable) = attestation::per_connection(if quick { 1000 } else { 5000 })?;
@@ -257,6 +263,17 @@ fn authority_rows(
     json: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     rt.block_on(authority::rows(bin_dir, quick, rows, json))
+}
+
+/// The high-availability rows (`--only-ha` runs just these).
+fn ha_rows(
+    rt: &tokio::runtime::Runtime,
+    bin_dir: &Path,
+    quick: bool,
+    rows: &mut Rows,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    rt.block_on(ha::rows(bin_dir, quick, rows, json))
 }
 
 /// The load rows (`--only-load` runs just these).

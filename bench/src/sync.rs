@@ -42,7 +42,7 @@ struct Seen {
     at: Instant,
 }
 
-fn csr(key: &KeyPair) -> Result<Vec<u8>> {
+pub(crate) fn csr(key: &KeyPair) -> Result<Vec<u8>> {
     Ok(CertificateParams::default()
         .serialize_request(key)?
         .der()
@@ -50,7 +50,7 @@ fn csr(key: &KeyPair) -> Result<Vec<u8>> {
 }
 
 /// An agent API channel to `port`, verifying the server's SVID, presenting `client` if given.
-async fn channel(
+pub(crate) async fn channel(
     port: u16,
     roots: &[Vec<u8>],
     client: Option<(Vec<u8>, &KeyPair)>,
@@ -87,7 +87,7 @@ async fn channel(
     Ok(NodeClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
-fn entry(spiffe: String, parent: &str, uid: usize) -> types::Entry {
+pub(crate) fn entry(spiffe: String, parent: &str, uid: usize) -> types::Entry {
     types::Entry {
         spiffe_id: spiffe,
         parent_id: parent.into(),
