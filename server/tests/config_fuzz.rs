@@ -97,3 +97,54 @@ fn generated_configurations_are_sometimes_accepted() {
     });
     assert!(n >= 5, "only {n}/2000 accepted");
 }
+
+/// libpq connection strings: any text parses or is refused, never a panic; and keyword/value
+/// pairs written the way libpq quotes them come back exactly.
+mod connection_string {
+    use proptest::prelude::*;
+    use sigil_server::datastore::parse_connection_string;
+
+    /// libpq's quoting: single quotes around the value, `\` before `'` and `\`.
+    fn quote(v: &str) -> String {
+        let mut s = String::from("'");
+        for c in v.chars() {
+            if c == '\'' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('\'');
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_parses_or_is_refused(text in any::<String>()) {
+            let _ = parse_connection_string(&text);
+        }
+
+        #[test]
+        fn keyword_like_text_parses_or_is_refused(
+            text in r"((host|port|dbname|user|password|sslmode|options|bogus) ?= ?('[^']{0,8}'?|[a-z0-9/=\\ -]{0,8}) ?){0,6}"
+        ) {
+            let _ = parse_connection_string(&text);
+        }
+
+        #[test]
+        fn quoted_values_round_trip(
+            host in "[a-z][a-z0-9.-]{0,20}",
+            db in any::<String>().prop_filter("no NUL", |s| !s.contains('\0')),
+            user in any::<String>().prop_filter("no NUL", |s| !s.contains('\0')),
+            port in 1u16..,
+        ) {
+            let s = format!("host={host} port = {port} dbname={} user = {}", quote(&db), quote(&user));
+            let o = parse_connection_string(&s).map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
+            prop_assert_eq!(o.get_host(), host.as_str());
+            prop_assert_eq!(o.get_port(), port);
+            prop_assert_eq!(o.get_database(), Some(db.as_str()));
+            prop_assert_eq!(o.get_username(), user.as_str());
+        }
+    }
+}

@@ -124,8 +124,9 @@ async fn server_and_agent_metrics_follow_what_happens() {
     assert!(ca_expiry > now() as f64);
 }
 
-/// With the server gone the agent keeps serving what it holds and says so, in `/ready` and in
-/// a metric; when the server returns, it reconnects and says that too.
+/// With the server gone longer than half the SVID's lifetime (when the agent would have
+/// renewed it) the agent keeps serving what it holds and says so, in `/ready` and in a metric;
+/// when the server returns, it reconnects, says that too, and catches up (a fresh SVID).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_outage_shows_in_ready_and_metrics() {
     let dir = TestDir::new("telemetry-outage");
@@ -151,8 +152,15 @@ async fn a_server_outage_shows_in_ready_and_metrics() {
     );
     agent.wait_ready();
     let id = server.id("/outage");
-    server.create_entry(&node, &id, &[&Env::my_uid()], &[]);
-    wait_for_svid(&agent.socket, &id).await;
+    const TTL: u64 = 20;
+    server.create_entry(
+        &node,
+        &id,
+        &[&Env::my_uid()],
+        &["-x509SVIDTTL", &TTL.to_string()],
+    );
+    let issued = wait_for_svid(&agent.socket, &id).await;
+    let issued_at = std::time::Instant::now();
     let ready = || -> serde_json::Value {
         let out = Command::new("curl")
             .args(["-s", &format!("http://127.0.0.1:{health_port}/ready")])
@@ -184,10 +192,15 @@ async fn a_server_outage_shows_in_ready_and_metrics() {
         sample(agent_port, "sigil_agent_server_connected"),
         Some(0.0)
     );
-    // And it does serve.
-    workload::fetch_one(&agent.socket, Some(&id))
+    // And it does serve, past the half-life at which it would have renewed.
+    let half = std::time::Duration::from_secs(TTL / 2 + 1);
+    if let Some(left) = half.checked_sub(issued_at.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    let held = workload::fetch_one(&agent.socket, Some(&id))
         .await
-        .expect("cached SVID while the server is down");
+        .expect("cached SVID while the server is down, past half its lifetime");
+    assert_eq!(held.chain[0], issued.chain[0], "the SVID it held is served");
 
     server.restart();
     sigil_e2e::harness::wait_until(
@@ -198,5 +211,21 @@ async fn a_server_outage_shows_in_ready_and_metrics() {
     assert_eq!(
         sample(agent_port, "sigil_agent_server_connected"),
         Some(1.0)
+    );
+    // Caught up: the overdue renewal happens (a new certificate), before the old one expires.
+    let mut renewed = None;
+    for _ in 0..60 {
+        let s = workload::fetch_one(&agent.socket, Some(&id)).await;
+        if let Ok(s) = s
+            && s.chain[0] != issued.chain[0]
+        {
+            renewed = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        renewed.is_some(),
+        "the agent never renewed the overdue SVID after the outage"
     );
 }
