@@ -17,6 +17,9 @@ use std::time::Duration;
 /// a change can be when a notification is lost.
 const FALLBACK_POLL: Duration = Duration::from_secs(5);
 
+/// Change records read at most per query.
+const CATCH_UP_BATCH: usize = 10_000;
+
 /// Change records older than this are pruned; a follower further behind reloads.
 const KEEP_CHANGES_SECS: i64 = 3600;
 
@@ -48,8 +51,13 @@ pub(super) async fn run(ds: DataStore, pg: PgPool) {
         };
         backoff = Duration::from_millis(200);
         loop {
-            // Whatever happened while (re)subscribing is read now.
-            match ds.catch_up().await {
+            // Whatever happened while (re)subscribing is read now; a backlog larger than one
+            // read is read to its end without waiting for another notification.
+            let mut res = ds.catch_up().await;
+            while matches!(res, Ok(n) if n >= CATCH_UP_BATCH) {
+                res = ds.catch_up().await;
+            }
+            match res {
                 Ok(_) => {
                     if failing.take().is_some() {
                         tracing::info!("following the other servers' changes again");
@@ -118,9 +126,10 @@ impl DataStore {
         let last = self.applied.load(Ordering::SeqCst);
         let (rows, pruned): (Vec<(i64, String, String, String)>, i64) = on_pool!(&self.pool, p, _d => {
             let rows = sqlx::query(
-                "SELECT id, kind, key, origin FROM changes WHERE id > $1 ORDER BY id LIMIT 10000",
+                "SELECT id, kind, key, origin FROM changes WHERE id > $1 ORDER BY id LIMIT $2",
             )
             .bind(last)
+            .bind(CATCH_UP_BATCH as i64)
             .fetch_all(p)
             .await?
             .iter()
