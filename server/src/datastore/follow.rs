@@ -122,7 +122,7 @@ impl DataStore {
     /// Applies the change records written by other servers since the last one applied.
     /// Returns how many records it read.
     pub(crate) async fn catch_up(&self) -> Result<usize, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let last = self.applied.load(Ordering::SeqCst);
         let (rows, pruned): (Vec<(i64, String, String, String)>, i64) = on_pool!(&self.pool, p, _d => {
             let rows = sqlx::query(
@@ -269,7 +269,7 @@ impl DataStore {
 
     /// Deletes change records written before `before` (unix seconds).
     pub(crate) async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         Ok(on_pool!(&self.pool, p, d => async {
             let mut tx = super::begin_write!(p, d).await?;
             let through = sqlx::query("SELECT COALESCE(MAX(id), 0) AS through FROM changes WHERE at < $1")

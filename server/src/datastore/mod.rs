@@ -94,6 +94,20 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A whole batch failed: the same failure for each of its `n` items.
+fn fail_all<T>(n: usize, e: &StoreError) -> Vec<Result<T, StoreError>> {
+    let msg = e.to_string();
+    (0..n)
+        .map(|_| {
+            Err(if e.is_unavailable() {
+                StoreError::Unavailable(msg.clone())
+            } else {
+                StoreError::Corrupt(msg.clone())
+            })
+        })
+        .collect()
+}
+
 /// A failed `BEGIN`/`COMMIT`: the whole batch failed, for every item.
 fn batch_failure(what: &str, e: &sqlx::Error) -> StoreError {
     if is_unavailable(e) {
@@ -633,6 +647,22 @@ impl DataStore {
         }
     }
 
+    /// The write lock, taken once the database is known to be reachable: during an outage
+    /// each caller fails on its own acquire timeout (`Unavailable`) instead of queuing behind
+    /// the others' timeouts.
+    async fn write_lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StoreError> {
+        on_pool!(&self.pool, p, _d => drop(p.acquire().await?));
+        Ok(self.write.lock().await)
+    }
+
+    /// [`DataStore::write_lock`] for batch calls: every item gets the failure.
+    async fn write_lock_batch<T>(
+        &self,
+        n: usize,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, Vec<Result<T, StoreError>>> {
+        self.write_lock().await.map_err(|e| fail_all(n, &e))
+    }
+
     fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         // A poisoned lock means a panic while the index was being changed; the index itself is
         // only ever mutated by infallible HashMap operations, so the data is still consistent.
@@ -662,7 +692,10 @@ impl DataStore {
     /// does not fail the batch); returns per-entry results in order.
     pub async fn create_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
         let _timer = self.timer("create_entries");
-        let _w = self.write.lock().await;
+        let _w = match self.write_lock_batch(entries.len()).await {
+            Ok(w) => w,
+            Err(all) => return all,
+        };
         let mut out: Vec<Result<Entry, StoreError>> = Vec::with_capacity(entries.len());
         let mut created = Vec::new();
         let n = entries.len();
@@ -716,18 +749,7 @@ impl DataStore {
             tx.commit().await
         }.await);
         if let Err(e) = res {
-            let e = batch_failure("creating entries", &e);
-            let msg = e.to_string();
-            let unavailable = e.is_unavailable();
-            return (0..n)
-                .map(|_| {
-                    Err(if unavailable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Corrupt(msg.clone())
-                    })
-                })
-                .collect();
+            return fail_all(n, &batch_failure("creating entries", &e));
         }
         if !created.is_empty() {
             let mut idx = self.index_write();
@@ -745,7 +767,10 @@ impl DataStore {
     /// Replaces entries by id (revision + 1); per-entry results.
     pub async fn update_entries(&self, entries: Vec<Entry>) -> Vec<Result<Entry, StoreError>> {
         let _timer = self.timer("update_entries");
-        let _w = self.write.lock().await;
+        let _w = match self.write_lock_batch(entries.len()).await {
+            Ok(w) => w,
+            Err(all) => return all,
+        };
         let mut out = Vec::with_capacity(entries.len());
         let mut updated = Vec::new();
         let mut parents: Vec<SpiffeId> = Vec::new();
@@ -807,7 +832,10 @@ impl DataStore {
     /// Deletes entries by id; per-id results with the deleted entry.
     pub async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, StoreError>> {
         let _timer = self.timer("delete_entries");
-        let _w = self.write.lock().await;
+        let _w = match self.write_lock_batch(ids.len()).await {
+            Ok(w) => w,
+            Err(all) => return all,
+        };
         let mut out = Vec::with_capacity(ids.len());
         let mut any = false;
         let mut parents: Vec<SpiffeId> = Vec::new();
@@ -878,7 +906,7 @@ impl DataStore {
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), StoreError> {
         let _timer = self.timer("create_join_token");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         on_pool!(&self.pool, p, _d => {
             sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
                 .bind(token)
@@ -895,7 +923,7 @@ impl DataStore {
     /// they ask.
     pub async fn consume_join_token(&self, token: &str, now: i64) -> Result<bool, StoreError> {
         let _timer = self.timer("consume_join_token");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let expires_at: Option<i64> = on_pool!(&self.pool, p, _d => {
             let row = sqlx::query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
                 .bind(token)
@@ -910,7 +938,7 @@ impl DataStore {
 
     pub async fn upsert_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
         let _timer = self.timer("upsert_agent");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             sqlx::query(
@@ -945,7 +973,7 @@ impl DataStore {
         let mut selectors = a.selectors.clone();
         selectors.sort();
         selectors.dedup();
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let rows: u64 = on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             let r = sqlx::query(
@@ -998,7 +1026,7 @@ impl DataStore {
         new_serial: &str,
     ) -> Result<bool, StoreError> {
         let _timer = self.timer("activate_agent_serial");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let r = on_pool!(&self.pool, p, _d => {
             sqlx::query(
                 "UPDATE agents SET serial = new_serial, new_serial = '' \
@@ -1038,7 +1066,7 @@ impl DataStore {
     /// or its attestor's fresh evidence).
     pub async fn evict_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         let _timer = self.timer("evict_agent");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let rows = self
             .agent_write("DELETE FROM agents WHERE spiffe_id = $1", id)
             .await?;
@@ -1051,7 +1079,7 @@ impl DataStore {
     /// Bans an agent: its SVID is refused from now on, by every server.
     pub async fn ban_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         let _timer = self.timer("ban_agent");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let rows = self
             .agent_write("UPDATE agents SET banned = 1 WHERE spiffe_id = $1", id)
             .await?;
@@ -1142,7 +1170,7 @@ impl DataStore {
         create: bool,
     ) -> Result<(), StoreError> {
         let _timer = self.timer("put_federation_relationship");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let endpoint = match &rel.profile {
             sigil_federation::Profile::HttpsSpiffe { endpoint_spiffe_id } => {
                 endpoint_spiffe_id.to_string()
@@ -1195,7 +1223,7 @@ impl DataStore {
         td: &TrustDomain,
     ) -> Result<bool, StoreError> {
         let _timer = self.timer("delete_federation_relationship");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let rows: u64 = on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             let r = sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = $1")
@@ -1213,7 +1241,7 @@ impl DataStore {
 
     pub async fn set_federated_bundle(&self, b: &Bundle) -> Result<(), StoreError> {
         let _timer = self.timer("set_federated_bundle");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             sqlx::query(
@@ -1234,7 +1262,7 @@ impl DataStore {
 
     pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<bool, StoreError> {
         let _timer = self.timer("delete_federated_bundle");
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let rows: u64 = on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             let r = sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = $1")
@@ -1283,7 +1311,7 @@ impl DataStore {
         })
         .map_err(|e| StoreError::Corrupt(format!("server bundle: {e}")))?;
         let local = i64::try_from(b.sequence_number.unwrap_or(0)).unwrap_or(i64::MAX);
-        let _w = self.write.lock().await;
+        let _w = self.write_lock().await?;
         let seq: i64 = on_pool!(&self.pool, p, d => async {
             let mut tx = begin_write!(p, d).await?;
             sqlx::query(
