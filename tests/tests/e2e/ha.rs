@@ -35,7 +35,11 @@ async fn servers_on_one_postgres_share_everything_and_push_changes() {
     let dir = TestDir::new("ha");
     let pg = PgServer::start();
     pg.create_database("spire");
-    let cfg = postgres_config(&pg);
+    // Agent SVIDs of 20 s: the agent renews (at half-life) with whichever server it is on.
+    let cfg = format!(
+        "server {{\n  agent_ttl = \"20s\"\n}}\n{}",
+        postgres_config(&pg)
+    );
     let a = Server::start_with_config_file(&dir.path().join("a"), TD, &cfg);
     let b = Server::start_with_config_file(&dir.path().join("b"), TD, &cfg);
 
@@ -144,6 +148,29 @@ async fn servers_on_one_postgres_share_everything_and_push_changes() {
     moved.wait_ready();
     let again = wait_for_svid(&moved.socket, &id).await;
     assert_eq!(again.spiffe_id, id);
+    // It renews its agent SVID with A (B signed the one it has): the shared record's serial
+    // changes.
+    let serial = |server: &Server| -> String {
+        agents(server)
+            .into_iter()
+            .find(|x| x["id"] == agent_id.as_str())
+            .map(|x| x["x509svid_serial_number"].to_string())
+            .unwrap_or_default()
+    };
+    let before = serial(&a);
+    wait_until(
+        "the moved agent to renew its SVID with A",
+        Duration::from_secs(40),
+        || {
+            let now = serial(&a);
+            (now != before && !now.is_empty()).then_some(now)
+        },
+    );
+    assert_eq!(
+        serial(&b),
+        serial(&a),
+        "both servers see the renewed serial"
+    );
 
     // Banned through B: A ends the agent's sync stream and refuses it.
     b.cli(&["agent", "ban", "-spiffeID", &agent_id]).ok();
