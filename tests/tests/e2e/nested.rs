@@ -149,7 +149,7 @@ async fn two_intermediates_under_a_root_through_rotations_of_each_level() {
             &["-downstream"],
         );
     }
-    root.create_entry(&root_node, &root.id("/plain"), &[&Env::my_uid()], &[]);
+    let plain_entry = root.create_entry(&root_node, &root.id("/plain"), &[&Env::my_uid()], &[]);
 
     // A caller whose entry is not downstream is refused.
     let plain = svid(&root_agent, &root.id("/plain")).await;
@@ -170,6 +170,23 @@ async fn two_intermediates_under_a_root_through_rotations_of_each_level() {
         .expect_err("a non-downstream caller must be refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert_eq!(refused.message(), "caller is not a downstream workload");
+    // The intermediates run as this uid too and take the first SVID the agent serves it (as
+    // SPIRE's plugin does): the plain entry must not be among them.
+    root.cli(&["entry", "delete", "-entryID", &plain_entry])
+        .ok();
+    let plain_id = root.id("/plain");
+    let deadline = std::time::Instant::now() + FOLLOW;
+    while sigil_e2e::workload::fetch_x509(&root_agent.socket)
+        .await
+        .map(|svids| svids.iter().any(|s| s.spiffe_id == plain_id))
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent kept serving the deleted plain entry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let a = intermediate(&dir.sub("a"), &root, &root_agent);
     let b = intermediate(&dir.sub("b"), &root, &root_agent);
