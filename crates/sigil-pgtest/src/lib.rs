@@ -4,6 +4,10 @@
 //! run as root, so as root the server runs as `nobody`.
 //!
 //! Tests fail, not skip, when PostgreSQL is missing: CI always has it.
+//!
+//! This crate is test support only (a dev-dependency of the server and the e2e tests, and the
+//! bench's database): every `expect`/`panic!` here is how it reports a broken test environment
+//! to the test that called it, with the step and the tool's output in the message.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
